@@ -1,0 +1,28 @@
+"""Error types shared by every tbps package.
+
+A :class:`TbpsError` is a user error (bad path, bad file, mismatch): the
+command line prints its message on one line of stderr and exits with status 2.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TbpsError(Exception):
+    """A user error with a message that names the value and the fix."""
+
+
+class InputFileNotFoundError(TbpsError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
+
+
+class DataError(TbpsError, ValueError):
+    """A dataset on disk is malformed, incomplete or empty."""
+
+
+class CheckpointError(TbpsError, ValueError):
+    """A file is not a tbps checkpoint, or one this version cannot read."""
+
+
+class ConfigError(TbpsError, ValueError):
+    """An option or combination of options that cannot work."""

@@ -1,0 +1,67 @@
+"""Image preprocessing shared by training and the runtime, so both see the same pixels.
+
+Pillow decodes and resizes; numpy normalises. A crop is either a file path or
+an (H, W, 3) uint8 RGB array (a detector's output in a pipeline).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tbps_runtime.errors import DataError, InputFileNotFoundError
+
+# ImageNet statistics: the backbones' pretrained weights expect them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Decode an image file as RGB, applying its EXIF orientation.
+
+    Any mode (L, P, RGBA, CMYK, 16-bit) becomes 8-bit RGB; transparency is
+    composited on black, as ``convert("RGB")`` does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits by the range the mode allows.
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / (65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0)
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def resize_rgb(image: Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A crop resized to ``size`` = (H, W): returns (H, W, 3) uint8."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        if min(image.shape[:2]) == 0:
+            raise DataError(f"an image array must not be empty, got {image.shape}")
+        image = Image.fromarray(image, mode="RGB")
+    height, width = size
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 with (x / 255 - mean) / std."""
+    scaled = pixels.astype(np.float32) / np.float32(255.0)
+    scaled -= np.asarray(mean, np.float32)
+    scaled /= np.asarray(std, np.float32)
+    return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2))

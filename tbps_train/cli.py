@@ -1,0 +1,164 @@
+"""Command line: ``tbps-synth``, ``tbps-train``, ``tbps-eval``, ``tbps-ablate``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_runtime.errors import ConfigError
+from tbps_train.config import PRESETS, RunConfig, apply_overrides, load_preset
+
+logger = logging.getLogger(__name__)
+
+DATASET_CHOICE = click.Choice(["cuhk-pedes", "icfg-pedes", "rstpreid"])
+
+
+def _quiet_libraries() -> None:
+    """No network, and no progress bars from transformers' weight loading."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@click.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write (CUHK-PEDES layout).")
+@click.option("--ids", default=400, show_default=True, type=click.IntRange(min=3), help="Number of identities.")
+@click.option("--images-per-id", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+@click.option("--quiet", is_flag=True)
+@user_errors_exit_2
+def synth_command(out: str, ids: int, images_per_id: int, seed: int, overwrite: bool, quiet: bool) -> None:
+    """Write the procedural synthetic person dataset (CUHK-PEDES layout)."""
+    from tbps_train.data.synth import generate
+
+    setup_logging(quiet)
+    path = generate(out, ids=ids, images_per_id=images_per_id, seed=seed, overwrite=overwrite, progress=not quiet)
+    click.echo(str(path))
+
+
+def _training_options(command):
+    """Options shared by tbps-train and tbps-ablate."""
+    options = [
+        click.option("--dataset", required=True, type=DATASET_CHOICE),
+        click.option("--root", required=True, type=click.Path(), help="Dataset root directory."),
+        click.option("--preset", default="demo", show_default=True, type=click.Choice(PRESETS)),
+        click.option("--epochs", type=click.IntRange(min=1)),
+        click.option("--batch-size", type=click.IntRange(min=2)),
+        click.option("--lr", type=float),
+        click.option("--seed", type=int),
+        click.option("--device", help="torch device, e.g. cpu or cuda:0"),
+        click.option("--image-backbone", help="resnet50, vit_b_16, resnet_small, ... (overrides the preset)"),
+        click.option("--text-backbone", help="'minilm', 'tiny' or a local BERT directory (e.g. bert-base-uncased)"),
+        click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbone, text_backbone) -> RunConfig:
+    config = load_preset(preset)
+    config = apply_overrides(config, "train", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    return apply_overrides(config, "model", image_backbone=image_backbone, text_backbone=text_backbone)
+
+
+@click.command()
+@_training_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (m.pt).")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --output (its own config is used).")
+@click.option("--image-weights", type=click.Path(), help="ImageNet state dict for the image backbone (torchvision names).")
+@click.option("--margin", type=float, help="Ranking margin alpha (default 0.2).")
+@click.option("--no-coarse", is_flag=True, help="Ablation: drop the coarse embeddings C (Table 2).")
+@click.option("--no-fine", is_flag=True, help="Ablation: drop the fine embeddings F (Table 2).")
+@click.option("--fine-loss", type=click.Choice(["cmr", "ranking"]), help="Loss on F: CMR (Eq. 12) or plain ranking (Eq. 9).")
+@click.option("--cmr-on-coarse", is_flag=True, help="Ablation: CMR on the coarse embeddings too (Table 3).")
+@click.option("--separate-decoders", is_flag=True, help="Ablation: one decoder per modality (Table 4).")
+@user_errors_exit_2
+def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
+                  quiet, output, resume, image_weights, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
+                  separate_decoders) -> None:
+    """Train the model on a dataset and write a self-contained checkpoint."""
+    from tbps_train.train import train
+
+    setup_logging(quiet)
+    _quiet_libraries()
+    config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
+    config = apply_overrides(config, "model", use_coarse=False if no_coarse else None,
+                             use_fine=False if no_fine else None,
+                             shared_decoder=False if separate_decoders else None)
+    config = apply_overrides(config, "loss", margin=margin, fine_loss=fine_loss,
+                             cmr_on_coarse=True if cmr_on_coarse else None)
+    record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet)
+    if "val" in record:
+        click.echo(_metrics_line(record["val"], "val"), err=True)
+    click.echo(str(output))
+
+
+@click.command()
+@click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by tbps-train.")
+@click.option("--dataset", required=True, type=DATASET_CHOICE)
+@click.option("--root", required=True, type=click.Path())
+@click.option("--split", default="test", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors_exit_2
+def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str, as_json: bool) -> None:
+    """Text-to-image R@1/5/10, mAP and mINP of a checkpoint on a split."""
+    from tbps_runtime.tokenizer import load_tokenizer
+    from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
+    from tbps_train.data.readers import read_split
+    from tbps_train.evaluate import evaluate
+
+    setup_logging(quiet=as_json)
+    _quiet_libraries()
+    payload = load_checkpoint(ckpt)
+    model, config = model_from_checkpoint(payload)
+    records = read_split(dataset, root, split)
+    tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
+    metrics = evaluate(model.to(device), tokenizer, records, device=device, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    else:
+        click.echo(_metrics_line(metrics, f"{dataset} {split}"))
+
+
+def _metrics_line(metrics: dict[str, float], label: str) -> str:
+    return (f"{label}: R@1 {metrics['r1']:.2f}  R@5 {metrics['r5']:.2f}  R@10 {metrics['r10']:.2f}  "
+            f"mAP {metrics['map']:.2f}  mINP {metrics['minp']:.2f}")
+
+
+@click.command()
+@_training_options
+@click.option("--out-dir", default="runs/ablation", show_default=True, type=click.Path(file_okay=False))
+@click.option("--split", default="test", show_default=True, help="Split to evaluate every row on.")
+@click.option("--all-rows", is_flag=True, help="Add Table 3 (CMR on coarse) and Table 4 (separate decoders).")
+@user_errors_exit_2
+def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
+                   quiet, out_dir, split, all_rows) -> None:
+    """Train and evaluate the ablation rows of the paper's Table 2 (and 3, 4) on one dataset."""
+    import platform
+    import time
+
+    from tbps_train.ablate import markdown_table, run_ablation, write_results
+
+    setup_logging(quiet)
+    _quiet_libraries()
+    config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
+    started = time.perf_counter()
+    results = run_ablation(config, dataset, root, out_dir, split, all_rows, progress=not quiet)
+    meta = {"dataset": dataset, "root": str(root), "split": split, "preset": preset, "config": config.to_dict(),
+            "machine": platform.processor() or platform.machine(), "seconds": round(time.perf_counter() - started, 1)}
+    write_results(results, Path(out_dir), meta)
+    click.echo(markdown_table(results))

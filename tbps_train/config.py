@@ -1,0 +1,154 @@
+"""Configuration dataclasses and named presets.
+
+Configs are plain dataclasses, saved with every checkpoint; the command line
+builds them and library code never sees a click context. A preset is one JSON
+file under ``presets/`` holding ``{"model": .., "loss": .., "train": ..}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from tbps_runtime.errors import ConfigError
+
+PRESETS = ("tiny", "demo", "paper")
+
+
+@dataclass
+class ModelConfig:
+    """The model of paper Sec. 3. ``embed_dim`` is d, ``num_coarse`` D, ``num_fine`` P."""
+
+    image_backbone: str = "resnet50"
+    image_size: tuple[int, int] = (384, 128)  # (H, W), Sec. 4.1
+    last_stride: int = 1
+    # "minilm" (packaged offline model), "tiny" (random, for tests) or a local
+    # directory holding a BERT-family model in Hugging Face layout.
+    text_backbone: str = "minilm"
+    max_text_length: int = 64
+    embed_dim: int = 512
+    num_heads: int = 8
+    num_coarse: int = 4
+    num_fine: int = 4
+    use_coarse: bool = True  # Table 2 ablation: coarse embeddings in S_m
+    use_fine: bool = True  # Table 2 ablation: fine embeddings in S_m
+    shared_decoder: bool = True  # Table 4 ablation: False = one decoder per modality
+    # Eq. 5: "max" scales A_avg to [0, 1] by its per-image maximum; "raw" is
+    # the equation as printed (softmax weights averaging 1/r).
+    foreground_scaling: str = "max"
+    # Eq. 7's classifier: "linear" is e W_ID as printed; "cosine" scores
+    # id_scale * cos(e, w_i), which keeps image and text scores, and so Eq. 11's
+    # commonality, on one scale whatever the two towers' embedding norms are.
+    id_classifier: str = "linear"
+    id_scale: float = 16.0
+
+    @property
+    def num_slots(self) -> int:
+        """K = 1 + D + P, counting only the enabled embedding groups."""
+        return 1 + self.num_coarse * self.use_coarse + self.num_fine * self.use_fine
+
+    def validate(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.foreground_scaling not in ("max", "raw"):
+            raise ConfigError(f"foreground_scaling must be 'max' or 'raw', not {self.foreground_scaling!r}")
+        if self.id_classifier not in ("linear", "cosine"):
+            raise ConfigError(f"id_classifier must be 'linear' or 'cosine', not {self.id_classifier!r}")
+        if min(self.num_coarse, self.num_fine) < 1:
+            raise ConfigError("num_coarse and num_fine must be at least 1 (use use_coarse/use_fine to ablate)")
+        if self.max_text_length < 2:
+            raise ConfigError(f"max_text_length must be at least 2, not {self.max_text_length}")
+
+
+@dataclass
+class LossConfig:
+    """Learning objective, Sec. 3.3. The paper does not give alpha: 0.2 as in VSE++."""
+
+    margin: float = 0.2
+    fine_loss: str = "cmr"  # "cmr" (Eq. 12) or "ranking" (Eq. 9 on fine slots; Table 2 row 3)
+    cmr_on_coarse: bool = False  # Table 3: CMR on coarse slots too
+
+    def validate(self) -> None:
+        if self.fine_loss not in ("cmr", "ranking"):
+            raise ConfigError(f"fine_loss must be 'cmr' or 'ranking', not {self.fine_loss!r}")
+        if self.margin <= 0:
+            raise ConfigError(f"margin must be positive, not {self.margin}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, Sec. 4.1: Adam, lr 5e-4 decayed x0.1 at epochs 20/40/50/55, 60 epochs, batch 32."""
+
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 5e-4
+    lr_milestones: tuple[int, ...] = (20, 40, 50, 55)
+    lr_gamma: float = 0.1
+    image_backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.0
+    flip_probability: float = 0.5
+    seed: int = 0
+    eval_every: int = 1  # epochs between validation runs; 0 disables
+    num_workers: int = 0
+    cache_text: bool = True  # the text backbone is frozen: run it once per caption
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("epochs must be >= 1 and batch_size >= 2 (ranking needs negatives)")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, not {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs, saved whole in the checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.loss.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers only (lists for tuples), so torch.load(weights_only=True) reads it."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return cls(
+            model=_build(ModelConfig, data.get("model", {})),
+            loss=_build(LossConfig, data.get("loss", {})),
+            train=_build(TrainConfig, data.get("train", {})),
+        )
+
+
+def _build(kind: type, values: dict[str, Any]) -> Any:
+    """Dict to dataclass, turning lists back into tuples; unknown keys are an error."""
+    known = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} option(s): {', '.join(unknown)}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return kind(**converted)
+
+
+def load_preset(name: str) -> RunConfig:
+    """The named preset (``tiny``, ``demo`` or ``paper``) as a RunConfig."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files("tbps_train.presets").joinpath(f"{name}.json").read_text()
+    return RunConfig.from_dict(json.loads(text))
+
+
+def apply_overrides(config: RunConfig, section: str, **values: Any) -> RunConfig:
+    """A copy of ``config`` with the non-None ``values`` set in ``section``."""
+    chosen = {k: v for k, v in values.items() if v is not None}
+    part = dataclasses.replace(getattr(config, section), **chosen)
+    return dataclasses.replace(config, **{section: part})

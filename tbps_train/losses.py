@@ -1,0 +1,143 @@
+"""The learning objective of paper Sec. 3.3 (Eq. 7-13), as pure functions.
+
+Each function takes tensors and scalars and returns a scalar tensor;
+:func:`compute_losses` returns named terms ending in ``_loss`` and the
+trainer sums them (Eq. 13).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tbps_train.config import LossConfig
+
+
+def identity_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: l_ID(e) = -y log softmax(e W_ID), averaged over the batch.
+
+    logits (N, c) = e W_ID, labels (N,) identities in 0..c-1.
+    """
+    return F.cross_entropy(logits, labels)
+
+
+def commonality(logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: C(f) = -sum_i p_i log p_i / log c, with p = softmax(f W_ID).
+
+    logits (N, c) -> (N,) in [0, 1]: 1 when the identity scores are uniform
+    (a part many people share), 0 when one identity takes all. Taken without
+    gradient: it sets a margin, it is not itself optimised.
+    """
+    with torch.no_grad():
+        log_p = F.log_softmax(logits.float(), dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+        return entropy / math.log(logits.shape[-1])
+
+
+def margin_ranking_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    labels: torch.Tensor,
+    image_margin: torch.Tensor | float,
+    text_margin: torch.Tensor | float,
+) -> torch.Tensor:
+    """Bidirectional hardest-negative triplet loss, summed over the batch.
+
+    image, text (N, d): pair k is (image[k], text[k]). The hardest negative of
+    an anchor is the most similar item of the other modality with a different
+    identity: pairs of the same person are never negatives. An anchor with no
+    negative in the batch contributes 0. Margins are scalars (Eq. 9) or (N,)
+    per-anchor tensors (Eq. 12).
+    """
+    sims = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T  # (N, N): s(v_i, t_j)
+    positive = sims.diagonal()
+    same_identity = labels.unsqueeze(0) == labels.unsqueeze(1)
+    negatives = sims.masked_fill(same_identity, float("-inf"))
+    hardest_text = negatives.amax(dim=1)  # s(v_k, t_h) for each image anchor
+    hardest_image = negatives.amax(dim=0)  # s(t_k, v_h) for each text anchor
+    image_term = _hinge(image_margin - positive + hardest_text)
+    text_term = _hinge(text_margin - positive + hardest_image)
+    return image_term.sum() + text_term.sum()
+
+
+def _hinge(values: torch.Tensor) -> torch.Tensor:
+    """[x]_+; a -inf (no negative in the batch) becomes 0."""
+    return values.clamp(min=0)
+
+
+def ranking_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Eq. 9: l_R with a fixed margin alpha."""
+    return margin_ranking_loss(image, text, labels, margin, margin)
+
+
+def cmr_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float,
+    image_logits: torch.Tensor,
+    text_logits: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 12: l_CMR, the ranking loss with margin alpha (1 - C(f)) per anchor.
+
+    ``image_logits``/``text_logits`` (N, c) are f W_ID of the same slot's
+    classifier, from which Eq. 11's commonality is computed.
+    """
+    image_margin = margin * (1.0 - commonality(image_logits))
+    text_margin = margin * (1.0 - commonality(text_logits))
+    return margin_ranking_loss(image, text, labels, image_margin, text_margin)
+
+
+def compute_losses(
+    image_slots: torch.Tensor,
+    text_slots: torch.Tensor,
+    image_logits: torch.Tensor,
+    text_logits: torch.Tensor,
+    labels: torch.Tensor,
+    groups: dict[str, slice],
+    config: LossConfig,
+) -> dict[str, torch.Tensor]:
+    """Eq. 13's terms for a batch of N image-caption pairs.
+
+    image_slots, text_slots (N, K, d); image_logits, text_logits (N, K, c);
+    ``groups`` maps "global"/"coarse"/"fine" to slot ranges.
+    """
+    alpha = config.margin
+    # Eq. 8: L_ID(S_m) = l_ID(g_m) + l_ID(C_m) + l_ID(F_m), summed over slots.
+    losses = {
+        "id_image_loss": _sum_slots(lambda k: identity_loss(image_logits[:, k], labels), range(image_slots.shape[1])),
+        "id_text_loss": _sum_slots(lambda k: identity_loss(text_logits[:, k], labels), range(text_slots.shape[1])),
+    }
+
+    def rank(k: int) -> torch.Tensor:
+        return ranking_loss(image_slots[:, k], text_slots[:, k], labels, alpha)
+
+    def cmr(k: int) -> torch.Tensor:
+        return cmr_loss(image_slots[:, k], text_slots[:, k], labels, alpha, image_logits[:, k], text_logits[:, k])
+
+    coarse = _slots(groups["coarse"])
+    fine = _slots(groups["fine"])
+    # Eq. 10: L_R = l_R(g_v, g_t) + l_R(C_v, C_t); Table 3's variant puts CMR on C.
+    losses["ranking_global_loss"] = rank(0)
+    if coarse:
+        if config.cmr_on_coarse:
+            losses["cmr_coarse_loss"] = _sum_slots(cmr, coarse)
+        else:
+            losses["ranking_coarse_loss"] = _sum_slots(rank, coarse)
+    if fine:
+        # Eq. 12 on F; Table 2's third row uses the plain ranking loss instead.
+        if config.fine_loss == "cmr":
+            losses["cmr_fine_loss"] = _sum_slots(cmr, fine)
+        else:
+            losses["ranking_fine_loss"] = _sum_slots(rank, fine)
+    return losses
+
+
+def _slots(group: slice) -> range:
+    return range(group.start, group.stop)
+
+
+def _sum_slots(term, slots) -> torch.Tensor:
+    return torch.stack([term(k) for k in slots]).sum()

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny model, and a tiny trained checkpoint built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_backbone():
+    from tbps_train.text import load_text_backbone
+
+    return load_text_backbone("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A small synthetic dataset: 40 identities x 3 images (train 24 / val 6 / test 10 ids)."""
+    from tbps_train.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "data", ids=40, images_per_id=3, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from tbps_train.config import apply_overrides, load_preset
+
+    return apply_overrides(load_preset("tiny"), "train", epochs=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synth_root, tiny_config):
+    """A tiny model trained on ``synth_root``: the input of the export and runtime tests."""
+    from tbps_train.train import train
+
+    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
+    train(tiny_config, "cuhk-pedes", synth_root, path, progress=False)
+    return path

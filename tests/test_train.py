@@ -1,0 +1,116 @@
+"""Training end to end: a tiny run learns, is deterministic, resumes, and writes a sound checkpoint."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from tbps_runtime.errors import CheckpointError, InputFileNotFoundError
+from tbps_runtime.tokenizer import load_tokenizer
+from tbps_train.checkpoint import FORMAT, VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
+from tbps_train.config import RunConfig, apply_overrides
+from tbps_train.data.readers import read_split
+from tbps_train.evaluate import evaluate
+from tbps_train.train import train
+
+
+def test_tiny_run_beats_chance(tiny_checkpoint, synth_root):
+    payload = load_checkpoint(tiny_checkpoint)
+    model, config = model_from_checkpoint(payload)
+    records = read_split("cuhk-pedes", synth_root, "test")
+    metrics = evaluate(model, load_tokenizer(payload["tokenizer_json"], config.model.max_text_length), records)
+    # Chance R@1 is (images per id) / (gallery size) = 3 / 30 = 10%.
+    chance = 100 * 3 / len(records)
+    assert metrics["r1"] > 2.5 * chance, metrics
+    assert metrics["r10"] > metrics["r1"]
+
+
+def test_checkpoint_is_self_contained_plain_containers(tiny_checkpoint, tiny_config):
+    payload = torch.load(tiny_checkpoint, weights_only=True)  # no pickled classes
+    assert payload["format"] == FORMAT and payload["version"] == VERSION
+    assert RunConfig.from_dict(payload["config"]) == RunConfig.from_dict(tiny_config.to_dict())
+    assert payload["tokenizer_json"].lstrip().startswith("{")
+    assert any(k.startswith("text_backbone.") for k in payload["state_dict"])  # export needs no directory
+    assert payload["num_identities"] == 24
+    assert [r["epoch"] for r in payload["history"]] == list(range(1, tiny_config.train.epochs + 1))
+    assert payload["train_state"]["epoch"] == tiny_config.train.epochs
+
+
+def _short_config(tiny_config, epochs):
+    return apply_overrides(tiny_config, "train", epochs=epochs)
+
+
+def _state(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_same_seed_same_weights_and_resume_matches(tmp_path, synth_root, tiny_config):
+    full, again, split = tmp_path / "full.pt", tmp_path / "again.pt", tmp_path / "split.pt"
+    train(_short_config(tiny_config, 3), "cuhk-pedes", synth_root, full, progress=False)
+    train(_short_config(tiny_config, 3), "cuhk-pedes", synth_root, again, progress=False)
+    # Two epochs, then resume to the third: the same weights as one run of three.
+    train(_short_config(tiny_config, 2), "cuhk-pedes", synth_root, split, progress=False)
+    train(_short_config(tiny_config, 3), "cuhk-pedes", synth_root, split, resume=True, progress=False)
+    reference = _state(full)
+    for other in (_state(again), _state(split)):
+        for key, value in reference.items():
+            torch.testing.assert_close(other[key], value, rtol=0, atol=0, msg=key)
+    assert len(load_checkpoint(split)["history"]) == 3
+
+
+def test_other_seed_other_weights(tmp_path, synth_root, tiny_config):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    train(_short_config(tiny_config, 1), "cuhk-pedes", synth_root, a, progress=False)
+    train(apply_overrides(_short_config(tiny_config, 1), "train", seed=1), "cuhk-pedes", synth_root, b, progress=False)
+    assert not torch.equal(_state(a)["image_projection.weight"], _state(b)["image_projection.weight"])
+
+
+def test_not_a_checkpoint(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a zip file at all")
+    with pytest.raises(CheckpointError, match="not a tbps checkpoint"):
+        load_checkpoint(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(CheckpointError, match="format tag"):
+        load_checkpoint(other)
+    with pytest.raises(InputFileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_newer_format_version_is_refused(tmp_path, tiny_checkpoint):
+    payload = load_checkpoint(tiny_checkpoint)
+    payload["version"] = VERSION + 1
+    newer = tmp_path / "newer.pt"
+    save_checkpoint(newer, payload)
+    with pytest.raises(CheckpointError, match="upgrade tbps"):
+        load_checkpoint(newer)
+
+
+def test_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path / "m.pt", {"format": FORMAT})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_needs_training_state(tmp_path, tiny_checkpoint, synth_root, tiny_config):
+    payload = load_checkpoint(tiny_checkpoint)
+    del payload["train_state"]
+    path = tmp_path / "final.pt"
+    save_checkpoint(path, payload)
+    with pytest.raises(CheckpointError, match="no training state"):
+        train(tiny_config, "cuhk-pedes", synth_root, path, resume=True, progress=False)
+
+
+def test_ablated_configs_train(tmp_path, synth_root, tiny_config):
+    for index, changes in enumerate(({"use_coarse": False, "use_fine": False}, {"shared_decoder": False})):
+        config = apply_overrides(_short_config(tiny_config, 1), "model", **changes)
+        path = tmp_path / f"ablated{index}.pt"
+        train(config, "cuhk-pedes", synth_root, path, progress=False)
+        model, loaded = model_from_checkpoint(load_checkpoint(path))
+        assert loaded.model == dataclasses.replace(config.model)
+        assert len(model.id_classifiers) == config.model.num_slots

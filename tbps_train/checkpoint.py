@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +69,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputFileNotFoundError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a tbps checkpoint (cannot be read by torch.load): {e}") from e
+    except Exception as e:  # torch.load raises many types (KeyError, UnpicklingError...) for a bad file
+        raise CheckpointError(
+            f"{path} is not a tbps checkpoint (torch.load failed: {type(e).__name__}: {e})"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tbps checkpoint (no '{FORMAT}' format tag)")
     version = payload.get("version")

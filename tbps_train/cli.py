@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_train.data.synth import DEFAULT_IDS
 from tbps_runtime.errors import ConfigError
 from tbps_train.config import PRESETS, RunConfig, apply_overrides, load_preset
 
@@ -33,7 +34,7 @@ def _quiet_libraries() -> None:
 
 @click.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write (CUHK-PEDES layout).")
-@click.option("--ids", default=400, show_default=True, type=click.IntRange(min=3), help="Number of identities.")
+@click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=3), help="Number of identities.")
 @click.option("--images-per-id", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
@@ -77,7 +78,8 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 @click.command()
 @_training_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (m.pt).")
-@click.option("--resume", is_flag=True, help="Continue the run saved in --output (its own config is used).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run saved in --output with its own config; --epochs N extends it to N epochs.")
 @click.option("--image-weights", type=click.Path(), help="ImageNet state dict for the image backbone (torchvision names).")
 @click.option("--margin", type=float, help="Ranking margin alpha (default 0.2).")
 @click.option("--no-coarse", is_flag=True, help="Ablation: drop the coarse embeddings C (Table 2).")
@@ -100,7 +102,8 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, i
                              shared_decoder=False if separate_decoders else None)
     config = apply_overrides(config, "loss", margin=margin, fine_loss=fine_loss,
                              cmr_on_coarse=True if cmr_on_coarse else None)
-    record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet)
+    record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet,
+                   resume_epochs=epochs)
     if "val" in record:
         click.echo(_metrics_line(record["val"], "val"), err=True)
     click.echo(str(output))

@@ -42,7 +42,7 @@ class ModelConfig:
     # Eq. 7's classifier: "linear" is e W_ID as printed; "cosine" scores
     # id_scale * cos(e, w_i), which keeps image and text scores, and so Eq. 11's
     # commonality, on one scale whatever the two towers' embedding norms are.
-    id_classifier: str = "linear"
+    id_classifier: str = "cosine"
     id_scale: float = 16.0
 
     @property

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_train.data.synth import DEFAULT_IDS
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 @click.option("--workdir", default="tbps-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="Where the dataset, checkpoint and results go.")
 @click.option("--preset", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]))
-@click.option("--ids", default=400, show_default=True, type=click.IntRange(min=8), help="Synthetic identities.")
+@click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=8), help="Synthetic identities.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True)
 @user_errors_exit_2

@@ -16,7 +16,7 @@ from tbps_runtime.errors import CheckpointError, DataError
 from tbps_runtime.tokenizer import load_tokenizer, tokenize
 from tbps_train.backbones import load_image_weights
 from tbps_train.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
-from tbps_train.config import RunConfig
+from tbps_train.config import RunConfig, apply_overrides
 from tbps_train.data.pipeline import CaptionTable, ImageStore, batches, flip_horizontally
 from tbps_train.data.readers import dataset_splits, read_split
 from tbps_train.evaluate import evaluate
@@ -111,10 +111,11 @@ class Trainer:
     """Runs epochs, evaluates on the validation split, writes the checkpoint after every epoch."""
 
     def __init__(self, config: RunConfig, dataset: str, root: str | Path, output: str | Path,
-                 resume: bool = False, image_weights: str | Path | None = None, progress: bool = True):
+                 resume: bool = False, image_weights: str | Path | None = None, progress: bool = True,
+                 resume_epochs: int | None = None):
         self.output, self.progress, self.dataset, self.root = Path(output), progress, dataset, Path(root)
         self.start_epoch, self.history = 0, []
-        resumed = self._load_resume_state() if resume and self.output.exists() else None
+        resumed = self._load_resume_state(resume_epochs) if resume and self.output.exists() else None
         if resumed is None:
             config.validate()
             self.config = config
@@ -142,12 +143,15 @@ class Trainer:
                                             device=device, progress=progress)
                            if self.config.train.cache_text else None)
 
-    def _load_resume_state(self) -> dict[str, Any]:
+    def _load_resume_state(self, epochs: int | None) -> dict[str, Any]:
+        """The run saved in ``output``, with its own config; ``epochs`` may extend it."""
         payload = load_checkpoint(self.output)
         state = payload.get("train_state")
         if state is None:
             raise CheckpointError(f"{self.output} holds no training state to resume from")
         self.model, self.config = model_from_checkpoint(payload)
+        if epochs is not None:
+            self.config = apply_overrides(self.config, "train", epochs=epochs)
         self.tokenizer_json = payload["tokenizer_json"]
         self.start_epoch, self.history = state["epoch"], list(payload.get("history", []))
         logger.info("resuming %s after epoch %d", self.output, self.start_epoch)
@@ -229,6 +233,12 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
 
 
 def train(config: RunConfig, dataset: str, root: str | Path, output: str | Path, resume: bool = False,
-          image_weights: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train a model and write ``output``; returns the last epoch's record."""
-    return Trainer(config, dataset, root, output, resume, image_weights, progress).run()
+          image_weights: str | Path | None = None, progress: bool = True,
+          resume_epochs: int | None = None) -> dict[str, Any]:
+    """Train a model and write ``output``; returns the last epoch's record.
+
+    With ``resume`` and an existing ``output``, training continues from the
+    saved epoch with the saved config (``config`` is ignored), run to
+    ``resume_epochs`` when given.
+    """
+    return Trainer(config, dataset, root, output, resume, image_weights, progress, resume_epochs).run()

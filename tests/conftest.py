@@ -26,6 +26,17 @@ def synth_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def easy_root(tmp_path_factory):
+    """An easier synthetic dataset (no clutter, long captions) with a large test split,
+    for the test that training learns: 60 identities x 3 images, 24 test identities."""
+    from tbps_train.data.synth import SynthConfig, generate
+
+    easy = SynthConfig(clutter=0.0, pose_jitter=0.3, light_jitter=0.3, noise=0.0, parts_per_caption=(5, 8))
+    return generate(tmp_path_factory.mktemp("easy") / "data", ids=60, images_per_id=3, seed=0,
+                    splits=(0.5, 0.1, 0.4), config=easy, progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_config():
     from tbps_train.config import apply_overrides, load_preset
 

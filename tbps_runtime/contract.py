@@ -1,0 +1,70 @@
+"""The export contract, declared once: tower I/O, dynamic axes, opset, tolerances, file names.
+
+The exporter builds its dummy inputs and dynamic shapes from these specs, the
+manifest records them, and the runtime feeds tensors by these names; nobody
+repeats a tensor name as a string literal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPSET = 18
+# Export validation, in the spirit of Hugging Face's exporters: embeddings are
+# L2-normalised per slot, so an absolute tolerance is meaningful.
+PARITY_ATOL = 1e-4
+
+BUNDLE_FORMAT, BUNDLE_VERSION = "tbps-bundle", 1
+GALLERY_FORMAT, GALLERY_VERSION = "tbps-gallery", 1
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. ``axes`` holds a symbolic name for a dynamic
+    axis and an int or a manifest key (``"height"``, ``"slots"``...) for a fixed one."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    axes: tuple[str | int, ...]
+    dynamic: tuple[str, ...] = ()  # which of ``axes`` vary at run time
+
+    def shape(self, sizes: dict[str, int]) -> list[str | int]:
+        """The declared shape with fixed axes resolved from ``sizes``; dynamic ones stay names."""
+        return [a if isinstance(a, int) or a in self.dynamic else sizes[a] for a in self.axes]
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """One exported graph."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def onnx_file(self) -> str:
+        return f"{self.name}.onnx"
+
+    @property
+    def plan_file(self) -> str:
+        return f"{self.name}.plan"
+
+
+EMBEDDINGS = TensorSpec("embeddings", "float32", ("batch", "slots", "dim"), dynamic=("batch",))
+
+IMAGE_TOWER = TowerSpec(
+    name="image_tower",
+    inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, "height", "width"), dynamic=("batch",)),),
+    outputs=(EMBEDDINGS,),
+)
+TEXT_TOWER = TowerSpec(
+    name="text_tower",
+    inputs=(
+        TensorSpec("input_ids", "int64", ("batch", "sequence"), dynamic=("batch", "sequence")),
+        TensorSpec("attention_mask", "int64", ("batch", "sequence"), dynamic=("batch", "sequence")),
+    ),
+    outputs=(EMBEDDINGS,),
+)
+TOWERS = (IMAGE_TOWER, TEXT_TOWER)

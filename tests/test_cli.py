@@ -1,0 +1,97 @@
+"""Every training command on synthetic data, and the user-error contract: status 2, one line, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from tbps_train.cli import ablate_command, eval_command, synth_command, train_command
+
+
+def run(command, args):
+    result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_synth_writes_a_readable_dataset(tmp_path):
+    result = run(synth_command, ["--out", tmp_path / "d", "--ids", 6, "--images-per-id", 2, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d" / "reid_raw.json").is_file()
+    again = run(synth_command, ["--out", tmp_path / "d", "--ids", 6, "--quiet"])
+    assert_user_error(again)
+
+
+def test_train_then_eval_json(tmp_path, synth_root):
+    checkpoint = tmp_path / "m.pt"
+    result = run(train_command, ["--dataset", "cuhk-pedes", "--root", synth_root, "-o", checkpoint,
+                                 "--preset", "tiny", "--epochs", 1, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert checkpoint.is_file()
+    result = run(eval_command, ["--ckpt", checkpoint, "--dataset", "cuhk-pedes", "--root", synth_root, "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)  # one JSON document, nothing else on stdout
+    assert set(metrics) == {"r1", "r5", "r10", "map", "minp"}
+    assert all(0 <= v <= 100 for v in metrics.values())
+
+
+def test_eval_on_val_split_text_output(tiny_checkpoint, synth_root):
+    result = run(eval_command, ["--ckpt", tiny_checkpoint, "--dataset", "cuhk-pedes", "--root", synth_root,
+                                "--split", "val"])
+    assert result.exit_code == 0
+    assert "R@1" in result.stdout and "mINP" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--ckpt", "{tmp}/missing.pt"], ["checkpoint not found"]),
+    (["--ckpt", "{garbage}"], ["not a tbps checkpoint"]),
+    (["--ckpt", "{ckpt}", "--root", "{tmp}/nowhere"], ["does not exist"]),
+    (["--ckpt", "{ckpt}", "--split", "bogus"], ["bogus"]),
+    (["--ckpt", "{ckpt}", "--dataset", "rstpreid"], ["data_captions.json"]),
+])
+def test_eval_bad_input(tmp_path, tiny_checkpoint, synth_root, args, fragments):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("hello")
+    values = {"tmp": tmp_path, "garbage": garbage, "ckpt": tiny_checkpoint}
+    argv = [a.format(**values) for a in args]
+    defaults = {"--dataset": "cuhk-pedes", "--root": str(synth_root)}
+    for flag, value in defaults.items():
+        if flag not in argv:
+            argv += [flag, value]
+    assert_user_error(run(eval_command, argv), *fragments)
+
+
+def test_train_bad_input(tmp_path, synth_root):
+    base = ["--dataset", "cuhk-pedes", "-o", tmp_path / "m.pt", "--preset", "tiny", "--quiet"]
+    assert_user_error(run(train_command, base + ["--root", tmp_path / "nowhere"]), "does not exist")
+    assert_user_error(run(train_command, base + ["--root", synth_root, "--image-backbone", "resnet9000"]),
+                      "resnet9000")
+    assert_user_error(run(train_command, base + ["--root", synth_root, "--image-weights", tmp_path / "w.pt"]),
+                      "not found")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_ablate_writes_table(tmp_path, synth_root):
+    out = tmp_path / "ablation"
+    result = run(ablate_command, ["--dataset", "cuhk-pedes", "--root", synth_root, "--preset", "tiny",
+                                  "--epochs", 1, "--out-dir", out, "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert [r["K"] for r in rows] == [1, 3, 5, 5]  # tiny preset: D = P = 2
+    assert (out / "ablation.md").read_text().count("\n") == 6
+
+
+def test_console_scripts_are_installed():
+    for name in ("tbps-synth", "tbps-train", "tbps-eval", "tbps-ablate", "tbps-quickstart"):
+        result = subprocess.run([name, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0, (name, result.stderr)

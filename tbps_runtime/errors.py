@@ -26,3 +26,15 @@ class CheckpointError(TbpsError, ValueError):
 
 class ConfigError(TbpsError, ValueError):
     """An option or combination of options that cannot work."""
+
+
+class BundleError(TbpsError, ValueError):
+    """A bundle or gallery that is incomplete, modified, or from another model."""
+
+
+class ExportError(TbpsError, ValueError):
+    """An export that cannot be made or fails its checks (e.g. ONNX vs PyTorch parity)."""
+
+
+class QueryError(TbpsError, ValueError):
+    """A search query that cannot be embedded (empty, whitespace only, not text)."""

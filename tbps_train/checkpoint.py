@@ -9,13 +9,12 @@ and the per-epoch history, plus the optimiser state for ``--resume``.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tbps_runtime.atomic import atomic_write
 from tbps_runtime.errors import CheckpointError, InputFileNotFoundError
 from tbps_train.config import RunConfig
 from tbps_train.model import TextBasedPersonSearch
@@ -50,16 +49,7 @@ def checkpoint_payload(
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write atomically: a temp file in the same directory, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from tbps_runtime.tokenizer import load_tokenizer, tokenize
 from tbps_train.backbones import load_image_weights
 from tbps_train.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tbps_train.config import RunConfig, apply_overrides
-from tbps_train.data.pipeline import CaptionTable, ImageStore, batches, flip_horizontally
+from tbps_train.data.pipeline import CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally
 from tbps_train.data.readers import dataset_splits, read_split
 from tbps_train.evaluate import evaluate
 from tbps_train.losses import compute_losses
@@ -115,33 +115,40 @@ class Trainer:
                  resume_epochs: int | None = None):
         self.output, self.progress, self.dataset, self.root = Path(output), progress, dataset, Path(root)
         self.start_epoch, self.history = 0, []
-        resumed = self._load_resume_state(resume_epochs) if resume and self.output.exists() else None
-        if resumed is None:
+        state = None
+        if resume and self.output.exists():
+            state = self._load_resume_state(resume_epochs)  # the saved model and config
+        else:
             config.validate()
             self.config = config
-            torch.manual_seed(config.train.seed)
-            text_backbone, self.tokenizer_json = load_text_backbone(config.model.text_backbone, config.train.seed)
-        device = self.config.train.device
         self.data = TrainingData.load(dataset, self.root, self.config.model.image_size, progress)
-        if resumed is None:
-            self.model = TextBasedPersonSearch(self.config.model, text_backbone, self.data.num_identities)
-            if image_weights:
-                load_image_weights(self.model.image_backbone, image_weights)
+        if state is None:
+            self.model = self._new_model(image_weights)
         elif self.model.id_classifiers[0].out_features != self.data.num_identities:
             raise CheckpointError(
                 f"{self.output} was trained on {self.model.id_classifiers[0].out_features} identities, "
                 f"the train split of {root} has {self.data.num_identities}: resume on the same data"
             )
+        device = self.config.train.device
         self.model.to(device)
         self.optimizer, self.scheduler = build_optimizer(self.model, self.config)
-        if resumed is not None:
-            self.optimizer.load_state_dict(resumed["optimizer"])
-            self.scheduler.load_state_dict(resumed["scheduler"])
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
         self.tokenizer = load_tokenizer(self.tokenizer_json, self.config.model.max_text_length)
         self.val_records = read_split(dataset, self.root, "val") if "val" in dataset_splits(dataset) else None
         self.text_cache = (TextFeatureCache(self.model, self.tokenizer, self.data.captions.texts,
                                             device=device, progress=progress)
                            if self.config.train.cache_text else None)
+
+    def _new_model(self, image_weights: str | Path | None) -> TextBasedPersonSearch:
+        torch.manual_seed(self.config.train.seed)
+        text_backbone, self.tokenizer_json = load_text_backbone(self.config.model.text_backbone,
+                                                                self.config.train.seed)
+        model = TextBasedPersonSearch(self.config.model, text_backbone, self.data.num_identities)
+        if image_weights:
+            load_image_weights(model.image_backbone, image_weights)
+        return model
 
     def _load_resume_state(self, epochs: int | None) -> dict[str, Any]:
         """The run saved in ``output``, with its own config; ``epochs`` may extend it."""
@@ -187,8 +194,8 @@ class Trainer:
         self.model.train()
         totals: dict[str, float] = {}
         steps = list(batches(len(self.data.labels), cfg.batch_size, generator))
-        for chunk in tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False):
-            pixels = self.data.store.batch(self.data.captions.image_index[chunk])
+        for chunk, pixels in tqdm(self._image_batches(steps), total=len(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                  disable=not self.progress, leave=False):
             pixels = flip_horizontally(pixels, generator, cfg.flip_probability).to(device)
             hidden, mask = self._text_batch(chunk)
             terms = train_step(self.model, pixels, hidden.to(device), mask.to(device),
@@ -202,6 +209,18 @@ class Trainer:
             totals["loss"] = totals.get("loss", 0.0) + loss.detach().item()
         self.scheduler.step()
         return {name: round(value / max(len(steps), 1), 4) for name, value in totals.items()}
+
+    def _image_batches(self, steps: list[np.ndarray]):
+        """(chunk, pixels) per step; decoded by worker processes when the split is not in memory."""
+        image_index = self.data.captions.image_index
+        workers = self.config.train.num_workers
+        if self.data.store.preloaded or workers == 0:
+            return ((chunk, self.data.store.batch(image_index[chunk])) for chunk in steps)
+        loader = torch.utils.data.DataLoader(
+            self.data.store, batch_sampler=[image_index[chunk] for chunk in steps],
+            num_workers=workers, collate_fn=collate_pixels,
+        )
+        return zip(steps, loader)
 
     def _text_batch(self, chunk: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.text_cache is not None:

@@ -143,3 +143,13 @@ def test_shared_decoder_serves_both_modalities(tiny_text_backbone):
 def test_stripes_must_divide_the_feature_map(tiny_text_backbone):
     with pytest.raises(ConfigError, match="equal stripes"):
         make_model(tiny_text_backbone, num_fine=3)
+
+
+@pytest.mark.parametrize("image_backbone", ["resnet50", "vit_b_16"])
+def test_paper_preset_model(tiny_text_backbone, image_backbone):
+    config = dataclasses.replace(load_preset("paper").model, image_backbone=image_backbone, text_backbone="tiny")
+    model = TextBasedPersonSearch(config, copy.deepcopy(tiny_text_backbone[0]), num_identities=11003).eval()
+    assert model.feature_hw == (24, 8)  # Sec. 4.1: 384x128 input; r = 192 positions, P = 4 stripes of 6 rows
+    with torch.no_grad():
+        slots = model.encode_image(torch.randn(1, 3, 384, 128)).slots
+    assert slots.shape == (1, 9, 512)

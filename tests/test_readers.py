@@ -215,7 +215,7 @@ def test_missing_images_names_first_five_and_count(tmp_path):
     message = str(err)
     assert "CUHK01/0363004.png" in message and "Market/0002_c1s1_000451_03.jpg" in message
     assert "Market/0002_c2s1_000301_01.jpg" not in message  # the sixth is only counted
-    assert "and 1 more" in message and "check_images=False" in message
+    assert "and 1 more" in message and "unpack the dataset" in message
     assert len(read_split("cuhk-pedes", root, "test")) == 4  # other splits are unaffected
 
 

@@ -117,3 +117,16 @@ def test_ablated_configs_train(tmp_path, synth_root, tiny_config):
         model, loaded = model_from_checkpoint(load_checkpoint(path))
         assert loaded.model == dataclasses.replace(config.model)
         assert len(model.id_classifiers) == config.model.num_slots
+
+
+def test_worker_decoding_matches_in_memory(tmp_path, synth_root, tiny_config, monkeypatch):
+    import tbps_train.data.pipeline as pipeline
+
+    in_memory, streamed = tmp_path / "memory.pt", tmp_path / "streamed.pt"
+    train(_short_config(tiny_config, 1), "cuhk-pedes", synth_root, in_memory, progress=False)
+    monkeypatch.setattr(pipeline, "PRELOAD_BUDGET_BYTES", 0)  # as for a split too big to keep
+    config = apply_overrides(_short_config(tiny_config, 1), "train", num_workers=2)
+    train(config, "cuhk-pedes", synth_root, streamed, progress=False)
+    reference = _state(in_memory)
+    for key, value in _state(streamed).items():
+        torch.testing.assert_close(value, reference[key], rtol=0, atol=0, msg=key)

@@ -54,6 +54,10 @@ class ImageStore(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def preloaded(self) -> bool:
+        return self._cache is not None
+
     def __getitem__(self, index: int) -> np.ndarray:
         return self._cache[index] if self._cache is not None else self._load(index)
 
@@ -62,7 +66,12 @@ class ImageStore(torch.utils.data.Dataset):
 
     def batch(self, indices: np.ndarray) -> torch.Tensor:
         """(B,) indices -> (B, 3, H, W) float32 normalised pixels."""
-        return torch.from_numpy(normalize(np.stack([self[int(i)] for i in indices])))
+        return collate_pixels([self[int(i)] for i in indices])
+
+
+def collate_pixels(crops: list[np.ndarray]) -> torch.Tensor:
+    """(H, W, 3) uint8 crops -> (B, 3, H, W) float32 normalised pixels."""
+    return torch.from_numpy(normalize(np.stack(crops)))
 
 
 def flip_horizontally(pixels: torch.Tensor, generator: torch.Generator, probability: float) -> torch.Tensor:

@@ -175,5 +175,5 @@ def _check_images(records: list[ImageRecord], root: Path) -> None:
     hint = "" if image_dir.is_dir() else f" ({image_dir} does not exist)"
     raise DataError(
         f"{len(missing)} of {len(records)} images are missing under {image_dir}{hint}: "
-        f"{listed}{more}; unpack the dataset's images there, or pass check_images=False"
+        f"{listed}{more}; unpack the dataset's images there"
     )

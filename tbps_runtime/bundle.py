@@ -1,0 +1,122 @@
+"""The bundle's ``manifest.json``: everything a client needs to run the towers.
+
+Written by ``tbps_export``, read and verified by the runtime. A client in any
+language can preprocess and run the towers from this file alone: image size,
+mean/std, tokenizer and max length, tensor names, dtypes and shapes, K/D/P/d.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tbps_runtime.atomic import atomic_write
+from tbps_runtime.contract import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, TOWERS, TowerSpec
+from tbps_runtime.errors import BundleError, InputFileNotFoundError
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest. ``files`` maps each bundle file to its SHA-256;
+    ``fingerprint`` identifies the trained weights (galleries record it)."""
+
+    num_slots: int  # K
+    num_coarse: int  # D (0 when ablated)
+    num_fine: int  # P (0 when ablated)
+    embed_dim: int  # d
+    slot_names: list[str]
+    image_size: list[int]  # [H, W]
+    mean: list[float]
+    std: list[float]
+    max_text_length: int
+    tokenizer: str
+    towers: dict[str, dict[str, Any]]  # name -> {"file", "inputs": [...], "outputs": [...]}
+    files: dict[str, str]
+    fingerprint: str
+    opset: int
+    padding_side: str = "right"
+    resample: str = "bilinear"
+    channel_order: str = "RGB"
+    precision: str = "float32"  # of the ONNX towers: float32 or int8
+    parity: dict[str, Any] = field(default_factory=dict)
+    tensorrt: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    format: str = BUNDLE_FORMAT
+    version: int = BUNDLE_VERSION
+
+    def sizes(self) -> dict[str, int]:
+        """Values of the fixed symbolic axes in the contract's TensorSpecs."""
+        return {"height": self.image_size[0], "width": self.image_size[1],
+                "slots": self.num_slots, "dim": self.embed_dim}
+
+    def tower_entry(self, tower: TowerSpec) -> dict[str, Any]:
+        """The manifest's record of a tower, as the contract declares it."""
+        sizes = self.sizes()
+        io = lambda specs: [{"name": s.name, "dtype": s.dtype, "shape": s.shape(sizes)} for s in specs]
+        return {"file": tower.onnx_file, "inputs": io(tower.inputs), "outputs": io(tower.outputs)}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically (temp file + rename)."""
+    path = Path(directory) / MANIFEST_FILE
+    write_json_atomic(path, asdict(manifest))
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """JSON to ``path`` via a temp file in the same directory, then rename."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def load_manifest(directory: str | Path) -> Manifest:
+    """Parse and check a bundle's manifest (not yet its files: see :func:`verify_files`)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputFileNotFoundError(f"bundle directory not found: {directory}")
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{directory} is not a tbps bundle: it has no {MANIFEST_FILE} (made by tbps-export)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not a tbps bundle manifest (no '{BUNDLE_FORMAT}' format tag)")
+    if not isinstance(data.get("version"), int) or data["version"] > BUNDLE_VERSION:
+        raise BundleError(f"{path} has bundle version {data.get('version')}; this tbps reads up to "
+                          f"{BUNDLE_VERSION}: upgrade tbps")
+    try:
+        manifest = Manifest(**data)
+    except TypeError as e:
+        raise BundleError(f"{path} does not have the fields of a version-{BUNDLE_VERSION} manifest: {e}") from e
+    missing = [t.name for t in TOWERS if t.name not in manifest.towers]
+    if missing:
+        raise BundleError(f"{path} lists no {', '.join(missing)}: re-export the bundle")
+    return manifest
+
+
+def verify_files(directory: str | Path, manifest: Manifest, names: list[str] | None = None) -> None:
+    """Check that each listed file (default: all) exists and matches its recorded SHA-256."""
+    directory = Path(directory)
+    for name in names if names is not None else sorted(manifest.files):
+        if name not in manifest.files:
+            raise BundleError(f"{directory / MANIFEST_FILE} records no checksum for {name}")
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"bundle file missing: {path}; re-export the bundle")
+        if sha256_file(path) != manifest.files[name]:
+            raise BundleError(f"bundle file {path} was modified: its SHA-256 differs from the manifest's; "
+                              "re-export the bundle")

@@ -21,8 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def read_image(path: str | Path) -> Image.Image:
     """Decode an image file as RGB, applying its EXIF orientation.
 
-    Any mode (L, P, RGBA, CMYK, 16-bit) becomes 8-bit RGB; transparency is
-    composited on black, as ``convert("RGB")`` does.
+    Any mode (1, L, P, RGBA, LA, CMYK, 16-bit, 32-bit int or float) becomes
+    8-bit RGB; transparency is composited on black. A corrupt, empty,
+    truncated or non-image file raises :class:`DataError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -32,16 +33,27 @@ def read_image(path: str | Path) -> Image.Image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit greyscale: scale to 8 bits by the range the mode allows.
         array = np.asarray(image, dtype=np.float64)
         scale = 255.0 / (65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0)
         image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        # Float greyscale: [0, 1] when it fits there, else taken as 0..255.
+        array = np.asarray(image, dtype=np.float64)
+        array = np.nan_to_num(array, nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if array.size and array.max() <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(array * scale, 0, 255).round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        # Composite on black: what hides under a transparent pixel is undefined.
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+        return Image.fromarray(rgb.astype(np.uint8), mode="RGB")
     return image.convert("RGB")
 
 

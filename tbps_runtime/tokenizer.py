@@ -33,7 +33,8 @@ def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.nda
     truncated = sum(1 for e in encodings if e.overflowing)
     if truncated:
         limit = tokenizer.truncation["max_length"]
-        logger.warning("%d caption(s) longer than %d tokens were truncated", truncated, limit)
+        logger.warning("%d caption(s) longer than %d tokens were truncated: the model reads only their "
+                       "first %d tokens", truncated, limit, limit)
     input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
     attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
     return input_ids, attention_mask

@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types (KeyError, UnpicklingError...) for a bad file
         raise CheckpointError(
-            f"{path} is not a tbps checkpoint (torch.load failed: {type(e).__name__}: {e})"
+            f"{path} is not a tbps checkpoint (torch.load failed: {type(e).__name__}: {_first_line(e)})"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tbps checkpoint (no '{FORMAT}' format tag)")
@@ -74,6 +74,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}: the file is damaged")
     return payload
+
+
+def _first_line(error: Exception) -> str:
+    """torch.load's messages run to paragraphs; the first line says what failed."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> tuple[TextBasedPersonSearch, RunConfig]:

@@ -22,6 +22,7 @@ from tbps_train.data.readers import dataset_splits, read_split
 from tbps_train.evaluate import evaluate
 from tbps_train.losses import compute_losses
 from tbps_train.model import TextBasedPersonSearch
+from tbps_train.plots import curves_path, plot_history
 from tbps_train.text import load_text_backbone
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class Trainer:
             self.history.append(record)
             logger.info(_epoch_line(record, epochs))
             self._save(epoch + 1)
+        plot = plot_history(self.history, curves_path(self.output), title=f"{self.output.name} on {self.dataset}")
+        logger.info("training curves: %s", plot)
         return self.history[-1]
 
     def _evaluate_now(self, epoch: int) -> bool:

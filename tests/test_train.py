@@ -130,3 +130,30 @@ def test_worker_decoding_matches_in_memory(tmp_path, synth_root, tiny_config, mo
     reference = _state(in_memory)
     for key, value in _state(streamed).items():
         torch.testing.assert_close(value, reference[key], rtol=0, atol=0, msg=key)
+
+
+def test_training_writes_curves_beside_the_checkpoint(tiny_checkpoint):
+    from PIL import Image
+
+    from tbps_train.plots import curves_path
+
+    path = curves_path(tiny_checkpoint)
+    assert path.name == "m.curves.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 100
+
+
+def test_checkpoint_error_is_one_line_and_file_not_private(tmp_path, tiny_checkpoint):
+    import os
+    import stat
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": FORMAT, "when": __import__("datetime").datetime(2026, 1, 1)}, pickled)  # not weights-only
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(pickled)
+    assert "\n" not in str(info.value)
+    saved = tmp_path / "copy.pt"
+    save_checkpoint(saved, load_checkpoint(tiny_checkpoint))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~umask

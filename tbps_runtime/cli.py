@@ -1,0 +1,172 @@
+"""Command line: ``tbps-index`` (embed a gallery) and ``tbps-rank`` (search it). No PyTorch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from tbps_runtime.backends import BACKENDS
+from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, QueryError
+from tbps_runtime.gallery import Gallery, load_gallery, sidecar_path
+from tbps_runtime.search import Match, PersonSearch, check_queries
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm",
+                              ".pgm", ".pbm", ".jfif"})
+
+_backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
+                               help="Run the towers with onnxruntime (any machine) or the bundle's TensorRT engines.")
+_threads_option = click.option("--threads", type=click.IntRange(min=1),
+                               help="onnxruntime threads per tower (default: all cores).")
+
+
+def collect_images(source: str | Path) -> tuple[list[Path], list[int | str | None] | None]:
+    """Image paths (and identities, when a list gives them) from a directory or a list file.
+
+    A directory is walked recursively for image files (by extension), in sorted
+    order. A list file holds one image per line, optionally followed by a TAB
+    and the person's identity; relative paths are relative to the list file;
+    blank lines and lines starting with ``#`` are skipped.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {source}")
+        return paths, None
+    if not source.is_file():
+        raise InputFileNotFoundError(f"--images: no such directory or list file: {source}")
+    if source.suffix.lower() in IMAGE_EXTENSIONS:
+        raise ConfigError(f"--images takes a directory or a list file (one image path per line), not an image: {source}")
+    return _read_list(source)
+
+
+def _read_list(source: Path) -> tuple[list[Path], list[int | str | None] | None]:
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source} is not a UTF-8 text list of image paths: {e}") from e
+    paths, identities = [], []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        path, _, identity = line.rstrip("\r").partition("\t")
+        paths.append(source.parent / path.strip())
+        identity = identity.strip()
+        identities.append(None if not identity else int(identity) if identity.lstrip("-").isdigit() else identity)
+    if not paths:
+        raise DataError(f"{source} lists no images (one path per line)")
+    return paths, identities if any(i is not None for i in identities) else None
+
+
+@click.command()
+@click.option("--bundle", required=True, type=click.Path(), help="The bundle made by tbps-export.")
+@click.option("--images", required=True, type=click.Path(),
+              help="A directory (walked recursively) or a list file: one image path per line, "
+                   "optionally TAB + identity.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Gallery to write (g.npy; g.json goes beside it).")
+@_backend_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@_threads_option
+@click.option("--quiet", is_flag=True, help="No progress bar; warnings only.")
+@user_errors_exit_2
+def index_command(bundle: str, images: str, output: str, backend: str, batch_size: int, strict: bool,
+                  threads: int | None, quiet: bool) -> None:
+    """Embed a gallery of person crops into g.npy + g.json.
+
+    Unreadable images are skipped and listed in g.json (--strict: fatal). An
+    interrupted run resumes where it stopped when the same command is run again.
+    """
+    setup_logging(quiet)
+    paths, identities = collect_images(images)
+    search = PersonSearch.from_bundle(bundle, backend=backend, threads=threads)
+    started = time.perf_counter()
+    try:
+        gallery = search.index(paths, output, identities=identities, batch_size=batch_size, strict=strict,
+                               progress=not quiet)
+    except KeyboardInterrupt:
+        logger.warning("finished batches are kept: run the same command again to resume")
+        raise
+    seconds = time.perf_counter() - started
+    logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
+                len(paths) / max(seconds, 1e-9))
+    click.echo(str(output))
+
+
+@click.command()
+@click.option("--gallery", "gallery_path", required=True, type=click.Path(dir_okay=False),
+              help="g.npy made by tbps-index.")
+@click.option("--query", "queries", multiple=True, help="What the person looks like (repeatable).")
+@click.option("--queries", "queries_file", type=click.Path(dir_okay=False),
+              help="A UTF-8 file with one query per line ('-': standard input).")
+@click.option("--bundle", type=click.Path(), help="Default: the bundle recorded in g.json.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON document on stdout: [{rank, score, path}, ...] for one --query, "
+                   "a list of such lists (in query order) otherwise.")
+@_backend_option
+@_threads_option
+@click.option("--quiet", is_flag=True, help="Warnings only on stderr.")
+@user_errors_exit_2
+def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str | None, bundle: str | None, k: int,
+                 as_json: bool, backend: str, threads: int | None, quiet: bool) -> None:
+    """Rank a gallery for text queries (Eq. 14), best first: rank, score, path."""
+    setup_logging(quiet)
+    texts = list(queries) + (_read_queries(queries_file) if queries_file is not None else [])
+    if not texts:
+        raise ConfigError("give a query: --query 'a woman in a red coat' or --queries FILE")
+    check_queries(texts)
+    gallery = load_gallery(gallery_path)
+    search = PersonSearch.from_bundle(_bundle_of(gallery, bundle), backend=backend, threads=threads)
+    results = search.rank(texts, gallery, k=k)
+    single = len(queries) == 1 and queries_file is None
+    if as_json:
+        documents = [[m.to_json() for m in matches] for matches in results]
+        click.echo(json.dumps(documents[0] if single else documents))
+        return
+    for text, matches in zip(texts, results):
+        if not single:
+            click.echo(f"query: {text}")
+        _print_matches(matches)
+
+
+def _read_queries(path: str) -> list[str]:
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise InputFileNotFoundError(f"--queries: file not found: {file}")
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise QueryError(f"{file} is not UTF-8 text: {e}") from e
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise QueryError(f"{path} holds no queries (one per line)")
+    return texts
+
+
+def _bundle_of(gallery: Gallery, bundle: str | None) -> str:
+    if bundle is not None:
+        return bundle
+    if not gallery.bundle:
+        raise ConfigError(f"{sidecar_path(gallery.path).name} records no bundle: pass --bundle DIR")
+    if not Path(gallery.bundle).is_dir():
+        raise InputFileNotFoundError(f"the bundle recorded in {sidecar_path(gallery.path)} is not at "
+                                     f"{gallery.bundle} any more: pass --bundle DIR")
+    return gallery.bundle
+
+
+def _print_matches(matches: list[Match]) -> None:
+    for match in matches:
+        click.echo(f"{match.rank:>4}  {match.score:8.4f}  {match.path}")

@@ -1,0 +1,279 @@
+"""The gallery on disk: ``g.npy`` (N, K, d) float32 and ``g.json`` beside it.
+
+``g.json`` records the format and version, the fingerprint of the bundle
+whose image tower made the rows (a gallery is refused with any other bundle),
+that bundle's directory (``tbps-rank``'s default), one entry per row (image
+path, optional identity) and the images that could not be read.
+
+Indexing is resumable: rows go into a memory-mapped ``.g.npy.partial.npy``
+and progress into ``.g.npy.partial.json`` after every batch; the final pair is
+written atomically (temp file + rename) and the partial files removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tbps_runtime.atomic import atomic_write
+from tbps_runtime.bundle import write_json_atomic
+from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
+from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
+
+logger = logging.getLogger(__name__)
+
+_COPY_ROWS = 16384  # rows per block when compacting a partial gallery
+
+
+@dataclass(frozen=True)
+class GalleryEntry:
+    """One gallery row: the image it came from and, when known, the person's identity."""
+
+    path: str
+    identity: int | str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path} if self.identity is None else {"path": self.path, "identity": self.identity}
+
+
+@dataclass
+class Gallery:
+    """An indexed gallery. ``embeddings`` is (N, K, d) float32, memory-mapped read-only
+    when loaded from disk; row i is ``entries[i]``."""
+
+    embeddings: np.ndarray
+    entries: list[GalleryEntry]
+    fingerprint: str
+    bundle: str | None = None
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def check_bundle(self, fingerprint: str, bundle: str | Path | None = None) -> None:
+        """Refuse a bundle other than the one whose image tower made these rows."""
+        if fingerprint != self.fingerprint:
+            where = f" ({bundle})" if bundle is not None else ""
+            raise BundleError(
+                f"gallery {self.path or '(in memory)'} was built with the bundle of fingerprint "
+                f"{self.fingerprint[:12]}, not this bundle{where} ({fingerprint[:12]}): its scores would be "
+                "meaningless; re-index it with tbps-index --bundle, or rank with the bundle that built it")
+
+    def check_finite(self, chunk_rows: int = _COPY_ROWS) -> None:
+        """Scan every row for NaN/inf (ranking also catches them, as non-finite scores)."""
+        for start in range(0, len(self.embeddings), chunk_rows):
+            block = np.asarray(self.embeddings[start:start + chunk_rows])
+            bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+            if bad.any():
+                row = start + int(np.flatnonzero(bad)[0])
+                raise BundleError(f"gallery {self.path} row {row} ({self.entries[row].path}) contains NaN or inf: "
+                                  "re-index the gallery with tbps-index")
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``g.npy`` -> ``g.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def load_gallery(path: str | Path, mmap: bool = True) -> Gallery:
+    """Read and validate ``g.npy`` and its ``g.json``; rows are memory-mapped unless ``mmap=False``.
+
+    Raises:
+        InputFileNotFoundError: no such file.
+        BundleError: no ``g.json`` beside it, or the two disagree, or the array
+            is not (N, K, d) float32.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        raise ConfigError(f"pass the gallery's .npy file, not its {path.name}")
+    if not path.is_file():
+        raise InputFileNotFoundError(f"gallery not found: {path}")
+    meta = _read_sidecar(path)
+    embeddings = _read_array(path, mmap)
+    _check_consistent(path, embeddings, meta)
+    entries = [GalleryEntry(e["path"], e.get("identity")) for e in meta["entries"]]
+    return Gallery(embeddings, entries, meta["fingerprint"], meta.get("bundle"),
+                   list(meta.get("unreadable", [])), path)
+
+
+def write_gallery(path: str | Path, embeddings: np.ndarray, entries: Sequence[GalleryEntry], *,
+                  fingerprint: str, bundle: str | Path | None = None,
+                  unreadable: Sequence[dict[str, str]] = ()) -> Gallery:
+    """Write ``g.npy`` + ``g.json`` atomically (each via a temp file and a rename; the JSON last)."""
+    path = Path(path)
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 3 or embeddings.dtype != np.float32 or len(embeddings) != len(entries):
+        raise ValueError(f"a gallery is (N, K, d) float32 with one entry per row, got {embeddings.shape} "
+                         f"{embeddings.dtype} and {len(entries)} entries")
+    atomic_write(path, lambda stream: np.save(stream, embeddings))
+    _write_sidecar(path, embeddings.shape, entries, fingerprint, bundle, unreadable)
+    return load_gallery(path)
+
+
+def _write_sidecar(path: Path, shape: tuple[int, ...], entries: Sequence[GalleryEntry], fingerprint: str,
+                   bundle: str | Path | None, unreadable: Sequence[dict[str, str]]) -> None:
+    write_json_atomic(sidecar_path(path), {
+        "format": GALLERY_FORMAT, "version": GALLERY_VERSION,
+        "fingerprint": fingerprint,
+        "bundle": None if bundle is None else str(Path(bundle).resolve()),
+        "count": int(shape[0]), "num_slots": int(shape[1]), "embed_dim": int(shape[2]),
+        "entries": [e.to_json() for e in entries],
+        "unreadable": list(unreadable),
+    })
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    meta_path = sidecar_path(path)
+    if not meta_path.is_file():
+        raise BundleError(f"gallery {path} has no {meta_path.name} beside it (tbps-index writes the two "
+                          "together): move it back or re-index with tbps-index")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{meta_path} is not valid JSON: {e}; re-index with tbps-index") from e
+    if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
+        raise BundleError(f"{meta_path} is not a tbps gallery description (no '{GALLERY_FORMAT}' format tag): "
+                          "re-index with tbps-index")
+    if not isinstance(meta.get("version"), int) or meta["version"] > GALLERY_VERSION:
+        raise BundleError(f"{meta_path} has gallery version {meta.get('version')}; this tbps reads up to "
+                          f"{GALLERY_VERSION}: upgrade tbps")
+    fields = {"fingerprint": str, "count": int, "num_slots": int, "embed_dim": int, "entries": list}
+    wrong = [name for name, kind in fields.items() if not isinstance(meta.get(name), kind)]
+    if wrong or not all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in meta["entries"]):
+        raise BundleError(f"{meta_path} lacks or mistypes {', '.join(wrong) or 'entries'}; re-index with tbps-index")
+    return meta
+
+
+def _read_array(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        if mmap and "empty" in str(e):  # a 0-row array cannot be memory-mapped
+            return _read_array(path, mmap=False)
+        raise BundleError(f"{path} is not a .npy array file ({e}); re-index with tbps-index") from e
+    except (OSError, EOFError) as e:
+        raise BundleError(f"{path} is not a readable .npy file ({e}); re-index with tbps-index") from e
+    if not isinstance(array, np.ndarray):
+        raise BundleError(f"{path} is not a single .npy array; re-index with tbps-index")
+    return array
+
+
+def _check_consistent(path: Path, embeddings: np.ndarray, meta: dict[str, Any]) -> None:
+    expected = (meta["num_slots"], meta["embed_dim"])
+    if embeddings.ndim != 3 or embeddings.shape[1:] != expected:
+        raise BundleError(f"{path} has shape {embeddings.shape}; its {sidecar_path(path).name} describes "
+                          f"(N, {expected[0]}, {expected[1]}) rows: re-index with tbps-index")
+    if embeddings.dtype != np.float32:
+        raise BundleError(f"{path} holds {embeddings.dtype}; a gallery is float32: re-index with tbps-index")
+    if not len(embeddings) == meta["count"] == len(meta["entries"]):
+        raise BundleError(f"{path} has {len(embeddings)} rows but {sidecar_path(path).name} lists "
+                          f"{len(meta['entries'])}: the two files are out of step; re-index with tbps-index")
+
+
+class PartialIndex:
+    """The resumable state of one indexing run into ``output``.
+
+    ``done`` images (in the order given) are finished; ``failures`` maps the
+    position of each unreadable image among them to its error message.
+    """
+
+    def __init__(self, output: Path, paths: Sequence[str], fingerprint: str, shape: tuple[int, int]):
+        self.output = output
+        self.rows_path = output.with_name(f".{output.name}.partial.npy")
+        self.state_path = output.with_name(f".{output.name}.partial.json")
+        self.key = _run_key(paths, fingerprint, shape)
+        self.count = len(paths)
+        self.fingerprint = fingerprint
+        self.shape = shape  # (K, d)
+        self.done = 0
+        self.failures: dict[int, str] = {}
+        self.rows = self._open_rows(shape)  # (N, K, d) memory map
+
+    def _open_rows(self, shape: tuple[int, int]) -> np.ndarray:
+        state = self._read_state()
+        if state is not None and state.get("key") == self.key and self.rows_path.is_file():
+            try:
+                rows = np.lib.format.open_memmap(self.rows_path, mode="r+")
+                if rows.shape == (self.count, *shape) and rows.dtype == np.float32:
+                    self.done = int(state["done"])
+                    self.failures = {int(k): v for k, v in state["failures"].items()}
+                    return rows
+            except (ValueError, OSError) as e:
+                logger.warning("ignoring unreadable partial index %s (%s): starting over", self.rows_path, e)
+        elif state is not None:
+            logger.info("partial index %s is from another run (other images or bundle): starting over",
+                        self.state_path)
+        self.state_path.unlink(missing_ok=True)
+        return np.lib.format.open_memmap(self.rows_path, mode="w+", dtype=np.float32, shape=(self.count, *shape))
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self.state_path.read_text())
+            return state if isinstance(state, dict) and {"key", "done", "failures"} <= set(state) else None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+
+    def record(self, end: int, positions: Sequence[int], rows: np.ndarray, failures: dict[int, str]) -> None:
+        """Store the rows of the images at ``positions`` and the failed ones; every image before ``end`` is done.
+        The rows reach the disk before the progress that claims them."""
+        if len(positions):
+            self.rows[np.asarray(positions)] = rows
+            self.rows.flush()
+        self.failures.update(failures)
+        self.done = end
+        write_json_atomic(self.state_path, {"key": self.key, "done": end,
+                                            "failures": {str(k): v for k, v in self.failures.items()}})
+
+    def discard(self) -> None:
+        """Remove the partial files (nothing worth resuming)."""
+        del self.rows
+        self.rows_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+
+    def finish(self, entries: Sequence[GalleryEntry], bundle: str | Path | None) -> Gallery:
+        """Write the final ``g.npy`` + ``g.json`` from the readable rows and remove the partial files."""
+        assert self.done == self.count == len(entries)
+        ok = np.array([i for i in range(self.count) if i not in self.failures], dtype=np.int64)
+        unreadable = [{"path": entries[i].path, "error": self.failures[i]} for i in sorted(self.failures)]
+        self.rows.flush()
+        if len(ok) == self.count:
+            del self.rows  # the partial rows are the gallery: rename, no copy
+            os.replace(self.rows_path, self.output)
+        else:
+            self._compact(ok)
+        _write_sidecar(self.output, (len(ok), *self.shape), [entries[i] for i in ok],
+                       self.fingerprint, bundle, unreadable)
+        self.rows_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+        return load_gallery(self.output)
+
+    def _compact(self, ok: np.ndarray) -> None:
+        handle, temp = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".tmp.npy", dir=self.output.parent)
+        os.close(handle)
+        try:
+            out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=(len(ok), *self.shape))
+            for start in range(0, len(ok), _COPY_ROWS):
+                out[start:start + _COPY_ROWS] = self.rows[ok[start:start + _COPY_ROWS]]
+            out.flush()
+            del out
+            os.replace(temp, self.output)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+
+def _run_key(paths: Sequence[str], fingerprint: str, shape: tuple[int, int]) -> str:
+    """What a resumed run must share with the interrupted one: the images, in order, and the model."""
+    digest = hashlib.sha256(f"{fingerprint}\n{shape}\n".encode())
+    for path in paths:
+        digest.update(path.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,284 @@
+"""The Python API for pipelines: load a bundle once, embed, index, rank. Numpy in, numpy out.
+
+    search = PersonSearch.from_bundle("m.bundle")
+    gallery = search.index(image_paths, "g.npy")         # or load_gallery("g.npy")
+    for match in search.rank("a woman in a red coat", gallery, k=5)[0]:
+        print(match.rank, match.score, match.path)
+
+Safe to share between threads: onnxruntime sessions are thread-safe, and the
+rest (tokenizer, lazily created sessions, TensorRT contexts) is guarded by locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from tbps_runtime.backends import Backend, create_backend, files_for
+from tbps_runtime.bundle import Manifest, load_manifest, verify_files
+from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
+from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, QueryError
+from tbps_runtime.gallery import Gallery, GalleryEntry, PartialIndex, load_gallery
+from tbps_runtime.images import normalize, read_image, resize_rgb
+from tbps_runtime.ranking import top_k
+from tbps_runtime.tokenizer import load_tokenizer, tokenize
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[str, Path, np.ndarray]  # a file, or an (H, W, 3) uint8 RGB crop
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ranked gallery row for one query."""
+
+    rank: int  # 1-based
+    score: float  # Eq. 14: sum of K cosines, in [-K, K]
+    index: int  # gallery row
+    path: str | None = None
+    identity: int | str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path}
+
+
+class PersonSearch:
+    """A loaded bundle: both towers, its tokenizer and preprocessing."""
+
+    def __init__(self, directory: Path, manifest: Manifest, backend: Backend, tokenizer_json: str):
+        self.directory = directory
+        self.manifest = manifest
+        self.backend = backend
+        self._tokenizer = load_tokenizer(tokenizer_json, manifest.max_text_length)
+        self._tokenizer_lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(cls, directory: str | Path, backend: str = "onnxruntime", threads: int | None = None,
+                    providers: Sequence[str] | None = None, device: int = 0) -> PersonSearch:
+        """Load a bundle once, after checking the SHA-256 of every file the backend will read.
+
+        Args:
+            directory: the bundle (made by ``tbps-export``).
+            backend: ``"onnxruntime"`` or ``"tensorrt"``.
+            threads: onnxruntime intra-op threads (default: all cores).
+            providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
+            device: the CUDA device of the TensorRT backend.
+        """
+        directory = Path(directory)
+        manifest = load_manifest(directory)
+        _check_supported(directory, manifest)
+        verify_files(directory, manifest, [manifest.tokenizer, *files_for(backend, manifest)])
+        tokenizer_json = (directory / manifest.tokenizer).read_text(encoding="utf-8")
+        engine = create_backend(backend, directory, manifest, threads=threads, providers=providers, device=device)
+        return cls(directory, manifest, engine, tokenizer_json)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.manifest.num_slots, self.manifest.embed_dim), np.float32)
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Captions -> (N, K, d) float32, every slot L2-normalised. Captions beyond the
+        bundle's max length are truncated (with a logged warning).
+
+        Raises:
+            QueryError: an empty or whitespace-only text.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        check_queries(texts)
+        if not texts:
+            return self._empty
+        out = []
+        for start in range(0, len(texts), batch_size):
+            with self._tokenizer_lock:
+                input_ids, attention_mask = tokenize(self._tokenizer, texts[start:start + batch_size])  # (B, L)
+            ids_spec, mask_spec = TEXT_TOWER.inputs
+            out.append(self.backend.run(TEXT_TOWER, {ids_spec.name: input_ids, mask_spec.name: attention_mask}))
+        return np.concatenate(out)
+
+    def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
+        """Crops (paths or (H, W, 3) uint8 RGB arrays) -> (N, K, d) float32, every slot L2-normalised.
+
+        Raises:
+            DataError: an unreadable image or a malformed array.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        images = list(images)
+        if not images:
+            return self._empty
+        out = []
+        for start in range(0, len(images), batch_size):
+            pixels = np.stack([self._load(image) for image in images[start:start + batch_size]])  # (B, H, W, 3)
+            out.append(self._embed_pixels(pixels))
+        return np.concatenate(out)
+
+    def _load(self, image: ImageInput) -> np.ndarray:
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        return resize_rgb(image, tuple(self.manifest.image_size))  # (H, W, 3) uint8
+
+    def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        (spec,) = IMAGE_TOWER.inputs
+        values = normalize(pixels, tuple(self.manifest.mean), tuple(self.manifest.std))  # (B, 3, H, W)
+        return self.backend.run(IMAGE_TOWER, {spec.name: values})
+
+    def rank(self, queries: str | Sequence[str] | np.ndarray, gallery: Gallery | str | Path | np.ndarray,
+             k: int = 10) -> list[list[Match]]:
+        """The ``k`` best gallery rows for each query, best first (Eq. 14; ties keep gallery order).
+
+        Args:
+            queries: a caption, a list of captions, or (Q, K, d) embeddings from :meth:`embed_texts`.
+            gallery: a :class:`Gallery`, the path of its ``g.npy``, or (N, K, d) normalised embeddings.
+            k: results per query (fewer when the gallery is smaller).
+
+        Returns:
+            One list of :class:`Match` per query, in query order.
+        """
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        embeddings, entries = self._gallery_rows(gallery)  # (N, K, d), one entry per row or None
+        if isinstance(queries, np.ndarray):
+            query_embeddings = queries
+        else:
+            query_embeddings = self.embed_texts([queries] if isinstance(queries, str) else list(queries))
+        scores, indices = top_k(query_embeddings, embeddings, k)  # (Q, k), (Q, k)
+        return [[_match(rank, float(score), int(row), entries)
+                 for rank, (score, row) in enumerate(zip(row_scores, row_indices), start=1)]
+                for row_scores, row_indices in zip(scores, indices)]
+
+    def _gallery_rows(self, gallery: Gallery | str | Path | np.ndarray
+                      ) -> tuple[np.ndarray, list[GalleryEntry] | None]:
+        if isinstance(gallery, (str, Path)):
+            gallery = load_gallery(gallery)
+        if isinstance(gallery, Gallery):
+            gallery.check_bundle(self.fingerprint, self.directory)
+            embeddings, entries = gallery.embeddings, gallery.entries
+        else:
+            embeddings, entries = np.asarray(gallery), None
+        expected = (self.manifest.num_slots, self.manifest.embed_dim)
+        if embeddings.ndim != 3 or embeddings.shape[1:] != expected:
+            raise BundleError(f"the gallery's rows are {embeddings.shape[1:]}, this bundle's embeddings are "
+                              f"{expected} (K, d): index the gallery with this bundle")
+        return embeddings, entries
+
+    def index(self, images: Sequence[str | Path], output: str | Path, *,
+              identities: Sequence[int | str | None] | None = None, batch_size: int = 32,
+              strict: bool = False, progress: bool = False) -> Gallery:
+        """Embed image files into ``output`` (``g.npy`` + ``g.json``), resumably.
+
+        Unreadable images are skipped and listed in ``g.json`` (``strict``: the first
+        one raises :class:`DataError`). An interrupted run resumes where it stopped
+        when called again with the same images and bundle; the output appears
+        only when complete.
+        """
+        output = _check_output(output)
+        paths = [os.path.abspath(p) for p in images]
+        if not paths:
+            raise DataError("no images to index")
+        if identities is not None and len(identities) != len(paths):
+            raise ConfigError(f"{len(identities)} identities for {len(paths)} images")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        shape = (self.manifest.num_slots, self.manifest.embed_dim)
+        partial = PartialIndex(output, paths, self.fingerprint, shape)
+        if partial.done:
+            logger.info("resuming %s: %d of %d images were already embedded", output, partial.done, len(paths))
+        self._embed_into(partial, paths, batch_size, strict, progress)
+        if len(partial.failures) == len(paths):
+            partial.discard()
+            raise DataError(f"none of the {len(paths)} images could be read (first: {partial.failures[0]}); "
+                            "nothing was written")
+        entries = [GalleryEntry(p, None if identities is None else identities[i]) for i, p in enumerate(paths)]
+        gallery = partial.finish(entries, self.directory)
+        if gallery.unreadable:
+            logger.warning("%d of %d images could not be read and were skipped (listed under 'unreadable' "
+                           "in %s)", len(gallery.unreadable), len(paths), output.with_suffix(".json"))
+        return gallery
+
+    def _embed_into(self, partial: PartialIndex, paths: list[str], batch_size: int, strict: bool,
+                    progress: bool) -> None:
+        """Embed the images ``partial`` has not done yet, batch by batch, recording each batch."""
+        starts = range(partial.done, len(paths), batch_size)
+        with tqdm(total=len(paths), initial=partial.done, desc="index", unit="img", disable=not progress) as bar, \
+                ThreadPoolExecutor(max_workers=1) as reader:  # decode the next batch while this one runs
+            pending = reader.submit(self._read_batch, paths[starts[0]:starts[0] + batch_size]) if starts else None
+            for start in starts:
+                positions, pixels, failures = pending.result()
+                end = min(start + batch_size, len(paths))
+                if end < len(paths):
+                    pending = reader.submit(self._read_batch, paths[end:end + batch_size])
+                if failures and strict:
+                    raise self._strict_failure(partial, next(iter(failures.values())))
+                rows = self._embed_pixels(pixels) if positions else self._empty  # (b, K, d)
+                partial.record(end, [start + p for p in positions], rows,
+                               {start + p: message for p, message in failures.items()})
+                bar.update(end - start)
+
+    @staticmethod
+    def _strict_failure(partial: PartialIndex, message: str) -> DataError:
+        if not partial.done:
+            partial.discard()
+            return DataError(f"{message} (--strict makes unreadable images fatal)")
+        return DataError(f"{message} (--strict makes unreadable images fatal; the {partial.done} image(s) "
+                         "before its batch are kept: re-run to resume)")
+
+    def _read_batch(self, paths: Sequence[str]) -> tuple[list[int], np.ndarray, dict[int, str]]:
+        """Decode and resize a batch: (readable positions, (b, H, W, 3) uint8, {position: error})."""
+        positions, crops, failures = [], [], {}
+        for position, path in enumerate(paths):
+            try:
+                crops.append(self._load(path))
+                positions.append(position)
+            except (DataError, InputFileNotFoundError) as e:
+                failures[position] = str(e)
+        height, width = self.manifest.image_size
+        pixels = np.stack(crops) if crops else np.zeros((0, height, width, 3), np.uint8)
+        return positions, pixels, failures
+
+
+def _match(rank: int, score: float, row: int, entries: list[GalleryEntry] | None) -> Match:
+    if entries is None:
+        return Match(rank, score, row)
+    return Match(rank, score, row, entries[row].path, entries[row].identity)
+
+
+def check_queries(texts: Sequence[Any]) -> None:
+    """Refuse what cannot be a query: a non-string, an empty or whitespace-only text."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise QueryError(f"query {i + 1} is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise QueryError(f"query {i + 1} is empty or only whitespace: describe the person to search for")
+
+
+def _check_output(output: str | Path) -> Path:
+    output = Path(output)
+    if output.suffix != ".npy":
+        raise ConfigError(f"the gallery file must end in .npy (its description goes beside it as .json), "
+                          f"got {output}")
+    if not output.parent.is_dir():
+        raise ConfigError(f"the directory of {output} does not exist: create it first")
+    return output
+
+
+def _check_supported(directory: Path, manifest: Manifest) -> None:
+    """Preprocessing this runtime implements; anything else would silently give wrong embeddings."""
+    supported = {"padding_side": "right", "resample": "bilinear", "channel_order": "RGB"}
+    for name, value in supported.items():
+        if getattr(manifest, name) != value:
+            raise BundleError(f"{directory} asks for {name}={getattr(manifest, name)!r}; this runtime "
+                              f"implements {value!r} only: upgrade tbps")
+    if len(manifest.image_size) != 2 or len(manifest.mean) != 3 or len(manifest.std) != 3:
+        raise BundleError(f"{directory}'s manifest has a malformed image_size/mean/std: re-export the bundle")

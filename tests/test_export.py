@@ -1,0 +1,434 @@
+"""The exporter: ONNX towers that reproduce PyTorch, a complete manifest, and every bad input.
+
+The tiny checkpoint is exported once per module; tests of failure paths that
+need a finished export swap the (slow) torch.onnx step for a copy of that
+module's graphs, so they exercise validation, staging and the CLI in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+import tbps_export.bundle_writer as bundle_writer
+import tbps_export.tensorrt_build as trt_build
+from tbps_export import ExportOptions, ParityError, TrtOptions, export_bundle, fingerprint, to_mixed_precision
+from tbps_export.cli import export_command
+from tbps_export.tensorrt_build import profile_shapes, unavailable_reason
+from tbps_export.towers import axis_sizes, build_tower
+from tbps_export.validate import CAPTIONS, LONG_CAPTION, check_graph, onnx_runner
+from tbps_runtime.bundle import load_manifest, sha256_file, verify_files
+from tbps_runtime.contract import (
+    IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER, TOKENIZER_FILE, TOWERS,
+)
+from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError, InputFileNotFoundError
+from tbps_runtime.tokenizer import load_tokenizer, tokenize
+from tbps_train.checkpoint import VERSION, load_checkpoint, model_from_checkpoint
+
+(PIXELS,) = IMAGE_TOWER.inputs
+IDS, MASK = TEXT_TOWER.inputs
+
+
+# ---- fixtures ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("export") / "m.pt"
+    shutil.copy(tiny_checkpoint, checkpoint)
+    path = export_bundle(checkpoint)
+    assert path == checkpoint.with_suffix(".bundle")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return model_from_checkpoint(load_checkpoint(tiny_checkpoint))[0]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model, tiny_checkpoint):
+    return load_tokenizer(load_checkpoint(tiny_checkpoint)["tokenizer_json"], model.config.max_text_length)
+
+
+@pytest.fixture
+def fast_export(bundle, monkeypatch):
+    """Replace torch.onnx export by a copy of the module's graphs (same checkpoint, same weights)."""
+    def copy_tower(spec, model, path):
+        shutil.copy(bundle / spec.onnx_file, path)
+        return path
+
+    monkeypatch.setattr(bundle_writer, "export_tower", copy_tower)
+
+
+def session(bundle, spec):
+    return ort.InferenceSession(str(bundle / spec.onnx_file), providers=["CPUExecutionProvider"])
+
+
+def torch_embeddings(model, spec, inputs):
+    with torch.inference_mode():
+        return build_tower(spec, model)(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
+
+
+def assert_nothing_left(directory, name):
+    leftovers = [p.name for p in directory.iterdir() if p.name.startswith(f".{name}.")]
+    assert not leftovers, leftovers
+
+
+def invoke(args):
+    return CliRunner().invoke(export_command, [str(a) for a in args] + ["--quiet"], catch_exceptions=False)
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# ---- the bundle ----------------------------------------------------------------
+
+def test_bundle_holds_the_contract_files(bundle):
+    names = {p.name for p in bundle.iterdir()}
+    assert names == {MANIFEST_FILE, TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
+    assert_nothing_left(bundle.parent, bundle.name)
+
+
+def test_manifest_is_complete(bundle, model, tiny_checkpoint):
+    manifest = load_manifest(bundle)
+    cfg = model.config
+    assert (manifest.num_slots, manifest.num_coarse, manifest.num_fine, manifest.embed_dim) == (
+        cfg.num_slots, cfg.num_coarse, cfg.num_fine, cfg.embed_dim)
+    assert manifest.slot_names == ["global", "coarse_1", "coarse_2", "fine_1", "fine_2"]
+    assert manifest.image_size == list(cfg.image_size)
+    assert manifest.max_text_length == cfg.max_text_length and manifest.padding_side == "right"
+    assert len(manifest.mean) == len(manifest.std) == 3 and manifest.opset == OPSET
+    assert manifest.tokenizer == TOKENIZER_FILE
+    for spec in TOWERS:
+        assert manifest.towers[spec.name] == manifest.tower_entry(spec)
+        figures = manifest.parity[spec.name]
+        assert figures["max_abs_diff"] <= PARITY_ATOL and figures["min_cosine"] > 0.9999
+        assert len(figures["cases"]) >= 2
+    assert manifest.parity["atol"] == PARITY_ATOL
+    assert manifest.fingerprint == fingerprint(model.state_dict()) and len(manifest.fingerprint) == 64
+    assert manifest.source["checkpoint"] == "m.pt" and manifest.source["model"]["embed_dim"] == cfg.embed_dim
+    assert manifest.source["checkpoint_sha256"] == sha256_file(tiny_checkpoint)
+    assert manifest.tensorrt == {}
+
+
+def test_checksums_match_the_files(bundle):
+    manifest = load_manifest(bundle)
+    assert set(manifest.files) == {TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
+    verify_files(bundle, manifest)
+    for name, digest in manifest.files.items():
+        assert sha256_file(bundle / name) == digest
+
+
+def test_tokenizer_is_the_checkpoints(bundle, tiny_checkpoint):
+    assert (bundle / TOKENIZER_FILE).read_text() == load_checkpoint(tiny_checkpoint)["tokenizer_json"]
+
+
+def test_graphs_are_single_files_with_the_contract_io(bundle, tmp_path):
+    for spec in TOWERS:
+        alone = tmp_path / spec.onnx_file
+        shutil.copy(bundle / spec.onnx_file, alone)  # no neighbour files: weights must be inside
+        graph = onnx.load(str(alone)).graph
+        assert [i.name for i in graph.input] == [t.name for t in spec.inputs]
+        assert [o.name for o in graph.output] == [t.name for t in spec.outputs]
+        batch = graph.output[0].type.tensor_type.shape.dim[0]
+        assert batch.dim_param and not batch.dim_value
+
+
+def test_graph_check_lists_every_contract_difference(bundle, model, tmp_path):
+    graph = onnx.load(str(bundle / TEXT_TOWER.onnx_file))
+    graph.graph.input[1].type.tensor_type.shape.dim[1].dim_value = 7  # sequence baked in
+    graph.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    bad = tmp_path / TEXT_TOWER.onnx_file
+    onnx.save(graph, str(bad))
+    failures = check_graph(bad, TEXT_TOWER, axis_sizes(model))
+    assert any("attention_mask axis 'sequence' is fixed at 7" in f for f in failures), failures
+    assert any("embeddings is double, the contract says float32" in f for f in failures), failures
+    assert check_graph(bundle / TEXT_TOWER.onnx_file, TEXT_TOWER, axis_sizes(model)) == []
+
+
+def test_fingerprint_covers_embedding_weights_only(model):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    base = fingerprint(state)
+    classifier = next(k for k in state if k.startswith("id_classifiers."))
+    state[classifier] += 1
+    assert fingerprint(state) == base
+    state["shared_tokens"] += 1e-3
+    assert fingerprint(state) != base
+
+
+# ---- parity, on shapes other than the export sample ----------------------------
+
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_image_tower_matches_pytorch(bundle, model, batch):
+    height, width = model.config.image_size
+    inputs = {PIXELS.name: np.random.default_rng(batch).standard_normal((batch, 3, height, width), np.float32)}
+    got = session(bundle, IMAGE_TOWER).run(None, inputs)[0]
+    assert got.shape == (batch, model.config.num_slots, model.config.embed_dim) and got.dtype == np.float32
+    np.testing.assert_allclose(got, torch_embeddings(model, IMAGE_TOWER, inputs), atol=PARITY_ATOL, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-5)
+
+
+def caption_batches(tokenizer, max_length):
+    ids, _ = tokenize(tokenizer, [CAPTIONS[0]])
+    yield "one token", ids[:, :1], np.ones((1, 1), np.int64)
+    yield "two captions", *tokenize(tokenizer, list(CAPTIONS[:2]))
+    yield "three, padded", *tokenize(tokenizer, ["a man", CAPTIONS[2], "woman in red"])
+    long_ids, long_mask = tokenize(tokenizer, [LONG_CAPTION] * 2)
+    assert long_ids.shape[1] == max_length
+    yield "max length", long_ids, long_mask
+    yield "five with a max-length one", *tokenize(tokenizer, [*CAPTIONS[:4], LONG_CAPTION])
+
+
+def test_text_tower_matches_pytorch(bundle, model, tokenizer):
+    text = session(bundle, TEXT_TOWER)
+    for label, ids, mask in caption_batches(tokenizer, model.config.max_text_length):
+        inputs = {IDS.name: ids, MASK.name: mask}
+        got = text.run(None, inputs)[0]
+        assert got.shape == (len(ids), model.config.num_slots, model.config.embed_dim), label
+        np.testing.assert_allclose(got, torch_embeddings(model, TEXT_TOWER, inputs), atol=PARITY_ATOL, rtol=0,
+                                   err_msg=label)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-5, err_msg=label)
+
+
+def test_padding_does_not_change_a_captions_embedding(bundle, tokenizer):
+    text = session(bundle, TEXT_TOWER)
+    alone = text.run(None, dict(zip((IDS.name, MASK.name), tokenize(tokenizer, [CAPTIONS[1]]))))[0]
+    padded = text.run(None, dict(zip((IDS.name, MASK.name), tokenize(tokenizer, [CAPTIONS[1], LONG_CAPTION]))))[0]
+    np.testing.assert_allclose(padded[0], alone[0], atol=PARITY_ATOL)
+
+
+# ---- ablation ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ablated_checkpoint_exports_with_its_k(synth_root, tmp_path):
+    from tbps_train.config import apply_overrides, load_preset
+    from tbps_train.train import train
+
+    config = apply_overrides(apply_overrides(load_preset("tiny"), "model", use_fine=False), "train", epochs=1)
+    checkpoint = tmp_path / "nofine.pt"
+    train(config, "cuhk-pedes", synth_root, checkpoint, progress=False)
+    manifest = load_manifest(export_bundle(checkpoint, tmp_path / "nofine"))
+    assert (manifest.num_slots, manifest.num_coarse, manifest.num_fine) == (1 + config.model.num_coarse,
+                                                                             config.model.num_coarse, 0)
+    assert manifest.slot_names == ["global", "coarse_1", "coarse_2"]
+    height, width = config.model.image_size
+    pixels = np.zeros((3, 3, height, width), np.float32)
+    got = session(tmp_path / "nofine", IMAGE_TOWER).run(None, {PIXELS.name: pixels})[0]
+    assert got.shape == (3, manifest.num_slots, manifest.embed_dim)
+
+
+# ---- failures: nothing half-written, one clear message --------------------------
+
+def test_not_a_checkpoint(tmp_path):
+    garbage = tmp_path / "m.pt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a tbps checkpoint"):
+        export_bundle(garbage)
+    assert_user_error(invoke(["--ckpt", garbage]), "not a tbps checkpoint")
+    assert not garbage.with_suffix(".bundle").exists()
+    assert_nothing_left(tmp_path, "m.bundle")
+    with pytest.raises(InputFileNotFoundError):
+        export_bundle(tmp_path / "missing.pt")
+    assert_user_error(invoke(["--ckpt", tmp_path / "missing.pt"]), "not found")
+
+
+def test_newer_checkpoint_version(tiny_checkpoint, tmp_path):
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["version"] = VERSION + 1
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    with pytest.raises(CheckpointError, match="upgrade tbps"):
+        export_bundle(newer)
+    assert_user_error(invoke(["--ckpt", newer]), f"version {VERSION + 1}")
+    assert not newer.with_suffix(".bundle").exists()
+
+
+def test_existing_output_is_refused_without_force(bundle, tiny_checkpoint, tmp_path, fast_export):
+    before = sha256_file(bundle / MANIFEST_FILE)
+    with pytest.raises(BundleError, match="--force"):
+        export_bundle(tiny_checkpoint, bundle)
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", bundle]), "already exists", "--force")
+    assert sha256_file(bundle / MANIFEST_FILE) == before
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("mine")
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", stranger, "--force"]), "not a tbps bundle")
+    assert (stranger / "keep.txt").read_text() == "mine"
+
+
+def test_force_replaces_a_bundle(bundle, tiny_checkpoint, tmp_path, fast_export):
+    output = tmp_path / "b"
+    shutil.copytree(bundle, output)
+    (output / "stale.plan").write_bytes(b"old")
+    result = invoke(["--ckpt", tiny_checkpoint, "-o", output, "--force"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(output)
+    assert not (output / "stale.plan").exists()
+    verify_files(output, load_manifest(output))
+    assert_nothing_left(tmp_path, "b")
+
+
+def test_failed_parity_fails_the_export(tiny_checkpoint, tmp_path, fast_export):
+    output = tmp_path / "strict"
+    with pytest.raises(ParityError) as caught:
+        export_bundle(tiny_checkpoint, output, atol=0.0)
+    message = str(caught.value)
+    assert "image_tower" in message and "text_tower" in message and "max abs difference" in message
+    assert not output.exists()
+    assert_nothing_left(tmp_path, "strict")
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", output, "--atol", 0]), "max abs difference")
+    assert not output.exists()
+
+
+def test_perturbed_graph_fails_parity(bundle, tiny_checkpoint, tmp_path, monkeypatch):
+    def perturbed(spec, model, path):  # one weight of the exported image graph nudged by 1e-2
+        graph = onnx.load(str(bundle / spec.onnx_file))
+        if spec == IMAGE_TOWER:
+            weight = max(graph.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
+            array = onnx.numpy_helper.to_array(weight) + np.float32(1e-2)
+            weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+        onnx.save(graph, str(path))
+        return path
+
+    monkeypatch.setattr(bundle_writer, "export_tower", perturbed)
+    with pytest.raises(ParityError, match=r"image_tower, random images, batch 1: max abs difference") as caught:
+        export_bundle(tiny_checkpoint, tmp_path / "p")
+    assert "text_tower" not in str(caught.value)
+    assert not (tmp_path / "p").exists()
+
+
+def test_trt_without_tensorrt_leaves_a_valid_onnx_bundle(tiny_checkpoint, tmp_path, fast_export):
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a CUDA GPU are present: tests/test_tensorrt.py covers --trt")
+    output = tmp_path / "t"
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", output, "--trt"]), "TensorRT", str(output))
+    manifest = load_manifest(output)
+    verify_files(output, manifest)
+    assert manifest.tensorrt == {} and not list(output.glob("*.plan"))
+    with pytest.raises(ExportError, match="TensorRT"):
+        export_bundle(tiny_checkpoint, output, force=True, trt=True, fp16=True)
+    verify_files(output, load_manifest(output))
+
+
+def test_bad_options_fail_before_any_work(tiny_checkpoint, tmp_path):
+    output = tmp_path / "o"
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", output, "--fp16"]), "--trt")
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", output, "--trt", "--trt-seq", "1,8,999"]),
+                      "max text length")
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", output, "--trt", "--trt-batch", "8,4,32"]),
+                      "min <= opt <= max")
+    with pytest.raises(ConfigError, match="unknown export option"):
+        export_bundle(tiny_checkpoint, output, batch=4)
+    assert not output.exists()
+
+
+# ---- TensorRT preparation that runs without TensorRT ----------------------------
+
+def test_trt_profiles_come_from_the_contract(model):
+    options = TrtOptions(batch=(1, 4, 16))
+    profiles = options.resolve(model.config.max_text_length)
+    assert profiles["sequence"] == (1, 32, model.config.max_text_length)
+    height, width = model.config.image_size
+    sizes = {"height": height, "width": width}
+    assert profile_shapes(IMAGE_TOWER, sizes, profiles) == {
+        PIXELS.name: [[1, 3, height, width], [4, 3, height, width], [16, 3, height, width]]}
+    text = profile_shapes(TEXT_TOWER, sizes, profiles)
+    assert text[IDS.name] == text[MASK.name] == [[1, 1], [4, 32], [16, model.config.max_text_length]]
+    assert TrtOptions(sequence=(4, 64, None)).resolve(16)["sequence"] == (4, 16, 16)
+    assert ExportOptions.from_kwargs({"trt_seq": None}).trt_seq == (1, 32, None)
+
+
+def test_fp16_graph_keeps_float32_io_and_stays_close(bundle, model, tokenizer, tmp_path):
+    height, width = model.config.image_size
+    pixels = np.random.default_rng(0).standard_normal((3, 3, height, width), np.float32)
+    feeds = {IMAGE_TOWER.name: {PIXELS.name: pixels},
+             TEXT_TOWER.name: dict(zip((IDS.name, MASK.name), tokenize(tokenizer, [*CAPTIONS, LONG_CAPTION])))}
+    for spec in TOWERS:
+        converted = to_mixed_precision(bundle / spec.onnx_file, tmp_path / f"{spec.name}.fp16.onnx")
+        graph = onnx.load(str(converted)).graph
+        io_types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]}
+        assert io_types == {t.name: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+                            for t in [*spec.inputs, *spec.outputs]}
+        initializer_types = {t.data_type for t in graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in initializer_types  # the weights really are FP16
+        kept = {n.op_type for n in graph.node if n.op_type in ("Softmax", "LayerNormalization")}
+        for node in graph.node:  # softmax/normalisation read float32 (a Cast to FLOAT feeds them)
+            if node.op_type in kept:
+                assert _produced_dtype(graph, node.input[0]) != onnx.TensorProto.FLOAT16, node.name
+        reference = session(bundle, spec).run(None, feeds[spec.name])[0]
+        got = ort.InferenceSession(str(converted), providers=["CPUExecutionProvider"]).run(None, feeds[spec.name])[0]
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, reference, atol=5e-3, rtol=0)
+        assert (got * reference).sum(-1).min() > 0.999
+        np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """TensorRT's build replaced by a "plan" naming the graph it was built from, and
+    its runner by onnxruntime on that graph: the orchestration around the real
+    builder (FP16 conversion, profiles, parity, manifest, files) runs for real."""
+    def build_engine(source, spec, shapes, options, plan_path):
+        plan_path.write_bytes(str(source).encode())
+        return {"file": plan_path.name, "precision": options.precision, "tensorrt_version": "fake",
+                "gpu": "none", "compute_capability": "0.0",
+                "profile": {name: dict(zip(("min", "opt", "max"), levels)) for name, levels in shapes.items()}}
+
+    monkeypatch.setattr(trt_build, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_build, "build_engine", build_engine)
+    monkeypatch.setattr(trt_build, "EngineRunner", lambda plan: onnx_runner(plan.decode()))
+
+
+def test_engines_are_checked_and_recorded(tiny_checkpoint, tmp_path, fast_export, fake_tensorrt):
+    output = export_bundle(tiny_checkpoint, tmp_path / "e", trt=True, fp16=True, trt_batch=(1, 2, 4),
+                           trt_seq=(1, 8, None))
+    manifest = load_manifest(output)
+    verify_files(output, manifest)
+    for spec in TOWERS:
+        entry = manifest.tensorrt[spec.name]
+        assert entry["precision"] == "fp16" and spec.plan_file in manifest.files
+        assert manifest.towers[spec.name]["plan"] == spec.plan_file
+        assert 0 < entry["parity"]["max_abs_diff"] <= 2e-2 and entry["parity"]["min_cosine"] > 0.999
+        assert all(int(c["input"].split("batch ")[-1]) <= 4 for c in entry["parity"]["cases"]
+                   if "batch " in c["input"])  # only the inputs inside the (1, 2, 4) profile
+    assert manifest.tensorrt[TEXT_TOWER.name]["profile"][MASK.name]["max"] == [4, manifest.max_text_length]
+
+
+def test_an_engine_out_of_tolerance_leaves_the_onnx_bundle(tiny_checkpoint, tmp_path, fast_export,
+                                                          fake_tensorrt, monkeypatch):
+    def drifting(plan):
+        run = onnx_runner(plan.decode())
+        return lambda inputs: run(inputs) + np.float32(0.1)
+
+    monkeypatch.setattr(trt_build, "EngineRunner", drifting)
+    output = tmp_path / "drift"
+    with pytest.raises(ExportError, match="the fp32 engine does not reproduce onnxruntime"):
+        export_bundle(tiny_checkpoint, output, trt=True)
+    manifest = load_manifest(output)
+    verify_files(output, manifest)
+    assert manifest.tensorrt == {} and not list(output.glob("*.plan"))
+
+
+def _produced_dtype(graph, name):
+    for node in graph.node:
+        if name in node.output and node.op_type == "Cast":
+            return next(a.i for a in node.attribute if a.name == "to")
+    return None
+
+
+def test_manifest_json_is_plain(bundle):
+    data = json.loads((bundle / MANIFEST_FILE).read_text())
+    assert data["format"] == "tbps-bundle" and isinstance(data["parity"]["image_tower"]["cases"], list)

@@ -1,0 +1,377 @@
+"""Backends and bundle loading: onnxruntime options and provider fallback, TensorRT through fakes
+(and for real where a GPU and TensorRT exist), checksums, thread safety."""
+
+import ctypes
+import importlib.util
+import shutil
+import sys
+import types
+from concurrent.futures import ThreadPoolExecutor
+from enum import IntEnum
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from runtime_fakes import COLOURS, make_fake_bundle, solid_image
+
+from tbps_runtime.backends import (CPU_PROVIDER, OnnxRuntimeBackend, TensorRTBackend, check_engine_compatible,
+                                   compute_capability)
+from tbps_runtime.bundle import load_manifest, sha256_file, write_manifest
+from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER
+from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
+from tbps_runtime.search import PersonSearch
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
+
+
+@pytest.fixture()
+def own_bundle(tmp_path):
+    return make_fake_bundle(tmp_path / "bundle")
+
+
+def image_feeds(batch=3, seed=0):
+    (spec,) = IMAGE_TOWER.inputs
+    return {spec.name: np.random.default_rng(seed).normal(size=(batch, 3, 16, 8)).astype(np.float32)}
+
+
+# --- onnxruntime -----------------------------------------------------------------------------------
+
+
+def test_onnxruntime_options_and_output(bundle):
+    backend = OnnxRuntimeBackend(bundle, load_manifest(bundle), threads=2)
+    assert backend.options.intra_op_num_threads == 2
+    assert backend.options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    out = backend.run(IMAGE_TOWER, image_feeds())
+    assert out.shape == (3, 3, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1, atol=1e-6)
+    assert backend.session(IMAGE_TOWER) is backend.session(IMAGE_TOWER)  # created once
+    with pytest.raises(ValueError, match="takes inputs"):
+        backend.run(TEXT_TOWER, image_feeds())
+
+
+def test_unavailable_provider_is_refused(bundle):
+    with pytest.raises(ConfigError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
+        OnnxRuntimeBackend(bundle, load_manifest(bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_silent_cpu_fallback_is_refused(bundle, monkeypatch):
+    # onnxruntime-gpu without a working CUDA lists the CUDA provider, then runs the session on the CPU.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU_PROVIDER])
+    backend = OnnxRuntimeBackend(bundle, load_manifest(bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])
+    with pytest.raises(ConfigError, match="fell back to CPUExecutionProvider"):
+        backend.run(IMAGE_TOWER, image_feeds())
+
+
+def test_unloadable_or_foreign_onnx_is_refused(own_bundle):
+    manifest = load_manifest(own_bundle)
+    shutil.copy(own_bundle / TEXT_TOWER.onnx_file, own_bundle / IMAGE_TOWER.onnx_file)  # wrong inputs
+    with pytest.raises(BundleError, match="takes inputs.*re-export"):
+        OnnxRuntimeBackend(own_bundle, manifest).run(IMAGE_TOWER, image_feeds())
+    (own_bundle / IMAGE_TOWER.onnx_file).write_bytes(b"not onnx")
+    with pytest.raises(BundleError, match="cannot load"):
+        OnnxRuntimeBackend(own_bundle, manifest).run(IMAGE_TOWER, image_feeds())
+
+
+# --- loading a bundle ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: (b / IMAGE_TOWER.onnx_file).write_bytes((b / IMAGE_TOWER.onnx_file).read_bytes() + b"\0"),
+     "was modified"),
+    (lambda b: (b / TEXT_TOWER.onnx_file).unlink(), "bundle file missing"),
+    (lambda b: (b / "tokenizer.json").write_text("{}"), "was modified"),
+    (lambda b: (b / MANIFEST_FILE).unlink(), "not a tbps bundle"),
+    (lambda b: (b / MANIFEST_FILE).write_text("{"), "not valid JSON"),
+])
+def test_damaged_bundles_are_refused(own_bundle, damage, message):
+    damage(own_bundle)
+    with pytest.raises(BundleError, match=message):
+        PersonSearch.from_bundle(own_bundle)
+
+
+def test_missing_bundle_and_unknown_backend(tmp_path, bundle):
+    with pytest.raises(InputFileNotFoundError):
+        PersonSearch.from_bundle(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        PersonSearch.from_bundle(bundle, backend="pytorch")
+    with pytest.raises(ConfigError, match="threads"):
+        PersonSearch.from_bundle(bundle, threads=0)
+
+
+def test_preprocessing_the_runtime_does_not_implement_is_refused(own_bundle):
+    manifest = load_manifest(own_bundle)
+    manifest.resample = "bicubic"
+    write_manifest(own_bundle, manifest)
+    with pytest.raises(BundleError, match="resample='bicubic'"):
+        PersonSearch.from_bundle(own_bundle)
+
+
+def test_embedding_from_several_threads_matches_serial(bundle, tmp_path):
+    search = PersonSearch.from_bundle(bundle, threads=1)
+    images = [solid_image(tmp_path / f"{c}.png", c) for c in COLOURS]
+    texts = [f"a person in {c}" for c in COLOURS] * 3
+    serial_images, serial_texts = search.embed_images(images), search.embed_texts(texts)
+    fresh = PersonSearch.from_bundle(bundle, threads=1)  # sessions created lazily, concurrently
+    with ThreadPoolExecutor(8) as pool:
+        image_runs = [pool.submit(fresh.embed_images, images) for _ in range(8)]
+        text_runs = [pool.submit(fresh.embed_texts, texts) for _ in range(8)]
+        for run in image_runs:
+            np.testing.assert_array_equal(run.result(), serial_images)
+        for run in text_runs:
+            np.testing.assert_array_equal(run.result(), serial_texts)
+
+
+# --- TensorRT: the backend's calls against fake tensorrt and cuda-python modules -----------------------
+
+
+class _DataType(IntEnum):
+    FLOAT = 0
+    INT64 = 1
+
+
+class _Mode(IntEnum):
+    INPUT = 0
+    OUTPUT = 1
+
+
+class _Stream:
+    """Like cuda-python's cudaStream_t: an object whose int() is the handle."""
+
+    def __int__(self):
+        return 12345
+
+
+class _Memory:
+    """Fake device memory: real host buffers, so memcpy is ctypes.memmove."""
+
+    def __init__(self):
+        self.blocks = {}
+
+    def malloc(self, nbytes):
+        buffer = ctypes.create_string_buffer(nbytes)
+        self.blocks[ctypes.addressof(buffer)] = buffer
+        return ctypes.addressof(buffer)
+
+
+class _Context:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses = engine, {}, {}
+
+    def set_input_shape(self, name, shape):
+        if shape[0] > self.engine.max_batch:
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        batch = next(iter(self.shapes.values()))[0]
+        return (batch, *self.engine.session.get_outputs()[0].shape[1:])
+
+    def set_tensor_address(self, name, pointer):
+        self.addresses[name] = pointer
+
+    def execute_async_v3(self, stream_handle):
+        assert isinstance(stream_handle, int)
+        feeds = {}
+        for name, shape in self.shapes.items():
+            dtype = np.float32 if self.engine.get_tensor_dtype(name) == _DataType.FLOAT else np.int64
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            feeds[name] = np.frombuffer(ctypes.string_at(self.addresses[name], nbytes), dtype).reshape(shape)
+        (out,) = self.engine.session.run(None, feeds)
+        out = np.ascontiguousarray(out, np.float32)
+        ctypes.memmove(self.addresses["embeddings"], out.ctypes.data, out.nbytes)
+        self.engine.runs.append({k: v.shape for k, v in feeds.items()})
+        return True
+
+
+class _Engine:
+    max_batch = 2  # the optimisation profile's largest batch
+
+    def __init__(self, onnx_bytes):
+        self.session = ort.InferenceSession(onnx_bytes, providers=[CPU_PROVIDER])
+        self.io = [i.name for i in self.session.get_inputs()] + ["embeddings"]
+        self.runs = []
+
+    num_io_tensors = property(lambda self: len(self.io))
+
+    def get_tensor_name(self, index):
+        return self.io[index]
+
+    def get_tensor_mode(self, name):
+        return _Mode.OUTPUT if name == "embeddings" else _Mode.INPUT
+
+    def get_tensor_dtype(self, name):
+        return _DataType.INT64 if name in ("input_ids", "attention_mask") else _DataType.FLOAT
+
+    def get_tensor_profile_shape(self, name, profile):
+        return [(1, 1), (2, 1), (self.max_batch, 64)]
+
+    def create_execution_context(self):
+        return _Context(self)
+
+
+def fake_gpu_modules(version="10.7.0.23", gpu="NVIDIA H100 80GB HBM3", capability=(9, 0)):
+    memory, engines = _Memory(), []
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.TensorIOMode = _Mode
+    trt.nptype = lambda dtype: {_DataType.FLOAT: np.float32, _DataType.INT64: np.int64}[dtype]
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            if data == b"incompatible":
+                return None
+            engines.append(_Engine(data))
+            return engines[-1]
+
+    trt.Runtime = Runtime
+    rt = types.ModuleType("cuda.bindings.runtime")
+    rt.cudaError_t = IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorNoDevice": 100})
+    rt.cudaMemcpyKind = IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
+    ok = rt.cudaError_t.cudaSuccess
+    props = types.SimpleNamespace(name=gpu.encode() + b"\0\0", major=capability[0], minor=capability[1])
+    rt.cudaSetDevice = lambda device: (ok,)
+    rt.cudaGetDeviceProperties = lambda device: (ok, props)
+    rt.cudaGetErrorName = lambda err: (ok, b"cudaErrorNoDevice")
+    rt.cudaStreamCreate = lambda: (ok, _Stream())
+    rt.cudaStreamSynchronize = rt.cudaStreamDestroy = rt.cudaFree = lambda *args: (ok,)
+    rt.cudaMalloc = lambda nbytes: (ok, memory.malloc(nbytes))
+
+    def memcpy(dst, src, nbytes, kind, stream):
+        assert isinstance(stream, _Stream)
+        ctypes.memmove(dst, src, nbytes)
+        return (ok,)
+
+    rt.cudaMemcpyAsync = memcpy
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime, cuda.bindings = rt, bindings
+    return {"tensorrt": trt, "cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}, engines
+
+
+def add_fake_plans(bundle, **facts):
+    """Plans that the fake TensorRT 'deserializes' (they are the ONNX bytes), recorded as the exporter does."""
+    manifest = load_manifest(bundle)
+    for tower in (IMAGE_TOWER, TEXT_TOWER):
+        shutil.copy(bundle / tower.onnx_file, bundle / tower.plan_file)
+        manifest.files[tower.plan_file] = sha256_file(bundle / tower.plan_file)
+        manifest.tensorrt[tower.name] = {"file": tower.plan_file, "precision": "fp32", "tensorrt_version": "10.7.0.23",
+                                         "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", **facts}
+    write_manifest(bundle, manifest)
+    return bundle
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    def install(**machine):
+        modules, engines = fake_gpu_modules(**machine)
+        for name, module in modules.items():
+            monkeypatch.setitem(sys.modules, name, module)
+        return engines
+    return install
+
+
+def test_tensorrt_backend_runs_the_name_based_api_and_matches_onnxruntime(own_bundle, fake_gpu, tmp_path):
+    engines = fake_gpu()
+    add_fake_plans(own_bundle)
+    trt_search = PersonSearch.from_bundle(own_bundle, backend="tensorrt")
+    assert isinstance(trt_search.backend, TensorRTBackend)
+    ort_search = PersonSearch.from_bundle(own_bundle)
+    images = [solid_image(tmp_path / f"{c}.png", c) for c in COLOURS]  # 6 images: 3 runs of the max batch 2
+    texts = ["red", "a person in a blue coat", "yellow 🙂 shirt", "green"] * 2
+    np.testing.assert_allclose(trt_search.embed_images(images), ort_search.embed_images(images), atol=1e-6)
+    np.testing.assert_allclose(trt_search.embed_texts(texts), ort_search.embed_texts(texts), atol=1e-6)
+    image_engine, text_engine = engines
+    assert [r["pixel_values"][0] for r in image_engine.runs] == [2, 2, 2]
+    assert [r["input_ids"][0] for r in text_engine.runs] == [2, 2, 2, 2]
+    trt_search.backend.close()
+
+
+@pytest.mark.parametrize("machine, message", [
+    ({"version": "10.8.0.43"}, "TensorRT 10.7.0.23, this machine has 10.8.0.43"),
+    ({"gpu": "NVIDIA A10", "capability": (8, 6)}, "compute capability 9.0, this GPU has 8.6"),
+    ({"gpu": "NVIDIA H200"}, "GPU 'NVIDIA H100 80GB HBM3', this one is 'NVIDIA H200'"),
+])
+def test_tensorrt_refuses_engines_built_elsewhere(own_bundle, fake_gpu, machine, message):
+    fake_gpu(**machine)
+    add_fake_plans(own_bundle)
+    with pytest.raises(BundleError) as error:
+        PersonSearch.from_bundle(own_bundle, backend="tensorrt")
+    assert message in str(error.value) and "tbps-export --ckpt m.pt --trt" in str(error.value)
+
+
+def test_tensorrt_without_plans_or_without_tensorrt(own_bundle, fake_gpu):
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(ConfigError, match=r"needs TensorRT and cuda-python \(pip install 'tbps\[trt\]'\)"):
+            PersonSearch.from_bundle(add_fake_plans(own_bundle), backend="tensorrt")
+    fake_gpu()
+    manifest = load_manifest(own_bundle)
+    manifest.tensorrt = {}
+    write_manifest(own_bundle, manifest)
+    with pytest.raises(BundleError, match="no TensorRT engine for image_tower.*--trt"):
+        PersonSearch.from_bundle(own_bundle, backend="tensorrt")
+
+
+def test_tensorrt_undeserializable_plan_and_checksums(own_bundle, fake_gpu):
+    fake_gpu()
+    add_fake_plans(own_bundle)
+    (own_bundle / IMAGE_TOWER.plan_file).write_bytes(b"incompatible")
+    with pytest.raises(BundleError, match="image_tower.plan was modified"):
+        PersonSearch.from_bundle(own_bundle, backend="tensorrt")
+    manifest = load_manifest(own_bundle)
+    manifest.files[IMAGE_TOWER.plan_file] = sha256_file(own_bundle / IMAGE_TOWER.plan_file)
+    write_manifest(own_bundle, manifest)
+    search = PersonSearch.from_bundle(own_bundle, backend="tensorrt")
+    with pytest.raises(BundleError, match="could not deserialize"):
+        search.embed_images([np.zeros((16, 8, 3), np.uint8)])
+
+
+def test_engine_compatibility_rules():
+    entry = {"tensorrt_version": "10.7.0.23", "gpu": "NVIDIA A10", "compute_capability": [8, 6]}
+    check_engine_compatible(entry, "x.plan", "10.7.0.23", "NVIDIA A10 ", (8, 6))
+    with pytest.raises(BundleError, match="compute capability unknown"):
+        check_engine_compatible({**entry, "compute_capability": None}, "x.plan", "10.7.0.23", "NVIDIA A10", (8, 6))
+    assert compute_capability("8.6") == compute_capability([8, 6]) == compute_capability("sm_86") == (8, 6)
+    assert compute_capability(120) == (12, 0) and compute_capability("12.0") == (12, 0)
+
+
+# --- TensorRT for real: only where a GPU and TensorRT exist ---------------------------------------------
+
+
+def _real_gpu_reason():
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'tbps[trt]' on a machine with an NVIDIA GPU)"
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python is not installed"
+    try:
+        from tbps_runtime.backends import _Cuda, _import_tensorrt
+
+        _Cuda(_import_tensorrt()[1]).device(0)
+    except Exception as e:  # no driver, no device
+        return f"no usable CUDA GPU: {e}"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_real_gpu_reason() is not None, reason=str(_real_gpu_reason()))
+def test_real_tensorrt_engines_match_onnxruntime(tiny_checkpoint, synth_root, tmp_path):
+    from tbps_export import export_bundle
+    from tbps_train.data.readers import read_split
+
+    bundle = export_bundle(tiny_checkpoint, tmp_path / "trt.bundle", trt=True)
+    records = read_split("cuhk-pedes", synth_root, "test")[:7]
+    trt_search = PersonSearch.from_bundle(bundle, backend="tensorrt")
+    ort_search = PersonSearch.from_bundle(bundle)
+    images = [r.image_path for r in records]
+    texts = [r.captions[0] for r in records]
+    atol = 1e-2 if load_manifest(bundle).tensorrt[IMAGE_TOWER.name]["precision"] == "fp16" else 1e-3
+    np.testing.assert_allclose(trt_search.embed_images(images), ort_search.embed_images(images), atol=atol)
+    np.testing.assert_allclose(trt_search.embed_texts(texts), ort_search.embed_texts(texts), atol=atol)

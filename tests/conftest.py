@@ -51,3 +51,16 @@ def tiny_checkpoint(tmp_path_factory, synth_root, tiny_config):
     path = tmp_path_factory.mktemp("ckpt") / "m.pt"
     train(tiny_config, "cuhk-pedes", synth_root, path, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def learned_checkpoint(tmp_path_factory, easy_root, tiny_config):
+    """The tiny model with the real (frozen) MiniLM text backbone, 30 short epochs on ``easy_root``:
+    small, but trained enough that its test split ranks well above chance."""
+    from tbps_train.config import apply_overrides
+    from tbps_train.train import train
+
+    config = apply_overrides(apply_overrides(tiny_config, "model", text_backbone="minilm"), "train", epochs=30)
+    path = tmp_path_factory.mktemp("learned") / "m.pt"
+    train(config, "cuhk-pedes", easy_root, path, progress=False)
+    return path

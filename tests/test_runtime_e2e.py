@@ -22,10 +22,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def bundle(tiny_checkpoint, tmp_path_factory):
-    export = pytest.importorskip("tbps_export", reason="the exporter (issue 3) is not installed")
-    if not hasattr(export, "export_bundle"):
-        pytest.skip("tbps_export.export_bundle does not exist yet (issue 3)")
-    return export.export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("export") / "tiny.bundle")
+    from tbps_export import export_bundle
+
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("export") / "tiny.bundle")
 
 
 @pytest.fixture(scope="module")

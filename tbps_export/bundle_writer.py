@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from tbps_export import explain as explain_graphs
 from tbps_export import tensorrt_build as trt_build
 from tbps_export.onnx_export import export_tower
 from tbps_export.towers import axis_sizes
@@ -53,6 +54,7 @@ class ExportOptions:
     trt_seq: tuple[int, int, int | None] = (1, 32, None)  # None: the model's max text length
     trt_workspace_gib: float = 4.0
     trt_timing_cache: str | Path | None = None
+    explain: bool = False  # also write the attention-emitting graphs (tbps_export.explain)
 
     @classmethod
     def from_kwargs(cls, values: dict[str, Any]) -> "ExportOptions":
@@ -74,7 +76,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     existing bundle there is replaced only with ``force``. ``trt`` adds a
     TensorRT engine per tower (``fp16``: FP16 engines); ``options`` are the
     fields of :class:`ExportOptions` (``atol``, ``trt_batch``, ``trt_seq``,
-    ``trt_workspace_gib``, ``trt_timing_cache``).
+    ``trt_workspace_gib``, ``trt_timing_cache``, ``explain``).
     """
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else checkpoint.with_suffix(".bundle")
@@ -89,9 +91,13 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     output.parent.mkdir(parents=True, exist_ok=True)
     with _progress(progress, total=len(TOWERS) + 1) as bar, _staging(output) as staging:
         parity = _export_onnx(staging, model, payload, settings.atol, bar)
+        if settings.explain:
+            parity.update(explain_graphs.export_explain_towers(staging, model, settings.atol))
         trt_entries, trt_error = ({}, None) if trt_options is None else _try_tensorrt(staging, model, trt_options)
         bar.update()
         manifest = build_manifest(model, payload, checkpoint, parity, trt_entries, staging)
+        if settings.explain:
+            manifest.towers.update(explain_graphs.tower_entries(model, manifest.sizes()))
         write_manifest(staging, manifest)
         _publish_permissions(staging)
         _place(staging, output, force)

@@ -47,16 +47,31 @@ def _profile(allow_max: bool):
               help="TensorRT timing cache file [default: ~/.cache/tbps/tensorrt.timing-cache].")
 @click.option("--atol", type=float, default=PARITY_ATOL, show_default=True,
               help="Largest ONNX-vs-PyTorch difference accepted, on unit-norm embeddings.")
+@click.option("--explain", is_flag=True,
+              help="Also write the attention-emitting graphs *.explain.onnx (for tbps-rank --explain).")
+@click.option("--int8", is_flag=True,
+              help="Also write an onnxruntime int8 bundle beside it (<name>.int8.bundle) for CPUs.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+              help="With --int8: crops (a folder or list file) to calibrate the image tower's static "
+                   "quantization; without it the int8 bundle keeps a float32 image tower.")
+@click.option("--calibration-count", type=click.IntRange(1), default=128, show_default=True,
+              help="With --int8: how many calibration crops to use (evenly spaced).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @user_errors_exit_2
 def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool, fp16: bool,
                    trt_batch: tuple, trt_seq: tuple, trt_workspace_gib: float, trt_timing_cache: Path | None,
-                   atol: float, progress: bool, quiet: bool) -> None:
+                   atol: float, explain: bool, int8: bool, calibration: Path | None, calibration_count: int,
+                   progress: bool, quiet: bool) -> None:
     """Export a checkpoint to a bundle: ONNX towers checked against PyTorch,
     tokenizer.json, manifest.json, and optionally TensorRT engines."""
     setup_logging(quiet)
     path = export_bundle(checkpoint, output, force=force, trt=trt, fp16=fp16, progress=progress and not quiet,
                          atol=atol, trt_batch=trt_batch, trt_seq=trt_seq, trt_workspace_gib=trt_workspace_gib,
-                         trt_timing_cache=trt_timing_cache)
+                         trt_timing_cache=trt_timing_cache, explain=explain)
     click.echo(str(path))
+    if int8:
+        from tbps_export.quantize import calibration_paths, quantize_bundle
+
+        click.echo(str(quantize_bundle(path, calibration=calibration_paths(calibration, calibration_count),
+                                       force=force)))

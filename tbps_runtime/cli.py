@@ -113,12 +113,20 @@ def index_command(bundle: str, images: str, output: str, backend: str, batch_siz
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON document on stdout: [{rank, score, path}, ...] for one --query, "
                    "a list of such lists (in query order) otherwise.")
+@click.option("--show", "show_path", type=click.Path(dir_okay=False),
+              help="Also draw the results into this PNG: one row per query, crops with rank and score.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write the results as a self-contained HTML page (crops embedded).")
+@click.option("--explain", is_flag=True,
+              help="In --show/--html, overlay each crop's attention heat map and shade the query's words by "
+                   "the text attention (needs a bundle exported with tbps-export --explain).")
 @_backend_option
 @_threads_option
 @click.option("--quiet", is_flag=True, help="Warnings only on stderr.")
 @user_errors_exit_2
 def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str | None, bundle: str | None, k: int,
-                 as_json: bool, backend: str, threads: int | None, quiet: bool) -> None:
+                 as_json: bool, show_path: str | None, html_path: str | None, explain: bool, backend: str,
+                 threads: int | None, quiet: bool) -> None:
     """Rank a gallery for text queries (Eq. 14), best first: rank, score, path."""
     setup_logging(quiet)
     texts = list(queries) + (_read_queries(queries_file) if queries_file is not None else [])
@@ -128,6 +136,7 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     gallery = load_gallery(gallery_path)
     search = PersonSearch.from_bundle(_bundle_of(gallery, bundle), backend=backend, threads=threads)
     results = search.rank(texts, gallery, k=k)
+    _write_pictures(search, texts, results, show_path, html_path, explain)
     single = len(queries) == 1 and queries_file is None
     if as_json:
         documents = [[m.to_json() for m in matches] for matches in results]
@@ -137,6 +146,23 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
         if not single:
             click.echo(f"query: {text}")
         _print_matches(matches)
+
+
+def _write_pictures(search: PersonSearch, texts: list[str], results: list[list[Match]], show_path: str | None,
+                    html_path: str | None, explain: bool) -> None:
+    """--show / --html / --explain: draw the results (and their attention) for people to look at."""
+    if explain and not (show_path or html_path):
+        raise ConfigError("--explain draws into the pictures: add --show results.png and/or --html results.html")
+    if not (show_path or html_path):
+        return
+    from tbps_runtime import visualize
+
+    explanations = ([search.explain(text, [m.path for m in matches]) for text, matches in zip(texts, results)]
+                    if explain else None)
+    for path, write in ((show_path, visualize.draw_results), (html_path, visualize.write_html)):
+        if path:
+            write(texts, results, path, explanations=explanations)
+            logger.info("wrote %s", path)
 
 
 def _read_queries(path: str) -> list[str]:

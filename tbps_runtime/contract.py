@@ -68,3 +68,19 @@ TEXT_TOWER = TowerSpec(
     outputs=(EMBEDDINGS,),
 )
 TOWERS = (IMAGE_TOWER, TEXT_TOWER)
+
+# ---- optional "explain" graphs (tbps-export --explain) ---------------------
+# The same towers, also returning the shared decoder's cross-attention averaged
+# over heads (paper Fig. 4). The default graphs above stay as they are.
+# Image: (B, D, h, w) over the backbone's feature map; text: (B, D + P, L) over
+# the tokens (first D rows: the shared tokens, last P rows: the fine text
+# tokens), padding positions get 0. Each row sums to 1 over its positions.
+IMAGE_ATTENTION = TensorSpec("attention", "float32", ("batch", "coarse", "feature_height", "feature_width"),
+                             dynamic=("batch",))
+TEXT_ATTENTION = TensorSpec("attention", "float32", ("batch", "decoder_tokens", "sequence"),
+                            dynamic=("batch", "sequence"))
+IMAGE_EXPLAIN_TOWER = TowerSpec(name="image_tower.explain", inputs=IMAGE_TOWER.inputs,
+                                outputs=(EMBEDDINGS, IMAGE_ATTENTION))
+TEXT_EXPLAIN_TOWER = TowerSpec(name="text_tower.explain", inputs=TEXT_TOWER.inputs,
+                               outputs=(EMBEDDINGS, TEXT_ATTENTION))
+EXPLAIN_TOWERS = (IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER)

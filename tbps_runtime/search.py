@@ -158,6 +158,16 @@ class PersonSearch:
                  for rank, (score, row) in enumerate(zip(row_scores, row_indices), start=1)]
                 for row_scores, row_indices in zip(scores, indices)]
 
+    def explain(self, query: str, images: Sequence[ImageInput]) -> Any:
+        """The attention behind ``query``'s results (paper Fig. 4), from the bundle's explain graphs
+        (``tbps-export --explain``): a :class:`tbps_runtime.visualize.Explanation` with the query's
+        ``tokens``, ``token_weights`` (D + P, T) and, per image, ``maps`` (N, D, h, w) and
+        ``heatmaps`` (N, h, w) = A_avg."""
+        from tbps_runtime.visualize import explain
+
+        check_queries([query])
+        return explain(self, query, list(images))
+
     def _gallery_rows(self, gallery: Gallery | str | Path | np.ndarray
                       ) -> tuple[np.ndarray, list[GalleryEntry] | None]:
         if isinstance(gallery, (str, Path)):

@@ -1,22 +1,35 @@
 """``tbps-quickstart``: the whole toolkit on the embedded default (the synthetic dataset).
 
+Steps: synthetic dataset -> train the demo model -> evaluate -> export the
+bundle (with the explain graphs) -> index the test split with the runtime ->
+rank a few test captions and write ``results.png`` and ``results.html``.
+
 Each step reuses what an earlier run finished: the dataset is generated once,
-training resumes from its checkpoint, and a finished run is not retrained.
+training resumes from its checkpoint, a finished run is not retrained, and the
+evaluation, bundle, gallery and results are redone only when older than what
+they were made from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import click
 
 from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_runtime.errors import ConfigError, ExportError
 from tbps_train.data.synth import DEFAULT_IDS
 
 logger = logging.getLogger(__name__)
+
+EXAMPLES = 4  # test captions on the results page
+RESULTS_K = 5  # crops per caption
 
 
 @click.command()
@@ -25,35 +38,160 @@ logger = logging.getLogger(__name__)
 @click.option("--preset", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]))
 @click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=8), help="Synthetic identities.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--examples", default=EXAMPLES, show_default=True, type=click.IntRange(min=1),
+              help="Test captions drawn on the results page.")
 @click.option("--quiet", is_flag=True)
 @user_errors_exit_2
-def quickstart_command(workdir: str, preset: str, ids: int, seed: int, quiet: bool) -> None:
-    """Generate the synthetic dataset, train the demo model and evaluate it."""
+def quickstart_command(workdir: str, preset: str, ids: int, seed: int, examples: int, quiet: bool) -> None:
+    """Generate the synthetic dataset, train the demo model, evaluate it, export it,
+    index the test split and write a results page."""
     from tbps_train.cli import _quiet_libraries
-    from tbps_train.config import apply_overrides, load_preset
-    from tbps_train.data.synth import generate
-    from tbps_train.train import train
 
     setup_logging(quiet)
     _quiet_libraries()
     work = Path(workdir)
     data, checkpoint = work / "data", work / "m.pt"
     started = time.perf_counter()
-    if (data / "reid_raw.json").is_file():
-        logger.info("[1/3] dataset: reusing %s", data)
-    else:
-        logger.info("[1/3] dataset: generating %d synthetic identities in %s", ids, data)
-        generate(data, ids=ids, seed=seed, progress=not quiet)
-    logger.info("[2/3] training the %s preset -> %s", preset, checkpoint)
-    config = apply_overrides(load_preset(preset), "train", seed=seed)
-    train(config, "cuhk-pedes", data, checkpoint, resume=checkpoint.exists(), progress=not quiet)
-    logger.info("[3/3] evaluating on the test split")
-    metrics = _evaluate(checkpoint, data)
-    (work / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _dataset(data, ids, seed, quiet)
+    _train(checkpoint, data, preset, seed, quiet)
+    evaluation = work / "eval.json"
+    metrics = _evaluation(checkpoint, data, evaluation)
+    bundle = _export(checkpoint, work / "m.bundle", quiet)
+    gallery, records = _index(bundle, data, work / "g.npy", quiet)
+    pictures = _results(bundle, gallery, records, work, examples)
     click.echo(f"test: R@1 {metrics['r1']:.2f}  R@5 {metrics['r5']:.2f}  R@10 {metrics['r10']:.2f}  "
                f"mAP {metrics['map']:.2f}  mINP {metrics['minp']:.2f}")
-    click.echo(f"dataset     {data}\ncheckpoint  {checkpoint}\nmetrics     {work / 'eval.json'}")
+    curves = checkpoint.with_suffix(".curves.png")
+    curves_note = f"  (training curves: {curves})" if curves.is_file() else ""
+    click.echo(f"dataset     {data}\ncheckpoint  {checkpoint}{curves_note}"
+               f"\nmetrics     {evaluation}\nbundle      {bundle}\ngallery     {gallery}"
+               "\nresults     " + "\n            ".join(str(p) for p in pictures))
     click.echo(f"done in {time.perf_counter() - started:.0f}s")
+    click.echo(f"next: tbps-rank --gallery {gallery} --query \"a man in a red shirt\" -k 5 --show me.png --explain")
+
+
+def _dataset(data: Path, ids: int, seed: int, quiet: bool) -> None:
+    from tbps_train.data.synth import generate
+
+    if (data / "reid_raw.json").is_file():
+        logger.info("[1/6] dataset: reusing %s", data)
+        return
+    logger.info("[1/6] dataset: generating %d synthetic identities in %s", ids, data)
+    generate(data, ids=ids, seed=seed, progress=not quiet)
+
+
+def _train(checkpoint: Path, data: Path, preset: str, seed: int, quiet: bool) -> None:
+    from tbps_train.config import apply_overrides, load_preset
+    from tbps_train.train import train
+
+    if _trained(checkpoint):
+        logger.info("[2/6] training: reusing the finished run %s", checkpoint)
+        return
+    logger.info("[2/6] training the %s preset -> %s", preset, checkpoint)
+    config = apply_overrides(load_preset(preset), "train", seed=seed)
+    train(config, "cuhk-pedes", data, checkpoint, resume=checkpoint.exists(), progress=not quiet)
+
+
+def _evaluation(checkpoint: Path, data: Path, evaluation: Path) -> dict[str, float]:
+    if _fresh(evaluation, checkpoint):
+        logger.info("[3/6] evaluation: reusing %s", evaluation)
+        return json.loads(evaluation.read_text())
+    logger.info("[3/6] evaluating on the test split")
+    metrics = _evaluate(checkpoint, data)
+    evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _trained(checkpoint: Path) -> bool:
+    """``checkpoint`` holds a run that finished all its epochs (its own config's count)."""
+    import torch
+
+    if not checkpoint.is_file():
+        return False
+    try:
+        payload = torch.load(checkpoint, weights_only=True, mmap=True)  # mmap: no weights are read
+        return payload["train_state"]["epoch"] >= payload["config"]["train"]["epochs"]
+    except Exception:  # not readable as a finished run: let training decide (and explain)
+        return False
+
+
+def _fresh(path: Path, *sources: Path) -> bool:
+    """``path`` exists and is newer than every source (so it was made from them)."""
+    return path.exists() and all(path.stat().st_mtime >= s.stat().st_mtime for s in sources)
+
+
+def _export(checkpoint: Path, bundle: Path, quiet: bool) -> Path:
+    from tbps_runtime.bundle import load_manifest
+    from tbps_runtime.contract import EXPLAIN_TOWERS, MANIFEST_FILE
+
+    manifest = bundle / MANIFEST_FILE
+    if _fresh(manifest, checkpoint) and all(t.name in load_manifest(bundle).towers for t in EXPLAIN_TOWERS):
+        logger.info("[4/6] bundle: reusing %s", bundle)
+        return bundle
+    logger.info("[4/6] exporting the ONNX bundle (with the explain graphs) -> %s", bundle)
+    started = time.perf_counter()
+    # tbps_train never imports tbps_export (DESIGN.md's layering): run its command instead.
+    command = [_export_command(), "--ckpt", str(checkpoint), "-o", str(bundle), "--explain"]
+    command += (["--force"] if bundle.exists() else []) + (["--quiet", "--no-progress"] if quiet else [])
+    status = subprocess.run(command, stdout=subprocess.DEVNULL).returncode  # it prints the bundle's path
+    if status:
+        raise ExportError(f"tbps-export failed (exit status {status}; its message is above): {' '.join(command)}")
+    logger.info("      export took %.1f s", time.perf_counter() - started)
+    return bundle
+
+
+def _export_command() -> str:
+    """The ``tbps-export`` script of this environment (installed with the [export] extra)."""
+    beside = Path(sys.executable).parent / "tbps-export"
+    found = str(beside) if beside.is_file() else shutil.which("tbps-export")
+    if found is None:
+        raise ConfigError("the quickstart exports a bundle with tbps-export, which is not installed: "
+                          "pip install 'tbps[export]'")
+    return found
+
+
+def _index(bundle: Path, data: Path, gallery: Path, quiet: bool) -> tuple[Path, list]:
+    from tbps_runtime.contract import MANIFEST_FILE
+    from tbps_runtime.gallery import sidecar_path
+    from tbps_runtime.search import PersonSearch
+    from tbps_train.data.readers import read_split
+
+    records = read_split("cuhk-pedes", data, "test")
+    if _fresh(gallery, bundle / MANIFEST_FILE) and _fresh(sidecar_path(gallery), bundle / MANIFEST_FILE):
+        logger.info("[5/6] gallery: reusing %s", gallery)
+        return gallery, records
+    logger.info("[5/6] indexing the %d test images with the runtime -> %s", len(records), gallery)
+    started = time.perf_counter()
+    search = PersonSearch.from_bundle(bundle)
+    search.index([r.image_path for r in records], gallery, identities=[r.person_id for r in records],
+                 progress=not quiet)
+    logger.info("      indexing took %.1f s", time.perf_counter() - started)
+    return gallery, records
+
+
+def _results(bundle: Path, gallery: Path, records: list, work: Path, examples: int) -> tuple[Path, ...]:
+    """Rank ``examples`` test captions (spread over the split) and draw results.png / results.html
+    (and explain.png: the same with the attention maps)."""
+    from tbps_runtime import visualize
+    from tbps_runtime.search import PersonSearch
+
+    png, page, explained = work / "results.png", work / "results.html", work / "explain.png"
+    if all(_fresh(path, gallery) for path in (png, page, explained)):
+        logger.info("[6/6] results: reusing %s", page)
+        return png, page, explained
+    logger.info("[6/6] ranking %d test captions -> %s, %s", examples, png, page)
+    started = time.perf_counter()
+    picks = [records[i * len(records) // examples] for i in range(examples)]
+    queries, identities = [r.captions[0] for r in picks], [r.person_id for r in picks]
+    search = PersonSearch.from_bundle(bundle)
+    results = search.rank(queries, gallery, k=RESULTS_K)
+    explanations = [search.explain(q, [m.path for m in matches]) for q, matches in zip(queries, results)]
+    visualize.draw_results(queries, results, png, query_identities=identities)
+    visualize.write_html(queries, results, page, query_identities=identities, explanations=explanations,
+                         title=f"tbps quickstart: test captions, top {RESULTS_K}")
+    visualize.draw_results(queries, results, explained, query_identities=identities, explanations=explanations)
+    logger.info("      ranking and drawing took %.1f s", time.perf_counter() - started)
+    return png, page, explained
 
 
 def _evaluate(checkpoint: Path, data: Path) -> dict[str, float]:

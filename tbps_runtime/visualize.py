@@ -1,0 +1,315 @@
+"""Results people can look at: a PNG grid and an HTML page of ranked crops, and attention maps.
+
+Pillow only (no matplotlib: this is the runtime). Each query is one row: the
+query's text, then its top-k crops with rank and score; when the identities of
+the query and of the gallery rows are known, hits are framed green and misses
+red (grey when unknown), as in the paper's Fig. 3.
+
+With an :class:`Explanation` (from the bundle's ``*.explain.onnx`` graphs,
+``tbps-export --explain``), each crop gets the image tower's averaged decoder
+attention A_avg as a heat map (Fig. 4a), and the query's tokens are shaded by
+the text tower's decoder attention (Fig. 4b).
+
+The HTML page is one self-contained file: crops are embedded as base64 PNG data
+URIs, and every string it prints goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tbps_runtime.atomic import atomic_write
+from tbps_runtime.bundle import verify_files
+from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER, TowerSpec
+from tbps_runtime.errors import BundleError, DataError, InputFileNotFoundError
+from tbps_runtime.images import normalize, read_image, resize_rgb
+from tbps_runtime.tokenizer import tokenize
+
+if TYPE_CHECKING:
+    from tbps_runtime.search import Match, PersonSearch
+
+HIT, MISS, UNKNOWN = (40, 170, 60), (215, 40, 40), (150, 150, 150)
+CROP_SIZE = (240, 96)  # (H, W) of a drawn crop: small crops are upscaled (bilinear)
+TEXT_WIDTH = 300  # the query column, px
+_SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
+
+
+@dataclass
+class Explanation:
+    """The attention behind one query's results.
+
+    tokens: the query's T tokens (as the tokenizer split it, special tokens included).
+    token_weights: (D + P, T): each decoder token's attention over the query's
+        tokens (first D rows: the shared tokens, last P: the fine text tokens); rows sum to 1.
+    maps: (N, D, h, w): each shared token's attention over each image's feature map; sums to 1 over (h, w).
+    """
+
+    tokens: list[str]
+    token_weights: np.ndarray
+    maps: np.ndarray
+
+    @property
+    def heatmaps(self) -> np.ndarray:
+        """(N, h, w): A_avg, the attention averaged over the D shared tokens (Eq. 5, Fig. 4a)."""
+        return self.maps.mean(axis=1)
+
+
+# ---- computing the attention ------------------------------------------------
+
+def _session(search: PersonSearch, spec: TowerSpec) -> Any:
+    """An onnxruntime session of an explain graph of ``search``'s bundle, created once (checksum verified)."""
+    sessions = search.__dict__.setdefault("_explain_sessions", {})
+    if spec.name not in sessions:
+        if spec.name not in search.manifest.towers or spec.onnx_file not in search.manifest.files:
+            raise BundleError(f"{search.directory} has no {spec.onnx_file}: re-export it with "
+                              "tbps-export --ckpt m.pt --explain --force")
+        verify_files(search.directory, search.manifest, [spec.onnx_file])
+        import onnxruntime as ort
+
+        options = getattr(search.backend, "options", None)
+        sessions[spec.name] = ort.InferenceSession(str(search.directory / spec.onnx_file), sess_options=options,
+                                                   providers=["CPUExecutionProvider"])
+    return sessions[spec.name]
+
+
+def text_attention(search: PersonSearch, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Captions -> (input_ids, attention_mask) (B, L) and decoder attention (B, D + P, L); padding gets 0."""
+    with search._tokenizer_lock:
+        input_ids, attention_mask = tokenize(search._tokenizer, list(texts))
+    ids_spec, mask_spec = TEXT_EXPLAIN_TOWER.inputs
+    _, attention = _session(search, TEXT_EXPLAIN_TOWER).run(
+        [t.name for t in TEXT_EXPLAIN_TOWER.outputs], {ids_spec.name: input_ids, mask_spec.name: attention_mask})
+    return input_ids, attention_mask, np.asarray(attention, np.float32)
+
+
+def image_attention(search: PersonSearch, images: Sequence[Any]) -> np.ndarray:
+    """Crops (paths or (H, W, 3) uint8 arrays) -> decoder attention (N, D, h, w)."""
+    (spec,) = IMAGE_EXPLAIN_TOWER.inputs
+    pixels = np.stack([search._load(image) for image in images])  # (N, H, W, 3)
+    values = normalize(pixels, tuple(search.manifest.mean), tuple(search.manifest.std))  # (N, 3, H, W)
+    _, attention = _session(search, IMAGE_EXPLAIN_TOWER).run(
+        [t.name for t in IMAGE_EXPLAIN_TOWER.outputs], {spec.name: values})
+    return np.asarray(attention, np.float32)
+
+
+def explain(search: PersonSearch, query: str, images: Sequence[Any]) -> Explanation:
+    """The text attention of ``query`` and the image attention of each of ``images``."""
+    input_ids, mask, attention = text_attention(search, [query])  # (1, L), (1, L), (1, D + P, L)
+    length = int(mask[0].sum())
+    tokens = [search._tokenizer.id_to_token(int(i)) or "?" for i in input_ids[0, :length]]
+    if len(images):
+        maps = image_attention(search, images)
+    else:  # (0, D, h, w), the shape the manifest records
+        maps = np.zeros((0, *search.manifest.towers[IMAGE_EXPLAIN_TOWER.name]["outputs"][-1]["shape"][1:]),
+                        np.float32)
+    return Explanation(tokens, attention[0, :, :length], maps)
+
+
+# ---- drawing -----------------------------------------------------------------
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if line and draw.textlength(candidate, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    return lines + ([line] if line else [])
+
+
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> (…, 3) uint8 RGB on a blue-yellow-red ramp."""
+    stops = np.array([[20, 30, 140], [40, 160, 220], [250, 230, 60], [230, 40, 20]], np.float32)
+    position = np.clip(values, 0, 1) * (len(stops) - 1)
+    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
+    t = (position - low)[..., None]
+    return (stops[low] * (1 - t) + stops[low + 1] * t).astype(np.uint8)
+
+
+def crop_image(path: str | Path | None, size: tuple[int, int] = CROP_SIZE, heatmap: np.ndarray | None = None,
+               alpha: float = 0.5) -> Image.Image:
+    """A gallery crop at ``size`` (H, W), with ``heatmap`` (h, w) blended over it when given.
+    An unreadable image gives a grey placeholder."""
+    try:
+        pixels = resize_rgb(read_image(path), size).astype(np.float32)  # (H, W, 3)
+    except (DataError, InputFileNotFoundError, TypeError, OSError):
+        pixels = np.full((*size, 3), 200, np.float32)
+    if heatmap is not None and heatmap.size:
+        scaled = heatmap / max(float(heatmap.max()), 1e-12)  # to [0, 1] by the image's maximum, as Eq. 5
+        up = Image.fromarray((scaled * 255).astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        pixels = (1 - alpha) * pixels + alpha * _heat_colours(np.asarray(up, np.float32) / 255)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def frame_colour(match: Match, query_identity: Any) -> tuple[int, int, int]:
+    """Green for a hit, red for a miss, grey when either identity is unknown."""
+    if query_identity is None or match.identity is None:
+        return UNKNOWN
+    return HIT if str(match.identity) == str(query_identity) else MISS
+
+
+def _shade(weight: float) -> tuple[int, int, int]:
+    """White -> orange-red for a weight in [0, 1]."""
+    w = float(np.clip(weight, 0, 1))
+    return int(255 - 20 * w), int(255 - 150 * w), int(255 - 210 * w)
+
+
+def _display_tokens(explanation: Explanation) -> list[tuple[str, float]]:
+    """The query's tokens (special ones left out) with the mean attention of all decoder tokens, scaled to [0, 1]."""
+    weights = explanation.token_weights.mean(axis=0)
+    keep = [i for i, t in enumerate(explanation.tokens) if t not in _SPECIAL]
+    top = max((float(weights[i]) for i in keep), default=1.0) or 1.0
+    return [(explanation.tokens[i], float(weights[i]) / top) for i in keep]
+
+
+def _draw_tokens(draw: ImageDraw.ImageDraw, tokens: list[tuple[str, float]], font: Any, x0: int, y: int,
+                 width: int, line_height: int) -> int:
+    x = x0
+    for token, weight in tokens:
+        text = token[2:] if token.startswith("##") else token
+        if token.startswith("##") and x > x0:
+            x -= 4  # a word piece continues the word before it
+        w = int(draw.textlength(text, font=font)) + 6
+        if x + w > x0 + width and x > x0:
+            x, y = x0, y + line_height
+        draw.rectangle([x, y, x + w - 2, y + line_height - 3], fill=_shade(weight))
+        draw.text((x + 2, y + 1), text, fill=(0, 0, 0), font=font)
+        x += w
+    return y + line_height
+
+
+def draw_results(queries: Sequence[str], results: Sequence[Sequence[Match]], output: str | Path, *,
+                 query_identities: Sequence[Any] | None = None,
+                 explanations: Sequence[Explanation] | None = None, crop_size: tuple[int, int] = CROP_SIZE) -> Path:
+    """Write the results grid PNG: one row per query (its text, then its crops). Returns ``output``."""
+    k = max((len(r) for r in results), default=0)
+    pad, frame, label = 12, 5, 40
+    cell_w, row_h = crop_size[1] + 2 * frame + pad, crop_size[0] + 2 * frame + label + pad
+    width = pad + TEXT_WIDTH + pad + max(k, 1) * cell_w
+    canvas = Image.new("RGB", (width, pad + len(queries) * row_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    big, small = _font(17), _font(14)
+    for row, (query, matches) in enumerate(zip(queries, results)):
+        y = pad + row * row_h
+        if row:
+            draw.line([pad, y - pad // 2, width - pad, y - pad // 2], fill=(225, 225, 225), width=1)
+        explanation = explanations[row] if explanations else None
+        identity = query_identities[row] if query_identities else None
+        _draw_query(draw, query, identity, explanation, pad, y, big, small)
+        heatmaps = explanation.heatmaps if explanation is not None else None
+        for i, match in enumerate(matches):
+            x = pad + TEXT_WIDTH + pad + i * cell_w
+            draw.rectangle([x, y, x + crop_size[1] + 2 * frame - 1, y + crop_size[0] + 2 * frame - 1],
+                           fill=frame_colour(match, identity))
+            canvas.paste(crop_image(match.path, crop_size, None if heatmaps is None else heatmaps[i]),
+                         (x + frame, y + frame))
+            ty = y + crop_size[0] + 2 * frame + 3
+            draw.text((x, ty), f"#{match.rank}", fill=(0, 0, 0), font=big)
+            draw.text((x, ty + 19), f"{match.score:.3f}", fill=(90, 90, 90), font=small)
+    output = Path(output)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write(output, lambda stream: stream.write(buffer.getvalue()))
+    return output
+
+
+def _draw_query(draw: ImageDraw.ImageDraw, query: str, identity: Any, explanation: Explanation | None,
+                x: int, y: int, big: Any, small: Any) -> None:
+    header = "query" if identity is None else f"query (person {identity})"
+    draw.text((x, y), header, fill=(110, 110, 110), font=small)
+    y += 20
+    if explanation is None:
+        for line in _wrap(draw, query, big, TEXT_WIDTH)[:9]:
+            draw.text((x, y), line, fill=(0, 0, 0), font=big)
+            y += 22
+        return
+    y = _draw_tokens(draw, _display_tokens(explanation), big, x, y, TEXT_WIDTH, 24)
+    draw.text((x, y + 4), "tokens shaded by text attention", fill=(110, 110, 110), font=small)
+    draw.text((x, y + 22), "crops: image attention A_avg", fill=(110, 110, 110), font=small)
+
+
+# ---- HTML --------------------------------------------------------------------
+
+_STYLE = """body{font-family:sans-serif;margin:24px;color:#222}
+section{border-bottom:1px solid #ddd}.row{display:flex;gap:18px;align-items:flex-start;padding:14px 0}
+.query{width:300px;flex:none}.query p{font-size:17px;margin:4px 0}.meta{color:#777;font-size:13px}
+figure{margin:0;text-align:center;font-size:13px}figure img{border:5px solid #999;display:block;image-rendering:auto}
+figure.hit img{border-color:#28aa3c}figure.miss img{border-color:#d72828}
+.tok{padding:1px 2px;margin:1px;display:inline-block;border-radius:2px}.piece{margin-left:-3px}
+details.att{padding:6px 0 12px}table.att{border-collapse:collapse;font-size:12px;margin-top:6px}
+table.att td{padding:0 4px}"""
+
+
+def _data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _tokens_html(tokens: list[tuple[str, float]]) -> str:
+    """Tokens as spans shaded by their weight in [0, 1] (word pieces ``##x`` joined to the word before)."""
+    return "".join(f'<span class="tok{" piece" if t.startswith("##") else ""}" style="background:rgb{_shade(w)}" '
+                   f'title="{w:.2f}">{html.escape(t[2:] if t.startswith("##") else t)}</span>' for t, w in tokens)
+
+
+def _attention_table(explanation: Explanation, num_coarse: int) -> str:
+    """Fig. 4b: one line per decoder token, the query's tokens shaded by its attention."""
+    rows = []
+    for r, weights in enumerate(explanation.token_weights):
+        name = f"shared {r + 1}" if r < num_coarse else f"fine {r - num_coarse + 1}"
+        top = float(weights.max()) or 1.0
+        cells = [(t, float(w) / top) for t, w in zip(explanation.tokens, weights)]
+        rows.append(f'<tr><td class="meta">{html.escape(name)}</td><td>{_tokens_html(cells)}</td></tr>')
+    return f'<table class="att">{"".join(rows)}</table>'
+
+
+def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], output: str | Path, *,
+               query_identities: Sequence[Any] | None = None, explanations: Sequence[Explanation] | None = None,
+               title: str = "tbps results", crop_size: tuple[int, int] = CROP_SIZE) -> Path:
+    """Write a self-contained HTML page of the results (crops as base64 data URIs). Returns ``output``."""
+    body = []
+    for row, (query, matches) in enumerate(zip(queries, results)):
+        identity = query_identities[row] if query_identities else None
+        explanation = explanations[row] if explanations else None
+        meta = "query" if identity is None else f"query · person {identity}"
+        text = f"<p>{html.escape(query)}</p>"
+        if explanation is not None:  # Fig. 4b: the words shaded by the text attention, then per decoder token
+            text += (f'<div class="meta">text attention (mean over the decoder tokens)</div>'
+                     f"<p>{_tokens_html(_display_tokens(explanation))}</p>")
+        figures = []
+        for i, match in enumerate(matches):
+            colour = frame_colour(match, identity)
+            css = "hit" if colour == HIT else "miss" if colour == MISS else "unknown"
+            heat = None if explanation is None else explanation.heatmaps[i]
+            src = _data_uri(crop_image(match.path, crop_size, heat))
+            caption = f"#{match.rank} · {match.score:.3f}"
+            figures.append(f'<figure class="{css}"><img src="{src}" alt="{html.escape(str(match.path))}" '
+                           f'title="{html.escape(str(match.path))}"><figcaption>{html.escape(caption)}'
+                           "</figcaption></figure>")
+        table = ("" if explanation is None else '<details class="att"><summary class="meta">text attention per '
+                 f"decoder token</summary>{_attention_table(explanation, explanation.maps.shape[1])}</details>")
+        body.append(f'<section><div class="row"><div class="query"><div class="meta">{html.escape(meta)}</div>'
+                    f'{text}</div>{"".join(figures)}</div>{table}</section>')
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(body)
+            + "\n</body></html>\n")
+    output = Path(output)
+    atomic_write(output, lambda stream: stream.write(page.encode("utf-8")))
+    return output

@@ -1,0 +1,96 @@
+"""Each benchmark script in --quick mode on the tiny checkpoint/bundle: the JSON it writes
+(keys, shapes, the machine block). No timing assertions: timings depend on the machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import parity, query_latency, ranking, towers
+from tbps_export import export_bundle
+from tbps_export.quantize import quantize_bundle
+from tbps_train.data.readers import read_split
+
+HAVE_FAISS = importlib.util.find_spec("faiss") is not None  # the [bench] extra
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, tiny_checkpoint, synth_root):
+    float_bundle = export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("bench") / "m.bundle")
+    crops = [r.image_path for r in read_split("cuhk-pedes", synth_root, "train")][:16]
+    return float_bundle, quantize_bundle(float_bundle, calibration=crops)
+
+
+def _read(out, name):
+    data = json.loads((out / f"{name}.json").read_text())
+    assert data["benchmark"] == name
+    m = data["machine"]
+    assert {"cpu", "cores", "libraries", "load_average", "python"} <= set(m)
+    assert m["cores"] >= 1 and m["libraries"]["numpy"] and m["libraries"]["onnxruntime"]
+    assert len(m["load_average"]) == 3 and len(data["load_average_end"]) == 3
+    assert (out / f"{name}.md").read_text().startswith("### ")
+    return data
+
+
+def _timing(t):
+    assert {"median_ms", "p90_ms", "reps"} <= set(t) and t["median_ms"] > 0 and t["p90_ms"] >= t["median_ms"]
+
+
+def test_towers_quick(tmp_path, tiny_checkpoint, bundles):
+    towers.main(["--quick", "--out", str(tmp_path), "--ckpt", str(tiny_checkpoint), "--threads", "1",
+                 "--bundle", str(bundles[0]), "--int8-bundle", str(bundles[1])])
+    data = _read(tmp_path, "towers")
+    assert data["threads"] == [1] and isinstance(data["tensorrt"], str)
+    rows = data["rows"]
+    assert {(r["tower"], r["batch"]) for r in rows} == {(t, b) for t in ("image_tower", "text_tower") for b in (1, 2)}
+    for r in rows:
+        assert set(r["backends"]) == {"pytorch", "onnxruntime", "onnxruntime_int8"} and r["model"] == "demo"
+        assert r["backends"]["onnxruntime"]["max_abs_diff_vs_pytorch"] < 1e-4
+        assert r["output_shape"][0] == r["batch"] and len(r["output_shape"]) == 3
+        for t in r["backends"].values():
+            _timing(t)
+            assert t["items_per_s"] > 0
+        assert r["speedup_ort_vs_pytorch"] > 0 and r["speedup_int8_vs_float32"] > 0
+        assert r["backends"]["onnxruntime_int8"]["max_abs_diff_vs_pytorch"] < 0.5  # int8: loose
+
+
+def test_ranking_quick(tmp_path):
+    ranking.main(["--quick", "--out", str(tmp_path), "--scratch", str(tmp_path)])
+    data = _read(tmp_path, "ranking")
+    assert data["copy_bandwidth"]["best_gb_s"] > 0
+    assert [(r["rows"], r["queries"]) for r in data["rows"]] == [(2000, 1), (2000, 32), (5000, 1), (5000, 32)]
+    for r in data["rows"]:
+        assert set(r["timings"]) == {"top_k", "naive"} | ({"faiss_flat_ip"} if HAVE_FAISS else set())
+        for t in r["timings"].values():
+            _timing(t)
+        assert r["gallery_bytes"] == r["rows"] * r["slots"] * r["dim"] * 4
+        assert r["same_top_k_as_faiss"] is (True if HAVE_FAISS else None) and r["bandwidth_floor_ms"] > 0
+    assert not list(tmp_path.glob("tbps-bench-ranking-*"))  # the memmaps are removed
+
+
+def test_parity_quick(tmp_path, tiny_checkpoint, bundles, synth_root):
+    float_bundle, int8_bundle = bundles
+    parity.main(["--quick", "--out", str(tmp_path), "--ckpt", str(tiny_checkpoint), "--bundle", str(float_bundle),
+                 "--int8-bundle", str(int8_bundle), "--root", str(synth_root)])
+    data = _read(tmp_path, "parity")
+    names = [r["variant"] for r in data["rows"]]
+    assert names[0].startswith("PyTorch") and names[1].startswith("ONNX float32") and "int8" in names[-1]
+    assert "float16" in names[2]
+    for r in data["rows"]:
+        assert set(r["metrics"]) == {"r1", "r5", "r10", "map", "minp"}
+    pytorch, onnx32 = data["rows"][0], data["rows"][1]
+    assert pytorch["max_abs_diff_images"] == 0 and onnx32["max_abs_diff_images"] < 1e-4
+    assert onnx32["metrics"] == pytorch["metrics"]  # ONNX float32 ranks the split exactly as PyTorch
+    assert data["split"]["images"] == 30 and any("TensorRT" in n for n in data["notes"])
+
+
+def test_query_latency_quick(tmp_path, bundles):
+    query_latency.main(["--quick", "--out", str(tmp_path), "--bundle", str(bundles[0]), "--rows", "500"])
+    data = _read(tmp_path, "query_latency")
+    assert data["gallery"]["rows"] == 500
+    _timing(data["cold"])
+    assert set(data["warm"]) == {"load_bundle_and_gallery", "embed_query", "rank_only", "end_to_end"}
+    for name in ("embed_query", "rank_only", "end_to_end"):
+        _timing(data["warm"][name])

@@ -8,20 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from tbps_train.cli import ablate_command, eval_command, synth_command, train_command
+from cli_assertions import assert_user_error
 
 
 def run(command, args):
     result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
     return result
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_synth_writes_a_readable_dataset(tmp_path):

@@ -31,6 +31,7 @@ from tbps_runtime.contract import (
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError, InputFileNotFoundError
 from tbps_runtime.tokenizer import load_tokenizer, tokenize
 from tbps_train.checkpoint import VERSION, load_checkpoint, model_from_checkpoint
+from cli_assertions import assert_user_error
 
 (PIXELS,) = IMAGE_TOWER.inputs
 IDS, MASK = TEXT_TOWER.inputs
@@ -83,15 +84,6 @@ def assert_nothing_left(directory, name):
 
 def invoke(args):
     return CliRunner().invoke(export_command, [str(a) for a in args] + ["--quiet"], catch_exceptions=False)
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ---- the bundle ----------------------------------------------------------------

@@ -17,19 +17,11 @@ from tbps_runtime.bundle import load_manifest, sha256_file, write_manifest
 from tbps_runtime.cli import collect_images, index_command, rank_command
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
 from tbps_runtime.gallery import load_gallery, sidecar_path
+from cli_assertions import assert_user_error
 
 
 def run(command, args):
     return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import torch
 from benchmarks.common import fmt, machine, machine_line, markdown_table, write_results
 from tbps_runtime.metrics import retrieval_metrics
 
-DEMO = {"ckpt": "/tmp/qsrun/work/m.pt", "bundle": "/tmp/bench/m.bundle", "int8": "/tmp/bench/m.int8.bundle",
-        "root": "/tmp/qsrun/work/data"}
+DEMO = {"ckpt": "tbps-quickstart/m.pt", "bundle": "runs/bench/m.bundle", "int8": "runs/bench/m.int8.bundle",
+        "root": "tbps-quickstart/data"}
 METRICS = ("r1", "r5", "r10", "map", "minp")
 
 

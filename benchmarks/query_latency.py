@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 2,000-row gallery, 2 reps")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--bundle", default="/tmp/bench/m.bundle")
+    parser.add_argument("--bundle", default="runs/bench/m.bundle")
     parser.add_argument("--rows", type=int, default=None, help="gallery rows [default: 100000; --quick: 2000]")
     args = parser.parse_args(argv)
     rows = args.rows or (2_000 if args.quick else 100_000)

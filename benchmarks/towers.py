@@ -25,7 +25,7 @@ import torch
 from benchmarks.common import fmt, machine, machine_line, markdown_table, time_interleaved, write_results
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER, TowerSpec
 
-DEMO_CKPT = "/tmp/qsrun/work/m.pt"
+DEMO_CKPT = "tbps-quickstart/m.pt"
 TEXT_LENGTH = 32  # tokens per benchmark caption (CUHK-PEDES captions average ~23 words)
 
 

@@ -17,6 +17,7 @@ import onnx
 import torch
 from onnx.external_data_helper import uses_external_data
 
+from tbps_export.quiet import quiet_loggers
 from tbps_export.towers import build_tower, dynamic_shapes, sample_inputs
 from tbps_runtime.contract import OPSET, TowerSpec
 from tbps_runtime.errors import ExportError
@@ -61,13 +62,6 @@ def _check_single_file(path: Path, spec: TowerSpec) -> None:
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporter's routine log lines and warnings; errors still raise."""
-    levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
-    try:
-        for name in _NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    with quiet_loggers(*_NOISY_LOGGERS), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -15,7 +15,6 @@ loose check (:data:`INT8_MIN_COSINE` per slot) fails the quantization.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import shutil
@@ -25,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from tbps_export.bundle_writer import _place, _publish_permissions, _refuse_existing, _staging
+from tbps_export.quiet import quiet_loggers
 from tbps_export.validate import compare, text_cases
 from tbps_runtime.bundle import Manifest, load_manifest, sha256_file, verify_files, write_manifest
 from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
@@ -79,7 +79,7 @@ def quantize_text_tower(source: Path, target: Path) -> dict[str, Any]:
     """Dynamic int8 quantization of the MatMuls (weights int8, activations at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet_root_logger():
+    with quiet_loggers(""):  # onnxruntime.quantization advises on the root logger
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                          per_channel=True, extra_options={"MatMulConstBOnly": True})
     return {"method": "dynamic", "weights": "int8 per channel", "activations": "uint8, per batch at run time",
@@ -94,25 +94,12 @@ def quantize_image_tower(source: Path, target: Path, pixels: np.ndarray | None) 
                 "why": "no calibration images given (tbps-export --int8 --calibration DIR)"}
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    with _quiet_root_logger():
+    with quiet_loggers(""):  # onnxruntime.quantization advises on the root logger
         quantize_static(str(source), str(target), _Calibration(pixels), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax)
     return {"method": "static QDQ", "weights": "int8 per channel", "activations": "uint8",
             "ops": ["Conv", "MatMul", "Gemm"], "calibration_images": len(pixels), "calibration": "MinMax"}
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs routine advice (run its pre-processing, skipped MatMuls) on the
-    root logger at WARNING/INFO: keep it off the command's stderr; errors still show and raise."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 class _Calibration:

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from tbps_export.validate import ParityCase, check_parity, onnx_runner
+from tbps_runtime.atomic import atomic_write
 from tbps_runtime.contract import TowerSpec
 from tbps_runtime.errors import ConfigError, ExportError
 
@@ -224,10 +225,8 @@ def build_engine(onnx_path: Path, spec: TowerSpec, shapes: dict[str, list[list[i
 
 
 def _save_timing_cache(config: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    os.replace(temp, path)
+    cache = memoryview(config.get_timing_cache().serialize())
+    atomic_write(path, lambda stream: stream.write(cache))
 
 
 def build_checked_engine(onnx_path: Path, spec: TowerSpec, sizes: dict[str, int], options: TrtOptions,

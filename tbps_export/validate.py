@@ -9,11 +9,10 @@ several lengths, one token, the max length, and padded batches).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -21,6 +20,7 @@ import onnxruntime as ort
 import torch
 from tokenizers import Tokenizer
 
+from tbps_export.quiet import quiet_loggers
 from tbps_export.towers import axis_sizes, build_tower
 from tbps_runtime.contract import IMAGE_TOWER, PARITY_ATOL, TEXT_TOWER, TOWERS, TowerSpec
 from tbps_runtime.errors import ExportError
@@ -119,7 +119,7 @@ def text_cases(tokenizer: Tokenizer, max_length: int) -> list[ParityCase]:
     ids, mask = TEXT_TOWER.inputs
 
     def case(label: str, texts: list[str]) -> ParityCase:
-        with _truncation_expected():
+        with quiet_loggers(tokenize.__module__):  # the max-length case truncates on purpose
             input_ids, attention_mask = tokenize(tokenizer, texts)
         return ParityCase(label, {ids.name: input_ids, mask.name: attention_mask})
 
@@ -134,18 +134,6 @@ def text_cases(tokenizer: Tokenizer, max_length: int) -> list[ParityCase]:
         case(f"padded batch of {len(CAPTIONS) + 1} captions with a max-length one", [*CAPTIONS, LONG_CAPTION]),
     ]
     return cases
-
-
-@contextlib.contextmanager
-def _truncation_expected() -> Iterator[None]:
-    """The max-length case truncates on purpose: no warning for it."""
-    tokenizer_logger = logging.getLogger(tokenize.__module__)
-    level = tokenizer_logger.level
-    tokenizer_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        tokenizer_logger.setLevel(level)
 
 
 # ---- parity ----------------------------------------------------------------

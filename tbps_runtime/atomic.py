@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write`` on a temp file in ``path``'s directory, then rename it to ``path``.
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path in ``path``'s directory; when the block ends, rename it to ``path``.
 
+    For writers that need a file name (a memory map, a library's ``save``).
     On any failure (an interrupt included) the temp file is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. The file gets the permissions ``open()``
+    would give it, not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        yield Path(temp)
+        os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temp file in ``path``'s directory, then rename it to ``path``."""
+    with atomic_path(path) as temp, open(temp, "wb") as stream:
+        write(stream)
+    return Path(path)
 
 
 def _umask() -> int:

@@ -16,14 +16,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from tbps_runtime.atomic import atomic_write
+from tbps_runtime.atomic import atomic_path, atomic_write
 from tbps_runtime.bundle import write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
@@ -257,18 +256,12 @@ class PartialIndex:
         return load_gallery(self.output)
 
     def _compact(self, ok: np.ndarray) -> None:
-        handle, temp = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".tmp.npy", dir=self.output.parent)
-        os.close(handle)
-        try:
+        with atomic_path(self.output, suffix=".tmp.npy") as temp:
             out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=(len(ok), *self.shape))
             for start in range(0, len(ok), _COPY_ROWS):
                 out[start:start + _COPY_ROWS] = self.rows[ok[start:start + _COPY_ROWS]]
             out.flush()
             del out
-            os.replace(temp, self.output)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
 
 
 def _run_key(paths: Sequence[str], fingerprint: str, shape: tuple[int, int]) -> str:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import click
 
 from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
 from tbps_train.data.synth import DEFAULT_IDS
-from tbps_runtime.errors import ConfigError
 from tbps_train.config import PRESETS, RunConfig, apply_overrides, load_preset
 
 logger = logging.getLogger(__name__)

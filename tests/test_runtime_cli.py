@@ -151,6 +151,7 @@ def test_interrupted_index_resumes(bundle, images, tmp_path, monkeypatch):
     resumed = run(index_command, args)
     assert resumed.exit_code == 0 and "resuming" in resumed.stderr and "2 of 7 images" in resumed.stderr
     fresh = run(index_command, args[:-3] + [tmp_path / "fresh.npy"])
+    assert fresh.exit_code == 0, fresh.output
     np.testing.assert_array_equal(load_gallery(output).embeddings, load_gallery(tmp_path / "fresh.npy").embeddings)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.json", "fresh.npy", "g.json", "g.npy"]
 

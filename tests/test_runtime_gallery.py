@@ -213,3 +213,21 @@ def test_index_refuses_bad_arguments(search, images, tmp_path):
     with pytest.raises(DataError, match="none of the 1 images"):
         search.index([tmp_path / "gone.png"], tmp_path / "g.npy")
     assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob(".*"))
+
+
+def test_atomic_path_gives_umask_permissions_and_cleans_up(tmp_path):
+    import os
+    import stat
+
+    from tbps_runtime.atomic import atomic_path
+
+    target = tmp_path / "g.npy"
+    with atomic_path(target, suffix=".tmp.npy") as temp:
+        np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=(2, 3))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "other.npy"):
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.npy"]

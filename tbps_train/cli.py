@@ -89,10 +89,18 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
                   quiet, output, resume, image_weights, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
                   separate_decoders) -> None:
-    """Train the model on a dataset and write a self-contained checkpoint."""
+    """Train the model on a dataset and write a self-contained checkpoint.
+
+    On several GPUs or machines, start it with torchrun (data parallel, one
+    process per GPU, --batch-size is the global batch):
+
+    \b
+        torchrun --nproc_per_node 4 --no-python tbps-train --device cuda ...
+    """
     from tbps_train.train import train
 
-    setup_logging(quiet)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    setup_logging(quiet or not main_process)
     _quiet_libraries()
     config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
     config = apply_overrides(config, "model", use_coarse=False if no_coarse else None,
@@ -102,6 +110,8 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, i
                              cmr_on_coarse=True if cmr_on_coarse else None)
     record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet,
                    resume_epochs=epochs)
+    if not main_process:
+        return
     if "val" in record:
         click.echo(_metrics_line(record["val"], "val"), err=True)
     click.echo(str(output))

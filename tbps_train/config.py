@@ -95,6 +95,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_text: bool = True  # the text backbone is frozen: run it once per caption
     device: str = "cpu"
+    sync_batchnorm: bool = True  # several GPUs: BatchNorm statistics over the global batch
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:

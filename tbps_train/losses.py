@@ -3,11 +3,18 @@
 Each function takes tensors and scalars and returns a scalar tensor;
 :func:`compute_losses` returns named terms ending in ``_loss`` and the
 trainer sums them (Eq. 13).
+
+Under data parallelism every process holds a slice of the global batch.
+Given a ``gather`` function (tbps_train.distributed), the terms a process
+returns are its anchors' share of the global-batch loss: hardest negatives
+are mined over the whole global batch, Eq. 7's mean divides by the global
+batch size, so the shares summed over processes equal the one-process loss.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +22,28 @@ import torch.nn.functional as F
 from tbps_train.config import LossConfig
 
 
-def identity_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+# (local rows) -> (the global batch's rows, index of this process's first row)
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+
+
+class GlobalBatch(NamedTuple):
+    """One slot's embeddings of the whole global batch; this process's anchors start at ``start``."""
+
+    image: torch.Tensor  # (N, d)
+    text: torch.Tensor  # (N, d)
+    labels: torch.Tensor  # (N,)
+    start: int
+
+
+def identity_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Eq. 7: l_ID(e) = -y log softmax(e W_ID), averaged over the batch.
 
-    logits (N, c) = e W_ID, labels (N,) identities in 0..c-1.
+    logits (N, c) = e W_ID, labels (N,) identities in 0..c-1. ``batch_size``
+    is the global batch size when these rows are one process's share.
     """
-    return F.cross_entropy(logits, labels)
+    if batch_size is None:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, reduction="sum") / batch_size
 
 
 def commonality(logits: torch.Tensor) -> torch.Tensor:
@@ -42,6 +65,7 @@ def margin_ranking_loss(
     labels: torch.Tensor,
     image_margin: torch.Tensor | float,
     text_margin: torch.Tensor | float,
+    batch: GlobalBatch | None = None,
 ) -> torch.Tensor:
     """Bidirectional hardest-negative triplet loss, summed over the batch.
 
@@ -49,14 +73,25 @@ def margin_ranking_loss(
     an anchor is the most similar item of the other modality with a different
     identity: pairs of the same person are never negatives. An anchor with no
     negative in the batch contributes 0. Margins are scalars (Eq. 9) or (N,)
-    per-anchor tensors (Eq. 12).
+    per-anchor tensors (Eq. 12). With ``batch``, the rows here are anchors
+    ``batch.start:batch.start + N`` of the global batch, and negatives are
+    mined over all of it.
     """
-    sims = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T  # (N, N): s(v_i, t_j)
-    positive = sims.diagonal()
-    same_identity = labels.unsqueeze(0) == labels.unsqueeze(1)
-    negatives = sims.masked_fill(same_identity, float("-inf"))
-    hardest_text = negatives.amax(dim=1)  # s(v_k, t_h) for each image anchor
-    hardest_image = negatives.amax(dim=0)  # s(t_k, v_h) for each text anchor
+    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    if batch is None:
+        image_sims = text_sims = image @ text.T  # (N, N): s(v_i, t_j)
+        positive = image_sims.diagonal()
+        image_negative = text_negative = labels.unsqueeze(1) == labels.unsqueeze(0)  # same person
+    else:
+        all_image, all_text = F.normalize(batch.image, dim=-1), F.normalize(batch.text, dim=-1)
+        image_sims = image @ all_text.T  # (n, N): local image anchors vs every caption
+        text_sims = all_image @ text.T  # (N, n): every image vs local caption anchors
+        rows = torch.arange(len(image), device=image.device)
+        positive = image_sims[rows, batch.start + rows]
+        image_negative = labels.unsqueeze(1) == batch.labels.unsqueeze(0)
+        text_negative = batch.labels.unsqueeze(1) == labels.unsqueeze(0)
+    hardest_text = image_sims.masked_fill(image_negative, float("-inf")).amax(dim=1)  # s(v_k, t_h)
+    hardest_image = text_sims.masked_fill(text_negative, float("-inf")).amax(dim=0)  # s(t_k, v_h)
     image_term = _hinge(image_margin - positive + hardest_text)
     text_term = _hinge(text_margin - positive + hardest_image)
     return image_term.sum() + text_term.sum()
@@ -67,9 +102,10 @@ def _hinge(values: torch.Tensor) -> torch.Tensor:
     return values.clamp(min=0)
 
 
-def ranking_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+def ranking_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, margin: float,
+                 batch: GlobalBatch | None = None) -> torch.Tensor:
     """Eq. 9: l_R with a fixed margin alpha."""
-    return margin_ranking_loss(image, text, labels, margin, margin)
+    return margin_ranking_loss(image, text, labels, margin, margin, batch)
 
 
 def cmr_loss(
@@ -79,6 +115,7 @@ def cmr_loss(
     margin: float,
     image_logits: torch.Tensor,
     text_logits: torch.Tensor,
+    batch: GlobalBatch | None = None,
 ) -> torch.Tensor:
     """Eq. 12: l_CMR, the ranking loss with margin alpha (1 - C(f)) per anchor.
 
@@ -87,7 +124,7 @@ def cmr_loss(
     """
     image_margin = margin * (1.0 - commonality(image_logits))
     text_margin = margin * (1.0 - commonality(text_logits))
-    return margin_ranking_loss(image, text, labels, image_margin, text_margin)
+    return margin_ranking_loss(image, text, labels, image_margin, text_margin, batch)
 
 
 def compute_losses(
@@ -98,24 +135,40 @@ def compute_losses(
     labels: torch.Tensor,
     groups: dict[str, slice],
     config: LossConfig,
+    gather: Gather | None = None,
 ) -> dict[str, torch.Tensor]:
     """Eq. 13's terms for a batch of N image-caption pairs.
 
     image_slots, text_slots (N, K, d); image_logits, text_logits (N, K, c);
-    ``groups`` maps "global"/"coarse"/"fine" to slot ranges.
+    ``groups`` maps "global"/"coarse"/"fine" to slot ranges. With ``gather``
+    (data parallelism) the terms are this process's share of the global
+    batch's terms (module docstring).
     """
     alpha = config.margin
+    batch_size: int | None = None
+    slot_batches: list[GlobalBatch | None] = [None] * image_slots.shape[1]
+    if gather is not None:
+        all_image, start = gather(image_slots)
+        all_text, _ = gather(text_slots)
+        all_labels, _ = gather(labels)
+        batch_size = len(all_labels)
+        slot_batches = [GlobalBatch(all_image[:, k], all_text[:, k], all_labels, start)
+                        for k in range(image_slots.shape[1])]
+
     # Eq. 8: L_ID(S_m) = l_ID(g_m) + l_ID(C_m) + l_ID(F_m), summed over slots.
     losses = {
-        "id_image_loss": _sum_slots(lambda k: identity_loss(image_logits[:, k], labels), range(image_slots.shape[1])),
-        "id_text_loss": _sum_slots(lambda k: identity_loss(text_logits[:, k], labels), range(text_slots.shape[1])),
+        "id_image_loss": _sum_slots(lambda k: identity_loss(image_logits[:, k], labels, batch_size),
+                                    range(image_slots.shape[1])),
+        "id_text_loss": _sum_slots(lambda k: identity_loss(text_logits[:, k], labels, batch_size),
+                                   range(text_slots.shape[1])),
     }
 
     def rank(k: int) -> torch.Tensor:
-        return ranking_loss(image_slots[:, k], text_slots[:, k], labels, alpha)
+        return ranking_loss(image_slots[:, k], text_slots[:, k], labels, alpha, slot_batches[k])
 
     def cmr(k: int) -> torch.Tensor:
-        return cmr_loss(image_slots[:, k], text_slots[:, k], labels, alpha, image_logits[:, k], text_logits[:, k])
+        return cmr_loss(image_slots[:, k], text_slots[:, k], labels, alpha, image_logits[:, k], text_logits[:, k],
+                        slot_batches[k])
 
     coarse = _slots(groups["coarse"])
     fine = _slots(groups["fine"])

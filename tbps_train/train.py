@@ -17,10 +17,13 @@ from tbps_runtime.tokenizer import load_tokenizer, tokenize
 from tbps_train.backbones import load_image_weights
 from tbps_train.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tbps_train.config import RunConfig, apply_overrides
-from tbps_train.data.pipeline import CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally
+from tbps_train.data.pipeline import (
+    CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally, random_flips,
+)
 from tbps_train.data.readers import dataset_splits, read_split
+from tbps_train.distributed import Distributed
 from tbps_train.evaluate import evaluate
-from tbps_train.losses import compute_losses
+from tbps_train.losses import Gather, compute_losses
 from tbps_train.model import TextBasedPersonSearch
 from tbps_train.plots import curves_path, plot_history
 from tbps_train.text import load_text_backbone
@@ -29,19 +32,32 @@ logger = logging.getLogger(__name__)
 
 
 class TextFeatureCache:
-    """The frozen backbone's output for every caption, computed once (float16 to halve memory)."""
+    """The frozen backbone's output for every caption, computed once (float16 to halve memory).
+
+    Under data parallelism each process runs the backbone on its share of
+    the captions and the shares are exchanged, so every caption is encoded
+    once per job and every process holds the whole cache.
+    """
 
     def __init__(self, model: TextBasedPersonSearch, tokenizer, texts: list[str],
-                 batch_size: int = 256, device: str = "cpu", progress: bool = True):
+                 batch_size: int = 256, device: str = "cpu", progress: bool = True,
+                 distributed: Distributed | None = None):
+        distributed = distributed or Distributed(device=device)
+        share = distributed.share(len(texts))
         chunks, masks = [], []
-        for start in tqdm(range(0, len(texts), batch_size), desc="cache text features", disable=not progress, leave=False):
-            ids, mask = tokenize(tokenizer, texts[start:start + batch_size])
+        for start in tqdm(range(share.start, share.stop, batch_size), desc="cache text features",
+                          disable=not progress, leave=False):
+            ids, mask = tokenize(tokenizer, texts[start:min(start + batch_size, share.stop)])
             ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
             chunks.append(model.text_features(ids, mask).to(torch.float16).cpu())
             masks.append(mask.cpu())
-        length = max(c.shape[1] for c in chunks)
-        self.hidden = torch.cat([_pad(c, length) for c in chunks])  # (Q, L, hidden) float16
-        self.mask = torch.cat([_pad(m, length) for m in masks])  # (Q, L) int64
+        length = distributed.max(max((c.shape[1] for c in chunks), default=1))
+        hidden_size = model.text_backbone.config.hidden_size
+        self.hidden = torch.cat([_pad(c, length) for c in chunks]) if chunks else torch.zeros(0, length, hidden_size,
+                                                                                              dtype=torch.float16)
+        self.mask = torch.cat([_pad(m, length) for m in masks]) if masks else torch.zeros(0, length, dtype=torch.int64)
+        self.hidden = distributed.gather_in_blocks(self.hidden)  # (Q, L, hidden) float16
+        self.mask = distributed.gather_in_blocks(self.mask)  # (Q, L) int64
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) caption indices -> hidden (B, L_b, hidden) float32, mask (B, L_b), L_b = longest in batch."""
@@ -97,14 +113,57 @@ def build_optimizer(model: TextBasedPersonSearch, config: RunConfig) -> tuple[to
     return optimizer, scheduler
 
 
+class TrainingPass(torch.nn.Module):
+    """The training forward pass as one module call: DistributedDataParallel only hooks ``forward``."""
+
+    def __init__(self, model: TextBasedPersonSearch):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, hidden: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """S_v, S_t (B, K, d) and their identity logits (B, K, c)."""
+        image = self.model.encode_image(pixels)
+        text = self.model.encode_text_features(hidden, mask)
+        return image.slots, text.slots, self.model.identity_logits(image.slots), self.model.identity_logits(text.slots)
+
+
 def train_step(model: TextBasedPersonSearch, pixels: torch.Tensor, hidden: torch.Tensor,
-               mask: torch.Tensor, labels: torch.Tensor, config: RunConfig) -> dict[str, torch.Tensor]:
-    """One batch's loss terms (Eq. 13's parts); the caller sums those ending in ``_loss``."""
-    image = model.encode_image(pixels)
-    text = model.encode_text_features(hidden, mask)
-    return compute_losses(
-        image.slots, text.slots, model.identity_logits(image.slots), model.identity_logits(text.slots),
-        labels, model.slot_groups(), config.loss,
+               mask: torch.Tensor, labels: torch.Tensor, config: RunConfig,
+               forward: torch.nn.Module | None = None, gather: Gather | None = None) -> dict[str, torch.Tensor]:
+    """One batch's loss terms (Eq. 13's parts); the caller sums those ending in ``_loss``.
+
+    ``forward`` is the model's TrainingPass wrapped for data parallelism,
+    ``gather`` the matching :meth:`Distributed.gather`; with them the terms
+    are this process's share of the global batch's terms.
+    """
+    image_slots, text_slots, image_logits, text_logits = (forward or TrainingPass(model))(pixels, hidden, mask)
+    return compute_losses(image_slots, text_slots, image_logits, text_logits, labels, model.slot_groups(),
+                          config.loss, gather)
+
+
+def wrap_for_data_parallel(model: TextBasedPersonSearch, config: RunConfig,
+                           distributed: Distributed) -> torch.nn.Module:
+    """The TrainingPass, in DistributedDataParallel when there are several processes.
+
+    BatchNorm layers become SyncBatchNorm on GPUs (config.train.sync_batchnorm),
+    so the statistics are the global batch's, as on one GPU. PyTorch's
+    SyncBatchNorm has no CPU implementation: on gloo they stay per process.
+    """
+    forward = TrainingPass(model)
+    if not distributed.enabled:
+        return forward
+    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    on_gpu = distributed.device.startswith("cuda")
+    if has_batchnorm and on_gpu and config.train.sync_batchnorm:
+        forward = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward)
+    elif has_batchnorm and distributed.is_main:
+        logger.warning("BatchNorm statistics are per process (%s): a step differs slightly from one process's",
+                       "sync_batchnorm is off" if on_gpu else "SyncBatchNorm needs GPUs")
+    # Ablations that drop C or F leave some parameters without gradient.
+    unused = not (config.model.use_coarse and config.model.use_fine)
+    return torch.nn.parallel.DistributedDataParallel(
+        forward, device_ids=[distributed.local_rank] if on_gpu else None, find_unused_parameters=unused,
     )
 
 
@@ -114,7 +173,7 @@ class Trainer:
     def __init__(self, config: RunConfig, dataset: str, root: str | Path, output: str | Path,
                  resume: bool = False, image_weights: str | Path | None = None, progress: bool = True,
                  resume_epochs: int | None = None):
-        self.output, self.progress, self.dataset, self.root = Path(output), progress, dataset, Path(root)
+        self.output, self.dataset, self.root = Path(output), dataset, Path(root)
         self.start_epoch, self.history = 0, []
         state = None
         if resume and self.output.exists():
@@ -122,7 +181,10 @@ class Trainer:
         else:
             config.validate()
             self.config = config
-        self.data = TrainingData.load(dataset, self.root, self.config.model.image_size, progress)
+        # Under torchrun: this process's rank and device; otherwise one process on the configured device.
+        self.distributed = Distributed.from_environment(self.config.train.device)
+        self.progress = progress and self.distributed.is_main
+        self.data = TrainingData.load(dataset, self.root, self.config.model.image_size, self.progress)
         if state is None:
             self.model = self._new_model(image_weights)
         elif self.model.id_classifiers[0].out_features != self.data.num_identities:
@@ -130,8 +192,9 @@ class Trainer:
                 f"{self.output} was trained on {self.model.id_classifiers[0].out_features} identities, "
                 f"the train split of {root} has {self.data.num_identities}: resume on the same data"
             )
-        device = self.config.train.device
+        device = self.distributed.device
         self.model.to(device)
+        self.forward = wrap_for_data_parallel(self.model, self.config, self.distributed)
         self.optimizer, self.scheduler = build_optimizer(self.model, self.config)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -139,8 +202,11 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.tokenizer_json, self.config.model.max_text_length)
         self.val_records = read_split(dataset, self.root, "val") if "val" in dataset_splits(dataset) else None
         self.text_cache = (TextFeatureCache(self.model, self.tokenizer, self.data.captions.texts,
-                                            device=device, progress=progress)
+                                            device=device, progress=self.progress, distributed=self.distributed)
                            if self.config.train.cache_text else None)
+        if self.distributed.enabled:
+            logger.info("data parallel: %d processes, global batch %d", self.distributed.world_size,
+                        self.config.train.batch_size)
 
     def _new_model(self, image_weights: str | Path | None) -> TextBasedPersonSearch:
         torch.manual_seed(self.config.train.seed)
@@ -171,18 +237,23 @@ class Trainer:
         if self.start_epoch >= epochs:
             logger.info("%s already finished %d epochs", self.output, epochs)
             return self.history[-1] if self.history else {}
+        main = self.distributed.is_main
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
             losses = self._epoch(epoch)
             record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2), **losses}
-            if self._evaluate_now(epoch):
+            if main and self._evaluate_now(epoch):
                 record["val"] = evaluate(self.model, self.tokenizer, self.val_records,
-                                         device=self.config.train.device, progress=False)
+                                         device=self.distributed.device, progress=False)
             self.history.append(record)
-            logger.info(_epoch_line(record, epochs))
-            self._save(epoch + 1)
-        plot = plot_history(self.history, curves_path(self.output), title=f"{self.output.name} on {self.dataset}")
-        logger.info("training curves: %s", plot)
+            if main:  # rank 0 alone logs and writes; the others wait for the checkpoint
+                logger.info(_epoch_line(record, epochs))
+                self._save(epoch + 1)
+            self.distributed.barrier()
+        if main:
+            plot = plot_history(self.history, curves_path(self.output),
+                                title=f"{self.output.name} on {self.dataset}")
+            logger.info("training curves: %s", plot)
         return self.history[-1]
 
     def _evaluate_now(self, epoch: int) -> bool:
@@ -191,26 +262,35 @@ class Trainer:
         return bool(self.val_records) and every > 0 and ((epoch + 1) % every == 0 or last)
 
     def _epoch(self, epoch: int) -> dict[str, float]:
-        cfg, device = self.config.train, self.config.train.device
-        # One generator per epoch, seeded from (seed, epoch): a resumed run draws the same batches.
+        cfg, device, distributed = self.config.train, self.distributed.device, self.distributed
+        # One generator per epoch, seeded from (seed, epoch): a resumed run draws the same batches,
+        # and every process draws the same global batches (a batch smaller than the job is skipped).
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         self.model.train()
         totals: dict[str, float] = {}
-        steps = list(batches(len(self.data.labels), cfg.batch_size, generator))
-        for chunk, pixels in tqdm(self._image_batches(steps), total=len(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                                  disable=not self.progress, leave=False):
-            pixels = flip_horizontally(pixels, generator, cfg.flip_probability).to(device)
+        steps = [chunk for chunk in batches(len(self.data.labels), cfg.batch_size, generator)
+                 if len(chunk) >= distributed.world_size]
+        shares = [distributed.share(len(chunk)) for chunk in steps]
+        gather = distributed.gather if distributed.enabled else None
+        progress = tqdm(self._image_batches([chunk[share] for chunk, share in zip(steps, shares)]),
+                        total=len(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
+                        leave=False)
+        for (chunk, pixels), share, batch in zip(progress, shares, steps):
+            flips = random_flips(len(batch), generator, cfg.flip_probability)[share]
+            pixels = flip_horizontally(pixels, flips).to(device)
             hidden, mask = self._text_batch(chunk)
             terms = train_step(self.model, pixels, hidden.to(device), mask.to(device),
-                               self.data.labels[chunk].to(device), self.config)
-            loss = sum(v for k, v in terms.items() if k.endswith("_loss"))  # Eq. 13
+                               self.data.labels[chunk].to(device), self.config, self.forward, gather)
+            loss = sum(v for k, v in terms.items() if k.endswith("_loss"))  # Eq. 13 (this process's share)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over processes; the global loss is the sum of the shares.
+            (loss * distributed.world_size if distributed.enabled else loss).backward()
             self.optimizer.step()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().item()
             totals["loss"] = totals.get("loss", 0.0) + loss.detach().item()
         self.scheduler.step()
+        totals = distributed.sum(totals)
         return {name: round(value / max(len(steps), 1), 4) for name, value in totals.items()}
 
     def _image_batches(self, steps: list[np.ndarray]):
@@ -230,7 +310,8 @@ class Trainer:
             return self.text_cache.batch(chunk)
         ids, mask = tokenize(self.tokenizer, [self.data.captions.texts[i] for i in chunk])
         ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-        return self.model.text_features(ids.to(self.config.train.device), mask.to(self.config.train.device)), mask
+        device = self.distributed.device
+        return self.model.text_features(ids.to(device), mask.to(device)), mask
 
     def _save(self, epochs_done: int) -> None:
         last_val = next((r["val"] for r in reversed(self.history) if "val" in r), None)
@@ -263,4 +344,8 @@ def train(config: RunConfig, dataset: str, root: str | Path, output: str | Path,
     saved epoch with the saved config (``config`` is ignored), run to
     ``resume_epochs`` when given.
     """
-    return Trainer(config, dataset, root, output, resume, image_weights, progress, resume_epochs).run()
+    trainer = Trainer(config, dataset, root, output, resume, image_weights, progress, resume_epochs)
+    try:
+        return trainer.run()
+    finally:
+        trainer.distributed.close()

@@ -74,10 +74,14 @@ def collate_pixels(crops: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(normalize(np.stack(crops)))
 
 
-def flip_horizontally(pixels: torch.Tensor, generator: torch.Generator, probability: float) -> torch.Tensor:
-    """Sec. 4.1's augmentation: each image mirrored with ``probability``."""
-    flip = torch.rand(pixels.shape[0], generator=generator) < probability
-    return torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+def random_flips(count: int, generator: torch.Generator, probability: float) -> torch.Tensor:
+    """Sec. 4.1's augmentation: which of ``count`` images to mirror, each with ``probability``."""
+    return torch.rand(count, generator=generator) < probability
+
+
+def flip_horizontally(pixels: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror the images of (B, 3, H, W) ``pixels`` where the (B,) bool ``flips`` is set."""
+    return torch.where(flips[:, None, None, None], pixels.flip(-1), pixels)
 
 
 def batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[np.ndarray]:

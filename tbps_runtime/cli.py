@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ import click
 from tbps_runtime.backends import BACKENDS
 from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, QueryError
-from tbps_runtime.gallery import Gallery, load_gallery, sidecar_path
-from tbps_runtime.search import Match, PersonSearch, check_queries
+from tbps_runtime.gallery import Gallery, load_gallery
+from tbps_runtime.search import Match, PersonSearch, check_queries, describe_search
+from tbps_runtime.shards import ShardedGallery, parse_shard, select_shard, shard_output
 
 logger = logging.getLogger(__name__)
 
@@ -71,40 +73,84 @@ def _read_list(source: Path) -> tuple[list[Path], list[int | str | None] | None]
 @click.option("--images", required=True, type=click.Path(),
               help="A directory (walked recursively) or a list file: one image path per line, "
                    "optionally TAB + identity.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Gallery to write (g.npy; g.json goes beside it).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Gallery to write (g.npy; g.json goes beside it). With --shard, a directory "
+                   "(DIR/ or an existing one) receives DIR/shard-I-of-N.npy.")
+@click.option("--shard", "shard_spec", metavar="I/N",
+              help="Embed only shard I of N (I counted from 0: 0..N-1) of the sorted image list: its I-th "
+                   "contiguous block. Shards 0..N-1 together are the unsharded gallery; tbps-rank takes "
+                   "their directory as one gallery.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Embed with a Ray Data actor pool (pip install 'tbps[ray]'): a local Ray, or the "
+                   "cluster at ADDRESS (e.g. auto, ray://head:10001). Combines with --shard.")
+@click.option("--ray-actors", default=2, show_default=True, type=click.IntRange(min=1),
+              help="With --ray: actors in the pool, each with --threads onnxruntime threads (default 1).")
 @_backend_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--faiss", "faiss_spec", metavar="SPEC",
+              help="Also build a FAISS index (pip install 'tbps[faiss]') of the gallery with this factory "
+                   "string, e.g. Flat or IVF1024,PQ64; written beside it (g.faiss; with --shard one per shard) and "
+                   "used by tbps-rank.")
 @_threads_option
 @click.option("--quiet", is_flag=True, help="No progress bar; warnings only.")
 @user_errors_exit_2
-def index_command(bundle: str, images: str, output: str, backend: str, batch_size: int, strict: bool,
+def index_command(bundle: str, images: str, output: str, shard_spec: str | None, ray_address: str | None,
+                  ray_actors: int, backend: str, batch_size: int, strict: bool, faiss_spec: str | None,
                   threads: int | None, quiet: bool) -> None:
     """Embed a gallery of person crops into g.npy + g.json.
 
     Unreadable images are skipped and listed in g.json (--strict: fatal). An
-    interrupted run resumes where it stopped when the same command is run again.
+    interrupted run resumes where it stopped when the same command is run again
+    (per shard, with --shard).
     """
     setup_logging(quiet)
+    shard = parse_shard(shard_spec) if shard_spec is not None else None
+    if shard is None and (output.endswith(("/", os.sep)) or Path(output).is_dir()):
+        raise ConfigError(f"-o {output} is a directory: name the gallery file (e.g. {Path(output) / 'g.npy'}), "
+                          "or add --shard I/N to write DIR/shard-I-of-N.npy into it")
+    distributed = None
+    if ray_address is not None:
+        if backend != "onnxruntime":
+            raise ConfigError("--ray runs the image tower with onnxruntime in every actor: drop --backend "
+                              f"{backend}")
+        from tbps_runtime.ray_index import RayIndexer, require_ray
+
+        require_ray()  # before any work: a missing extra is one clear message
+        distributed = RayIndexer(None if ray_address == "local" else ray_address, actors=ray_actors,
+                                 threads=threads or 1)
     paths, identities = collect_images(images)
+    info = None
+    if shard is not None:
+        paths, identities, info = select_shard(paths, identities, *shard)
+        output = str(shard_output(output, *shard))
+        logger.info("shard %d of %d: images %d..%d of %d", info.index, info.count, info.start,
+                    info.start + len(paths) - 1, info.total)
     search = PersonSearch.from_bundle(bundle, backend=backend, threads=threads)
+    if faiss_spec is not None:  # a missing faiss or a bad spec is refused before any indexing
+        from tbps_runtime.faiss_gallery import check_faiss_spec
+
+        check_faiss_spec(faiss_spec, search.manifest.num_slots, search.manifest.embed_dim)
     started = time.perf_counter()
     try:
         gallery = search.index(paths, output, identities=identities, batch_size=batch_size, strict=strict,
-                               progress=not quiet)
+                               progress=not quiet, shard=info, distributed=distributed)
     except KeyboardInterrupt:
         logger.warning("finished batches are kept: run the same command again to resume")
         raise
     seconds = time.perf_counter() - started
     logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
                 len(paths) / max(seconds, 1e-9))
+    if faiss_spec is not None:
+        from tbps_runtime.faiss_gallery import build_gallery_faiss
+
+        build_gallery_faiss(gallery, faiss_spec)
     click.echo(str(output))
 
 
 @click.command()
-@click.option("--gallery", "gallery_path", required=True, type=click.Path(dir_okay=False),
-              help="g.npy made by tbps-index.")
+@click.option("--gallery", "gallery_path", required=True, type=click.Path(),
+              help="g.npy made by tbps-index, or a directory of shards (tbps-index --shard), ranked as one.")
 @click.option("--query", "queries", multiple=True, help="What the person looks like (repeatable).")
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False),
               help="A UTF-8 file with one query per line ('-': standard input).")
@@ -117,6 +163,13 @@ def index_command(bundle: str, images: str, output: str, backend: str, batch_siz
               help="Also draw the results into this PNG: one row per query, crops with rank and score.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write the results as a self-contained HTML page (crops embedded).")
+@click.option("--exact", is_flag=True,
+              help="Ignore the gallery's FAISS index (if any): exact Eq. 14 ranking of every row.")
+@click.option("--nprobe", type=click.IntRange(min=1),
+              help="FAISS IVF lists to visit per query (more: better recall, slower).")
+@click.option("--rescore", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Score FAISS's best N candidates again exactly (Eq. 14) from the gallery's rows and keep "
+                   "the best k: recall for compressed indexes (PQ) at a few row reads per query; 0 = off.")
 @click.option("--explain", is_flag=True,
               help="In --show/--html, overlay each crop's attention heat map and shade the query's words by "
                    "the text attention (needs a bundle exported with tbps-export --explain).")
@@ -125,8 +178,8 @@ def index_command(bundle: str, images: str, output: str, backend: str, batch_siz
 @click.option("--quiet", is_flag=True, help="Warnings only on stderr.")
 @user_errors_exit_2
 def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str | None, bundle: str | None, k: int,
-                 as_json: bool, show_path: str | None, html_path: str | None, explain: bool, backend: str,
-                 threads: int | None, quiet: bool) -> None:
+                 as_json: bool, show_path: str | None, html_path: str | None, exact: bool, nprobe: int | None,
+                 rescore: int, explain: bool, backend: str, threads: int | None, quiet: bool) -> None:
     """Rank a gallery for text queries (Eq. 14), best first: rank, score, path."""
     setup_logging(quiet)
     texts = list(queries) + (_read_queries(queries_file) if queries_file is not None else [])
@@ -135,7 +188,9 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     check_queries(texts)
     gallery = load_gallery(gallery_path)
     search = PersonSearch.from_bundle(_bundle_of(gallery, bundle), backend=backend, threads=threads)
-    results = search.rank(texts, gallery, k=k)
+    results = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore)
+    logger.info("search: %s%s", describe_search(gallery, exact),
+                f", best {max(k, rescore)} rescored exactly" if rescore and not exact else "")  # after ranking: an error stays the only line
     _write_pictures(search, texts, results, show_path, html_path, explain)
     single = len(queries) == 1 and queries_file is None
     if as_json:
@@ -182,13 +237,13 @@ def _read_queries(path: str) -> list[str]:
     return texts
 
 
-def _bundle_of(gallery: Gallery, bundle: str | None) -> str:
+def _bundle_of(gallery: Gallery | ShardedGallery, bundle: str | None) -> str:
     if bundle is not None:
         return bundle
     if not gallery.bundle:
-        raise ConfigError(f"{sidecar_path(gallery.path).name} records no bundle: pass --bundle DIR")
+        raise ConfigError(f"{gallery.sidecar.name} records no bundle: pass --bundle DIR")
     if not Path(gallery.bundle).is_dir():
-        raise InputFileNotFoundError(f"the bundle recorded in {sidecar_path(gallery.path)} is not at "
+        raise InputFileNotFoundError(f"the bundle recorded in {gallery.sidecar} is not at "
                                      f"{gallery.bundle} any more: pass --bundle DIR")
     return gallery.bundle
 

@@ -8,6 +8,12 @@ path, optional identity) and the images that could not be read.
 Indexing is resumable: rows go into a memory-mapped ``.g.npy.partial.npy``
 and progress into ``.g.npy.partial.json`` after every batch; the final pair is
 written atomically (temp file + rename) and the partial files removed.
+
+A gallery may also be one shard of a larger one (``tbps-index --shard I/N``):
+its ``g.json`` then holds a ``shard`` record (:class:`ShardInfo`), and a
+directory of such shards loads as one :class:`~tbps_runtime.shards.ShardedGallery`
+(see :mod:`tbps_runtime.shards`). A FAISS index built beside the gallery
+(``tbps-index --faiss SPEC``) is recorded under ``faiss`` (file name and spec).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -26,6 +32,9 @@ from tbps_runtime.atomic import atomic_path, atomic_write
 from tbps_runtime.bundle import write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
+
+if TYPE_CHECKING:
+    from tbps_runtime.shards import ShardedGallery
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +52,32 @@ class GalleryEntry:
         return {"path": self.path} if self.identity is None else {"path": self.path, "identity": self.identity}
 
 
+@dataclass(frozen=True)
+class ShardInfo:
+    """Which part of a larger image list a shard gallery holds: the ``index``-th (0-based) of ``count``
+    contiguous blocks of the ``total`` images of the sorted list whose hash is ``list_hash``;
+    its first image is at position ``start`` of that list."""
+
+    index: int
+    count: int
+    total: int
+    start: int
+    list_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "count": self.count, "total": self.total, "start": self.start,
+                "list_hash": self.list_hash}
+
+    @classmethod
+    def from_json(cls, record: Any) -> ShardInfo | None:
+        """The record of a sidecar, or None when it is malformed."""
+        names = ("index", "count", "total", "start")
+        if not isinstance(record, dict) or not all(isinstance(record.get(n), int) for n in names) \
+                or not isinstance(record.get("list_hash"), str):
+            return None
+        return cls(*(record[n] for n in names), record["list_hash"])
+
+
 @dataclass
 class Gallery:
     """An indexed gallery. ``embeddings`` is (N, K, d) float32, memory-mapped read-only
@@ -54,18 +89,30 @@ class Gallery:
     bundle: str | None = None
     unreadable: list[dict[str, str]] = field(default_factory=list)
     path: Path | None = None
+    shard: ShardInfo | None = None  # set when this gallery is one shard of a larger one
+    faiss: dict[str, str] | None = None  # {"file": name beside g.npy, "spec": FAISS factory string}
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    @property
+    def parts(self) -> list[np.ndarray]:
+        """The row blocks to rank, in gallery order: one here, one per shard in a sharded gallery."""
+        return [self.embeddings]
+
+    @property
+    def sidecar(self) -> Path | None:
+        """The ``g.json`` that describes this gallery (None in memory)."""
+        return None if self.path is None else sidecar_path(self.path)
+
+    @property
+    def faiss_path(self) -> Path | None:
+        """The FAISS index recorded in ``g.json``, if any."""
+        return None if self.faiss is None or self.path is None else self.path.with_name(self.faiss["file"])
+
     def check_bundle(self, fingerprint: str, bundle: str | Path | None = None) -> None:
         """Refuse a bundle other than the one whose image tower made these rows."""
-        if fingerprint != self.fingerprint:
-            where = f" ({bundle})" if bundle is not None else ""
-            raise BundleError(
-                f"gallery {self.path or '(in memory)'} was built with the bundle of fingerprint "
-                f"{self.fingerprint[:12]}, not this bundle{where} ({fingerprint[:12]}): its scores would be "
-                "meaningless; re-index it with tbps-index --bundle, or rank with the bundle that built it")
+        check_same_bundle(f"gallery {self.path or '(in memory)'}", self.fingerprint, fingerprint, bundle)
 
     def check_finite(self, chunk_rows: int = _COPY_ROWS) -> None:
         """Scan every row for NaN/inf (ranking also catches them, as non-finite scores)."""
@@ -78,20 +125,41 @@ class Gallery:
                                   "re-index the gallery with tbps-index")
 
 
+def check_same_bundle(what: str, built_with: str, fingerprint: str, bundle: str | Path | None) -> None:
+    """Refuse ranking ``what`` (built with the bundle of fingerprint ``built_with``) with another bundle."""
+    if fingerprint != built_with:
+        where = f" ({bundle})" if bundle is not None else ""
+        raise BundleError(
+            f"{what} was built with the bundle of fingerprint {built_with[:12]}, not this bundle{where} "
+            f"({fingerprint[:12]}): its scores would be meaningless; re-index it with tbps-index --bundle, "
+            "or rank with the bundle that built it")
+
+
 def sidecar_path(path: str | Path) -> Path:
     """``g.npy`` -> ``g.json``."""
     return Path(path).with_suffix(".json")
 
 
-def load_gallery(path: str | Path, mmap: bool = True) -> Gallery:
+def load_gallery(path: str | Path, mmap: bool = True) -> Gallery | ShardedGallery:
     """Read and validate ``g.npy`` and its ``g.json``; rows are memory-mapped unless ``mmap=False``.
+
+    ``path`` may also be a directory of shard galleries (``tbps-index --shard``):
+    that gives a :class:`~tbps_runtime.shards.ShardedGallery`, which ranks as
+    the one gallery of all its shards' images.
+
+    Returns:
+        A :class:`Gallery`, or a :class:`~tbps_runtime.shards.ShardedGallery` for a directory.
 
     Raises:
         InputFileNotFoundError: no such file.
         BundleError: no ``g.json`` beside it, or the two disagree, or the array
-            is not (N, K, d) float32.
+            is not (N, K, d) float32; for a directory, shards that do not make one gallery.
     """
     path = Path(path)
+    if path.is_dir():
+        from tbps_runtime.shards import load_shard_directory  # shards builds on this module
+
+        return load_shard_directory(path, mmap=mmap)
     if path.suffix == ".json":
         raise ConfigError(f"pass the gallery's .npy file, not its {path.name}")
     if not path.is_file():
@@ -100,13 +168,22 @@ def load_gallery(path: str | Path, mmap: bool = True) -> Gallery:
     embeddings = _read_array(path, mmap)
     _check_consistent(path, embeddings, meta)
     entries = [GalleryEntry(e["path"], e.get("identity")) for e in meta["entries"]]
+    shard = None
+    if meta.get("shard") is not None:
+        shard = ShardInfo.from_json(meta["shard"])
+        if shard is None:
+            raise BundleError(f"{sidecar_path(path)} has a malformed shard record; re-index with tbps-index --shard")
+    faiss = meta.get("faiss")
+    if faiss is not None and not (isinstance(faiss, dict) and isinstance(faiss.get("file"), str)
+                                  and isinstance(faiss.get("spec"), str)):
+        raise BundleError(f"{sidecar_path(path)} has a malformed faiss record; re-index with tbps-index --faiss")
     return Gallery(embeddings, entries, meta["fingerprint"], meta.get("bundle"),
-                   list(meta.get("unreadable", [])), path)
+                   list(meta.get("unreadable", [])), path, shard, faiss)
 
 
 def write_gallery(path: str | Path, embeddings: np.ndarray, entries: Sequence[GalleryEntry], *,
                   fingerprint: str, bundle: str | Path | None = None,
-                  unreadable: Sequence[dict[str, str]] = ()) -> Gallery:
+                  unreadable: Sequence[dict[str, str]] = (), shard: ShardInfo | None = None) -> Gallery:
     """Write ``g.npy`` + ``g.json`` atomically (each via a temp file and a rename; the JSON last)."""
     path = Path(path)
     embeddings = np.asarray(embeddings)
@@ -114,12 +191,24 @@ def write_gallery(path: str | Path, embeddings: np.ndarray, entries: Sequence[Ga
         raise ValueError(f"a gallery is (N, K, d) float32 with one entry per row, got {embeddings.shape} "
                          f"{embeddings.dtype} and {len(entries)} entries")
     atomic_write(path, lambda stream: np.save(stream, embeddings))
-    _write_sidecar(path, embeddings.shape, entries, fingerprint, bundle, unreadable)
+    _write_sidecar(path, embeddings.shape, entries, fingerprint, bundle, unreadable, shard)
+    return load_gallery(path)
+
+
+def record_faiss(path: str | Path, file_name: str, spec: str) -> Gallery:
+    """Record the FAISS index ``file_name`` (beside ``path``) and its spec in ``path``'s ``g.json``,
+    atomically; the index file must be written first, so the record never names a missing file."""
+    path = Path(path)
+    meta = _read_sidecar(path)
+    meta["faiss"] = {"file": file_name, "spec": spec}
+    write_json_atomic(sidecar_path(path), meta)
     return load_gallery(path)
 
 
 def _write_sidecar(path: Path, shape: tuple[int, ...], entries: Sequence[GalleryEntry], fingerprint: str,
-                   bundle: str | Path | None, unreadable: Sequence[dict[str, str]]) -> None:
+                   bundle: str | Path | None, unreadable: Sequence[dict[str, str]],
+                   shard: ShardInfo | None = None) -> None:
+    # A rewritten gallery drops any FAISS record: the index described the old rows.
     write_json_atomic(sidecar_path(path), {
         "format": GALLERY_FORMAT, "version": GALLERY_VERSION,
         "fingerprint": fingerprint,
@@ -127,6 +216,7 @@ def _write_sidecar(path: Path, shape: tuple[int, ...], entries: Sequence[Gallery
         "count": int(shape[0]), "num_slots": int(shape[1]), "embed_dim": int(shape[2]),
         "entries": [e.to_json() for e in entries],
         "unreadable": list(unreadable),
+        **({} if shard is None else {"shard": shard.to_json()}),
     })
 
 
@@ -238,7 +328,8 @@ class PartialIndex:
         self.rows_path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
 
-    def finish(self, entries: Sequence[GalleryEntry], bundle: str | Path | None) -> Gallery:
+    def finish(self, entries: Sequence[GalleryEntry], bundle: str | Path | None,
+               shard: ShardInfo | None = None) -> Gallery:
         """Write the final ``g.npy`` + ``g.json`` from the readable rows and remove the partial files."""
         assert self.done == self.count == len(entries)
         ok = np.array([i for i in range(self.count) if i not in self.failures], dtype=np.int64)
@@ -250,12 +341,15 @@ class PartialIndex:
         else:
             self._compact(ok)
         _write_sidecar(self.output, (len(ok), *self.shape), [entries[i] for i in ok],
-                       self.fingerprint, bundle, unreadable)
+                       self.fingerprint, bundle, unreadable, shard)
         self.rows_path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
         return load_gallery(self.output)
 
     def _compact(self, ok: np.ndarray) -> None:
+        if not len(ok):  # a shard whose images were all unreadable: a 0-row array cannot be memory-mapped
+            atomic_write(self.output, lambda stream: np.save(stream, np.zeros((0, *self.shape), np.float32)))
+            return
         with atomic_path(self.output, suffix=".tmp.npy") as temp:
             out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=(len(ok), *self.shape))
             for start in range(0, len(ok), _COPY_ROWS):

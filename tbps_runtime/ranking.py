@@ -77,12 +77,51 @@ def top_k(queries: np.ndarray, gallery: np.ndarray, k: int,
         _check_finite(scores, start)
         indices = _chunk_top(scores, keep) + start  # (Q, <=keep) global rows
         chunk_scores = np.take_along_axis(scores, indices - start, axis=1)
-        best_scores = np.concatenate([best_scores, chunk_scores], axis=1)
-        best_indices = np.concatenate([best_indices, indices], axis=1)
-        order = np.lexsort((best_indices, -best_scores), axis=1)[:, :keep]  # score desc, row asc
-        best_scores = np.take_along_axis(best_scores, order, axis=1)
-        best_indices = np.take_along_axis(best_indices, order, axis=1)
+        best_scores, best_indices = merge_top_k([best_scores, chunk_scores], [best_indices, indices], keep)
     return best_scores, best_indices
+
+
+def merge_top_k(scores: list[np.ndarray], rows: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge candidate lists into the k best per query: score descending, ties to the lower row.
+
+    Args:
+        scores: (Q, c_i) float32 candidate scores, one array per source (a chunk, a shard).
+        rows: (Q, c_i) int64 global gallery rows of those candidates.
+        k: how many to keep (fewer when there are fewer candidates).
+
+    Returns:
+        ``(scores, rows)``, both (Q, min(k, sum c_i)), best first.
+    """
+    all_scores = np.concatenate(scores, axis=1)
+    all_rows = np.concatenate(rows, axis=1).astype(np.int64, copy=False)
+    order = np.lexsort((all_rows, -all_scores), axis=1)[:, :k]  # score desc, row asc
+    return np.take_along_axis(all_scores, order, axis=1), np.take_along_axis(all_rows, order, axis=1)
+
+
+def top_k_parts(queries: np.ndarray, parts: list[np.ndarray], k: int,
+                chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` over a gallery held as consecutive blocks (e.g. the memory-mapped shards of a
+    sharded gallery), without concatenating them: the rows of ``parts[i]`` are numbered after those
+    of ``parts[:i]``. Each block's top k are merged, so the result equals :func:`top_k` on the
+    concatenation (the same rows, scores and tie order); empty blocks are allowed.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if len(parts) == 1:
+        return top_k(queries, parts[0], k, chunk_rows)
+    queries = np.asarray(queries)
+    if not parts:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    scores, rows, offset = [], [], 0
+    for number, part in enumerate(parts):
+        try:
+            part_scores, part_rows = top_k(queries, part, k, chunk_rows)  # (Q, <=k) each, rows local
+        except DataError as e:  # its row numbers are the block's own: say which block
+            raise DataError(f"in shard {number} (global rows from {offset}): {e}") from e
+        scores.append(part_scores)
+        rows.append(part_rows + offset)
+        offset += len(part)
+    return merge_top_k(scores, rows, k)
 
 
 def naive_similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:

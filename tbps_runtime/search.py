@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -26,10 +26,14 @@ from tbps_runtime.backends import Backend, create_backend, files_for
 from tbps_runtime.bundle import Manifest, load_manifest, verify_files
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, QueryError
-from tbps_runtime.gallery import Gallery, GalleryEntry, PartialIndex, load_gallery
+from tbps_runtime.gallery import Gallery, GalleryEntry, PartialIndex, ShardInfo, load_gallery, write_gallery
 from tbps_runtime.images import normalize, read_image, resize_rgb
-from tbps_runtime.ranking import top_k
+from tbps_runtime.ranking import top_k_parts
 from tbps_runtime.tokenizer import load_tokenizer, tokenize
+
+if TYPE_CHECKING:
+    from tbps_runtime.ray_index import RayIndexer
+    from tbps_runtime.shards import ShardedGallery
 
 logger = logging.getLogger(__name__)
 
@@ -134,28 +138,50 @@ class PersonSearch:
         values = normalize(pixels, tuple(self.manifest.mean), tuple(self.manifest.std))  # (B, 3, H, W)
         return self.backend.run(IMAGE_TOWER, {spec.name: values})
 
-    def rank(self, queries: str | Sequence[str] | np.ndarray, gallery: Gallery | str | Path | np.ndarray,
-             k: int = 10) -> list[list[Match]]:
+    def rank(self, queries: str | Sequence[str] | np.ndarray,
+             gallery: Gallery | ShardedGallery | str | Path | np.ndarray, k: int = 10, *,
+             exact: bool = False, nprobe: int | None = None, rescore: int = 0) -> list[list[Match]]:
         """The ``k`` best gallery rows for each query, best first (Eq. 14; ties keep gallery order).
+
+        A gallery built with a FAISS index (``tbps-index --faiss``) is searched with it
+        unless ``exact``; :func:`describe_search` says which search that is.
 
         Args:
             queries: a caption, a list of captions, or (Q, K, d) embeddings from :meth:`embed_texts`.
-            gallery: a :class:`Gallery`, the path of its ``g.npy``, or (N, K, d) normalised embeddings.
-            k: results per query (fewer when the gallery is smaller).
+            gallery: a :class:`Gallery`, a sharded gallery (a directory of shards, ranked as one),
+                the path of either, or (N, K, d) normalised embeddings.
+            k: results per query (fewer when the gallery is smaller, or an approximate
+                FAISS index finds fewer).
+            exact: ignore the gallery's FAISS index: score every row.
+            nprobe: FAISS IVF lists visited per query (only with a FAISS IVF index).
+            rescore: score FAISS's best ``rescore`` candidates again exactly from the gallery's
+                rows and keep the best k (for compressed indexes such as PQ); 0 = off.
 
         Returns:
             One list of :class:`Match` per query, in query order.
         """
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        embeddings, entries = self._gallery_rows(gallery)  # (N, K, d), one entry per row or None
+        if isinstance(gallery, (str, Path)):
+            gallery = load_gallery(gallery)
+        parts, entries = self._gallery_rows(gallery)  # [(n_i, K, d)], one entry per row or None
         if isinstance(queries, np.ndarray):
             query_embeddings = queries
         else:
             query_embeddings = self.embed_texts([queries] if isinstance(queries, str) else list(queries))
-        scores, indices = top_k(query_embeddings, embeddings, k)  # (Q, k), (Q, k)
+        faiss = None if exact or entries is None else _gallery_faiss(gallery)
+        if rescore < 0:
+            raise ConfigError(f"rescore must be 0 (off) or a number of candidates, got {rescore}")
+        for name, value in (("nprobe", nprobe), ("rescore", rescore or None)):
+            if value is not None and faiss is None:
+                raise ConfigError(f"{name} applies to a FAISS index: " + ("drop --exact" if exact else
+                                  "this gallery has none (tbps-index --faiss SPEC builds one)"))
+        if faiss is not None:
+            scores, indices = faiss.top_k(query_embeddings, k, nprobe, rescore, parts)  # row -1: not found
+        else:
+            scores, indices = top_k_parts(query_embeddings, parts, k)  # (Q, k), (Q, k)
         return [[_match(rank, float(score), int(row), entries)
-                 for rank, (score, row) in enumerate(zip(row_scores, row_indices), start=1)]
+                 for rank, (score, row) in enumerate(zip(row_scores, row_indices), start=1) if row >= 0]
                 for row_scores, row_indices in zip(scores, indices)]
 
     def explain(self, query: str, images: Sequence[ImageInput]) -> Any:
@@ -168,33 +194,45 @@ class PersonSearch:
         check_queries([query])
         return explain(self, query, list(images))
 
-    def _gallery_rows(self, gallery: Gallery | str | Path | np.ndarray
-                      ) -> tuple[np.ndarray, list[GalleryEntry] | None]:
-        if isinstance(gallery, (str, Path)):
-            gallery = load_gallery(gallery)
-        if isinstance(gallery, Gallery):
-            gallery.check_bundle(self.fingerprint, self.directory)
-            embeddings, entries = gallery.embeddings, gallery.entries
+    def _gallery_rows(self, gallery: Gallery | ShardedGallery | str | Path | np.ndarray
+                      ) -> tuple[list[np.ndarray], list[GalleryEntry] | None]:
+        """The gallery's row blocks (one, or one per shard) and entries, checked against this bundle."""
+        if isinstance(gallery, np.ndarray) or not hasattr(gallery, "parts"):
+            parts, entries = [np.asarray(gallery)], None
         else:
-            embeddings, entries = np.asarray(gallery), None
+            gallery.check_bundle(self.fingerprint, self.directory)
+            parts, entries = gallery.parts, gallery.entries
         expected = (self.manifest.num_slots, self.manifest.embed_dim)
-        if embeddings.ndim != 3 or embeddings.shape[1:] != expected:
-            raise BundleError(f"the gallery's rows are {embeddings.shape[1:]}, this bundle's embeddings are "
-                              f"{expected} (K, d): index the gallery with this bundle")
-        return embeddings, entries
+        for embeddings in parts:
+            if embeddings.ndim != 3 or embeddings.shape[1:] != expected:
+                raise BundleError(f"the gallery's rows are {embeddings.shape[1:]}, this bundle's embeddings are "
+                                  f"{expected} (K, d): index the gallery with this bundle")
+        return parts, entries
 
     def index(self, images: Sequence[str | Path], output: str | Path, *,
               identities: Sequence[int | str | None] | None = None, batch_size: int = 32,
-              strict: bool = False, progress: bool = False) -> Gallery:
+              strict: bool = False, progress: bool = False, shard: ShardInfo | None = None,
+              distributed: RayIndexer | None = None) -> Gallery:
         """Embed image files into ``output`` (``g.npy`` + ``g.json``), resumably.
 
         Unreadable images are skipped and listed in ``g.json`` (``strict``: the first
         one raises :class:`DataError`). An interrupted run resumes where it stopped
         when called again with the same images and bundle; the output appears
         only when complete.
+
+        Args:
+            shard: when ``images`` are one block of a larger list
+                (:func:`tbps_runtime.shards.select_shard`), recorded in ``g.json``. A shard
+                may be empty, or wholly unreadable: it is still written (with no rows), so
+                that the directory of shards stays complete.
+            distributed: embed with a Ray cluster (:class:`tbps_runtime.ray_index.RayIndexer`)
+                instead of this process; the output is the same.
         """
         output = _check_output(output)
         paths = [os.path.abspath(p) for p in images]
+        if not paths and shard is not None:
+            return write_gallery(output, self._empty, [], fingerprint=self.fingerprint, bundle=self.directory,
+                                 shard=shard)
         if not paths:
             raise DataError("no images to index")
         if identities is not None and len(identities) != len(paths):
@@ -205,13 +243,16 @@ class PersonSearch:
         partial = PartialIndex(output, paths, self.fingerprint, shape)
         if partial.done:
             logger.info("resuming %s: %d of %d images were already embedded", output, partial.done, len(paths))
-        self._embed_into(partial, paths, batch_size, strict, progress)
-        if len(partial.failures) == len(paths):
+        if distributed is not None:
+            distributed.embed_into(self, partial, paths, batch_size, strict, progress)
+        else:
+            self._embed_into(partial, paths, batch_size, strict, progress)
+        if len(partial.failures) == len(paths) and shard is None:
             partial.discard()
             raise DataError(f"none of the {len(paths)} images could be read (first: {partial.failures[0]}); "
                             "nothing was written")
         entries = [GalleryEntry(p, None if identities is None else identities[i]) for i, p in enumerate(paths)]
-        gallery = partial.finish(entries, self.directory)
+        gallery = partial.finish(entries, self.directory, shard)
         if gallery.unreadable:
             logger.warning("%d of %d images could not be read and were skipped (listed under 'unreadable' "
                            "in %s)", len(gallery.unreadable), len(paths), output.with_suffix(".json"))
@@ -256,6 +297,25 @@ class PersonSearch:
         height, width = self.manifest.image_size
         pixels = np.stack(crops) if crops else np.zeros((0, height, width, 3), np.uint8)
         return positions, pixels, failures
+
+
+def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> str:
+    """Which search :meth:`PersonSearch.rank` uses for ``gallery``, in words: ``FAISS Flat (g.faiss)``,
+    ``exact Eq. 14 over 1000 row(s) in 4 shards``, ..."""
+    faiss = None if exact else _gallery_faiss(gallery)
+    if faiss is not None:
+        return faiss.describe()
+    shards = len(gallery.parts)
+    return f"exact Eq. 14 over {len(gallery)} row(s)" + (f" in {shards} shards" if shards > 1 else "")
+
+
+def _gallery_faiss(gallery: Any) -> Any:
+    """The gallery's FAISS search (None without one), opened once per gallery object."""
+    if not hasattr(gallery, "_faiss_search"):
+        from tbps_runtime.faiss_gallery import open_gallery_faiss
+
+        gallery._faiss_search = open_gallery_faiss(gallery)
+    return gallery._faiss_search
 
 
 def _match(rank: int, score: float, row: int, entries: list[GalleryEntry] | None) -> Match:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import parity, query_latency, ranking, towers
+from benchmarks import faiss_search, parity, query_latency, ranking, towers
 from tbps_export import export_bundle
 from tbps_export.quantize import quantize_bundle
 from tbps_train.data.readers import read_split
@@ -94,3 +94,34 @@ def test_query_latency_quick(tmp_path, bundles):
     assert set(data["warm"]) == {"load_bundle_and_gallery", "embed_query", "rank_only", "end_to_end"}
     for name in ("embed_query", "rank_only", "end_to_end"):
         _timing(data["warm"][name])
+
+
+@pytest.mark.skipif(not HAVE_FAISS, reason="FAISS comes with the [bench] extra")
+def test_faiss_search_quick(tmp_path, bundles, synth_root):
+    from tbps_runtime.search import PersonSearch
+
+    records = read_split("cuhk-pedes", synth_root, "test")
+    gallery = tmp_path / "g.npy"  # the real rows, with identities, as the quickstart indexes them
+    PersonSearch.from_bundle(bundles[0]).index([r.image_path for r in records], gallery,
+                                               identities=[r.person_id for r in records])
+    faiss_search.main(["--quick", "--out", str(tmp_path), "--bundle", str(bundles[0]), "--data", str(synth_root),
+                       "--gallery", str(gallery), "--scratch", str(tmp_path), "--queries", "12"])
+    data = _read(tmp_path, "faiss_search")
+    assert data["data"]["real_rows"] == len(records) == 30 and data["data"]["queries"] == 12
+    assert set(data["realism"]) == {"real", "synthetic"}
+    assert [s["rows"] for s in data["sizes"]] == [2000, 5000]
+    for size in data["sizes"]:
+        specs = {s["spec"]: s for s in size["specs"]}
+        assert set(specs) == {f.format(nlist=size["nlist"]) for f in faiss_search.QUICK_SPECS}
+        # exact search: the exact top 10 up to near-ties (the tiny model's rows score within float
+        # rounding of each other, and FAISS sums in another order than numpy)
+        assert specs["Flat"]["settings"][0]["recall_at_10"] >= 0.95
+        for spec in specs.values():
+            assert spec["index_bytes"] > 0 and spec["build_s"] > 0
+            _timing(spec["exact_latency_1"])
+            for setting in spec["settings"]:
+                assert 0 <= setting["recall_at_10"] <= 1 and setting["speedup_32"] > 0
+                _timing(setting["latency_1"])
+                _timing(setting["latency_32"])
+    assert "synthetic perturbations of real embeddings" in (tmp_path / "faiss_search.md").read_text()
+    assert not list(tmp_path.glob("tbps-bench-faiss-*"))  # the memmaps are removed

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from tbps_runtime.errors import ConfigError
+from tbps_runtime.shards import shard_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,7 @@ class Distributed:
 
     def share(self, count: int) -> slice:
         """This process's contiguous part of ``count`` items (numpy.array_split's sizes)."""
-        base, extra = divmod(count, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + int(self.rank < extra))
+        return slice(*shard_bounds(count, self.rank, self.world_size))
 
     def gather(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Every process's rows in rank order, and where this process's rows start.

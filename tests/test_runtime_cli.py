@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from runtime_fakes import COLOURS, MAX_LENGTH, make_fake_bundle, solid_image
 from test_runtime_images import write_bad
 
@@ -17,11 +16,7 @@ from tbps_runtime.bundle import load_manifest, sha256_file, write_manifest
 from tbps_runtime.cli import collect_images, index_command, rank_command
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
 from tbps_runtime.gallery import load_gallery, sidecar_path
-from cli_assertions import assert_user_error
-
-
-def run(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+from cli_assertions import assert_user_error, run
 
 
 @pytest.fixture(scope="module")

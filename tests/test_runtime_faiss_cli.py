@@ -8,35 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 from runtime_fakes import COLOURS, make_fake_bundle, solid_image
 
-from cli_assertions import assert_user_error
+from cli_assertions import assert_user_error, index, rank_json, run
 from tbps_runtime.cli import index_command, rank_command
 from tbps_runtime.gallery import sidecar_path
 
 pytest.importorskip("faiss")
-
-QUERIES = ["red", "a person in a blue coat", "green shirt", "white", "yellow", "black"]
-
-
-def run(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
-
-
-def index(bundle, images, output, *extra):
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", output, "--quiet", *extra])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def rank_json(gallery, *extra):
-    result = run(rank_command, ["--gallery", gallery, *sum((["--query", q] for q in QUERIES), []),
-                                "--json", *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout), result.stderr
-
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):

@@ -5,20 +5,15 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from runtime_fakes import COLOURS, make_fake_bundle, solid_image
 from test_runtime_images import write_bad
 
-from cli_assertions import assert_user_error
+from cli_assertions import assert_user_error, run
 from tbps_runtime.cli import index_command
 from tbps_runtime.gallery import load_gallery
 
 # Ray Data warns about its own deprecated settings when its context is created: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def run(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,8 @@ def images(tmp_path_factory):
 def local_ray():
     """A local Ray with 2 CPUs for the module; tbps-index --ray joins it (and leaves it running)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A small object store: CI containers often have a small /dev/shm.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 << 20)
     yield ray
     ray.shutdown()
 

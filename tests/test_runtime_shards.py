@@ -6,40 +6,19 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from runtime_fakes import COLOURS, make_fake_bundle, solid_image
 from test_runtime_images import write_bad
 
-from cli_assertions import assert_user_error
+from cli_assertions import SAMPLE_QUERIES, assert_user_error, index, rank_json, run
 from tbps_runtime.cli import index_command, rank_command
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.gallery import load_gallery, sidecar_path
 from tbps_runtime.ranking import top_k, top_k_parts
 from tbps_runtime.search import PersonSearch
 from tbps_runtime.shards import ShardedGallery, parse_shard, shard_bounds
-
-QUERIES = ["red", "a person in a blue coat", "green shirt", "white", "yellow", "black"]
-
-
-def run(command, args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
-
-
-def index(bundle, images, output, *extra):
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", output, "--quiet", *extra])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def rank_json(gallery, *extra):
-    result = run(rank_command, ["--gallery", gallery, *sum((["--query", q] for q in QUERIES), []),
-                                "--json", *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout), result.stderr
-
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
@@ -105,7 +84,7 @@ def test_a_shard_directory_is_the_unsharded_gallery(shards, single):
     assert "exact Eq. 14 over 11 row(s) in 3 shards" in log
     # The API: the same global rows, and ties (the duplicate reds) in gallery order.
     search = PersonSearch.from_bundle(load_gallery(single).bundle, threads=1)
-    for a, b in zip(search.rank(QUERIES, whole, k=10), search.rank(QUERIES, str(shards), k=10)):
+    for a, b in zip(search.rank(SAMPLE_QUERIES, whole, k=10), search.rank(SAMPLE_QUERIES, str(shards), k=10)):
         assert [(m.index, m.path) for m in a] == [(m.index, m.path) for m in b]
     reds = [m.index for m in search.rank("red", sharded, k=3)[0]]
     assert reds == sorted(reds)  # three identical red crops: lower global row first

@@ -94,10 +94,15 @@ class RayIndexer:
         # Rows must come back in list order: the partial index records "every image before `end` is done".
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
+        # Ray Data logs each execution and warns that its bars are off: our own bar says it all.
+        ray_data_logger = logging.getLogger("ray.data")
+        saved_level = ray_data_logger.level
+        ray_data_logger.setLevel(logging.ERROR)
         try:
             self._run(ray, search, partial, paths, batch_size, strict, progress)
         finally:
             context.execution_options.preserve_order, context.enable_progress_bars = saved
+            ray_data_logger.setLevel(saved_level)
             if started_here:
                 ray.shutdown()
 

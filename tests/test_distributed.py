@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from tbps_train.text import load_text_backbone
 from tbps_train.train import TrainingPass
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+# The console script of this interpreter's install (PATH may not hold its bin directory).
+TBPS_TRAIN = shutil.which("tbps-train", path=str(Path(sys.executable).parent)) or "tbps-train"
 # vit_tiny has LayerNorm only: BatchNorm's per-process statistics (no SyncBatchNorm on CPU) would differ.
 CONFIG = apply_overrides(load_preset("tiny"), "model", image_backbone="vit_tiny")
 
@@ -164,7 +167,7 @@ def test_torchrun_training_matches_one_process_and_resumes_at_another_world_size
     assert exit_info.value.code == 0
 
     parallel = tmp_path / "parallel.pt"
-    run = torchrun(2, "--no-python", "tbps-train", *_train_args(synth_root, parallel, 2))
+    run = torchrun(2, "--no-python", TBPS_TRAIN, *_train_args(synth_root, parallel, 2))
     assert run.stdout.strip() == str(parallel)  # one process reports
     _assert_same_weights(parallel, single, atol=1e-5)
     history = torch.load(parallel, weights_only=True)["history"]
@@ -174,7 +177,7 @@ def test_torchrun_training_matches_one_process_and_resumes_at_another_world_size
             assert epoch[name] == pytest.approx(reference_epoch[name], abs=2e-4), name
 
     resumed = tmp_path / "resumed.pt"
-    torchrun(2, "--no-python", "tbps-train", *_train_args(synth_root, resumed, 1))
+    torchrun(2, "--no-python", TBPS_TRAIN, *_train_args(synth_root, resumed, 1))
     with pytest.raises(SystemExit) as exit_info:
         train_command(["--resume", *_train_args(synth_root, resumed, 2)])
     assert exit_info.value.code == 0

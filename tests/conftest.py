@@ -17,6 +17,15 @@ def tiny_text_backbone():
     return load_text_backbone("tiny", seed=0)
 
 
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """The hand-built bundle of tests/runtime_fakes.py (colour-coded towers), one per test module.
+    Modules that need a really exported bundle define their own ``bundle``."""
+    from runtime_fakes import make_fake_bundle
+
+    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A small synthetic dataset: 40 identities x 3 images (train 24 / val 6 / test 10 ids)."""

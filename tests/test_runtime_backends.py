@@ -22,11 +22,6 @@ from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
 from tbps_runtime.search import PersonSearch
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
-
-
 @pytest.fixture()
 def own_bundle(tmp_path):
     return make_fake_bundle(tmp_path / "bundle")

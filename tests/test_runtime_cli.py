@@ -20,11 +20,6 @@ from cli_assertions import assert_user_error, run
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gallery")
     for i, colour in enumerate(COLOURS):

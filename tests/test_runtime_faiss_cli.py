@@ -9,18 +9,13 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_fakes import COLOURS, make_fake_bundle, solid_image
+from runtime_fakes import COLOURS, solid_image
 
 from cli_assertions import assert_user_error, index, rank_json, run
 from tbps_runtime.cli import index_command, rank_command
 from tbps_runtime.gallery import sidecar_path
 
 pytest.importorskip("faiss")
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
-
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):

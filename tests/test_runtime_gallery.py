@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from runtime_fakes import COLOURS, make_fake_bundle, solid_image
+from runtime_fakes import COLOURS, solid_image
 
 from tbps_runtime.contract import IMAGE_TOWER
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
@@ -128,11 +128,6 @@ def test_partial_index_resumes_only_the_same_run(tmp_path):
 
 
 # --- indexing through the API, with the hand-made bundle -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
 
 
 @pytest.fixture(scope="module")

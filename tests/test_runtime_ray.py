@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from runtime_fakes import COLOURS, make_fake_bundle, solid_image
+from runtime_fakes import COLOURS, solid_image
 from test_runtime_images import write_bad
 
 from cli_assertions import assert_user_error, run
@@ -14,11 +14,6 @@ from tbps_runtime.gallery import load_gallery
 
 # Ray Data warns about its own deprecated settings when its context is created: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
 
 
 @pytest.fixture(scope="module")

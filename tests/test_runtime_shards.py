@@ -21,11 +21,6 @@ from tbps_runtime.search import PersonSearch
 from tbps_runtime.shards import ShardedGallery, parse_shard, shard_bounds
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """12 images (11 readable): every colour, duplicates (exact ties), two shades, one corrupt file."""
     folder = tmp_path_factory.mktemp("imgs")

@@ -79,6 +79,8 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 @click.option("--resume", is_flag=True,
               help="Continue the run saved in --output with its own config; --epochs N extends it to N epochs.")
 @click.option("--image-weights", type=click.Path(), help="ImageNet state dict for the image backbone (torchvision names).")
+@click.option("--eval-every", type=click.IntRange(min=0),
+              help="Epochs between validation runs (0: never; default: the preset's).")
 @click.option("--margin", type=float, help="Ranking margin alpha (default 0.2).")
 @click.option("--no-coarse", is_flag=True, help="Ablation: drop the coarse embeddings C (Table 2).")
 @click.option("--no-fine", is_flag=True, help="Ablation: drop the fine embeddings F (Table 2).")
@@ -87,7 +89,7 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 @click.option("--separate-decoders", is_flag=True, help="Ablation: one decoder per modality (Table 4).")
 @user_errors_exit_2
 def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
-                  quiet, output, resume, image_weights, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
+                  quiet, output, resume, image_weights, eval_every, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
                   separate_decoders) -> None:
     """Train the model on a dataset and write a self-contained checkpoint.
 
@@ -103,6 +105,7 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, i
     setup_logging(quiet or not main_process)
     _quiet_libraries()
     config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
+    config = apply_overrides(config, "train", eval_every=eval_every)
     config = apply_overrides(config, "model", use_coarse=False if no_coarse else None,
                              use_fine=False if no_fine else None,
                              shared_decoder=False if separate_decoders else None)

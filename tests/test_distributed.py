@@ -139,7 +139,7 @@ def test_gathering_without_gradient_would_give_other_gradients(global_batch):
 
 def _train_args(root: Path, output: Path, epochs: int) -> list[str]:
     return ["--dataset", "cuhk-pedes", "--root", str(root), "--preset", "tiny", "--image-backbone", "vit_tiny",
-            "--epochs", str(epochs), "--quiet", "-o", str(output)]
+            "--epochs", str(epochs), "--eval-every", "1", "--quiet", "-o", str(output)]
 
 
 def _assert_same_weights(path: Path, reference: Path, atol: float) -> None:
@@ -175,6 +175,8 @@ def test_torchrun_training_matches_one_process_and_resumes_at_another_world_size
     for epoch, reference_epoch in zip(history, expected, strict=True):
         for name in ("loss", "id_image_loss", "ranking_global_loss", "cmr_fine_loss"):
             assert epoch[name] == pytest.approx(reference_epoch[name], abs=2e-4), name
+        # Rank 0 evaluated; weights equal to 1e-5 rank alike (near-ties may flip a few of the 36 captions).
+        assert epoch["val"] == pytest.approx(reference_epoch["val"], abs=10)
 
     resumed = tmp_path / "resumed.pt"
     torchrun(2, "--no-python", TBPS_TRAIN, *_train_args(synth_root, resumed, 1))

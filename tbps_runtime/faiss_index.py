@@ -27,11 +27,8 @@ import numpy as np
 
 from tbps_runtime.atomic import atomic_path
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
-from tbps_runtime.ranking import normalize_slots
+from tbps_runtime.ranking import gallery_chunks, normalize_slots, rows_per_chunk
 
-# Rows copied to float32 and handed to FAISS per ``add``/training gather: about
-# 64 MiB, so a memory-mapped gallery streams through RAM instead of being copied whole.
-CHUNK_BYTES = 64 << 20
 # Training rows when not given: enough for k-means with ~64 points per IVF list
 # (FAISS subsamples above 256 per list anyway) or 100k, whichever is more.
 TRAIN_ROWS_MIN = 100_000
@@ -142,18 +139,15 @@ def search_faiss(index: Any, queries: np.ndarray, k: int, nprobe: int | None = N
     flat = np.ascontiguousarray(normalize_slots(queries).reshape(len(queries), -1))
     restore = []  # per-call parameters are set on the index and put back afterwards
     try:
-        if nprobe is not None:
-            ivf = _ivf_or_none(faiss, index)
-            if ivf is None:
-                raise ConfigError(f"nprobe applies to IVF indexes; this one ({_describe(index)}) has no "
-                                  "inverted lists: leave nprobe out")
-            _set(ivf, "nprobe", _positive("nprobe", nprobe), restore)
-        if ef_search is not None:
-            hnsw = _hnsw_or_none(faiss, index)
-            if hnsw is None:
-                raise ConfigError(f"ef_search applies to HNSW indexes; this one ({_describe(index)}) has none: "
-                                  "leave ef_search out")
-            _set(hnsw, "efSearch", _positive("ef_search", ef_search), restore)
+        for option, value, kind, find, attribute in (("nprobe", nprobe, "IVF", _ivf_or_none, "nprobe"),
+                                                     ("ef_search", ef_search, "HNSW", _hnsw_or_none, "efSearch")):
+            if value is None:
+                continue
+            target = find(faiss, index)
+            if target is None:
+                raise ConfigError(f"{option} applies to {kind} indexes; this one ({_describe(index)}) has none: "
+                                  f"leave {option} out")
+            _set(target, attribute, _positive(option, value), restore)
         scores, rows = index.search(flat, keep)
     finally:
         for obj, name, value in reversed(restore):
@@ -287,7 +281,7 @@ def _train(faiss: Any, index: Any, embeddings: np.ndarray, spec: str, seed: int,
     picked = np.sort(rng.choice(n, size=train_rows, replace=False)) if train_rows < n else np.arange(n)
     width = embeddings.shape[1] * embeddings.shape[2]
     sample = np.empty((train_rows, width), np.float32)  # the one copy: the training rows only
-    step = _chunk_rows(embeddings)
+    step = rows_per_chunk(embeddings)
     for start in range(0, train_rows, step):
         rows = picked[start:start + step]
         block = np.asarray(embeddings[rows], dtype=np.float32).reshape(len(rows), width)
@@ -297,11 +291,9 @@ def _train(faiss: Any, index: Any, embeddings: np.ndarray, spec: str, seed: int,
 
 
 def _flat_chunks(embeddings: np.ndarray):
-    """(start, (c, K*d) contiguous float32) pieces; slicing a memory map reads only those rows."""
-    width = embeddings.shape[1] * embeddings.shape[2]
-    step = _chunk_rows(embeddings)
-    for start in range(0, len(embeddings), step):
-        block = np.ascontiguousarray(embeddings[start:start + step], dtype=np.float32).reshape(-1, width)
+    """(start, (c, K*d) contiguous float32) pieces, each checked for NaN/inf rows."""
+    for start, block in gallery_chunks(embeddings):
+        block = np.ascontiguousarray(block.reshape(len(block), -1))
         _check_rows(block, np.arange(start, start + len(block)))
         yield start, block
 
@@ -325,10 +317,6 @@ def _reserve_flat_codes(faiss: Any, index: Any, rows: int) -> None:
         codes.resize(0)
     except (AttributeError, RuntimeError, TypeError):
         pass
-
-
-def _chunk_rows(embeddings: np.ndarray) -> int:
-    return max(1, CHUNK_BYTES // max(1, embeddings.shape[1] * embeddings.shape[2] * 4))
 
 
 def _check_rows(block: np.ndarray, rows: np.ndarray) -> None:

@@ -40,7 +40,7 @@ def similarity(queries: np.ndarray, gallery: np.ndarray, chunk_rows: int | None 
     queries, gallery = _check_pair(queries, gallery)
     flat_queries = _flat_queries(queries)  # (Q, K*d)
     out = np.empty((len(queries), len(gallery)), np.float32)
-    for start, chunk in _chunks(gallery, chunk_rows):
+    for start, chunk in gallery_chunks(gallery, chunk_rows):
         out[:, start:start + len(chunk)] = _scores(flat_queries, chunk)
     _check_finite(out, 0)
     return out
@@ -72,7 +72,7 @@ def top_k(queries: np.ndarray, gallery: np.ndarray, k: int,
     if keep == 0 or len(queries) == 0:
         return np.zeros((len(queries), keep), np.float32), np.zeros((len(queries), keep), np.int64)
     flat_queries = _flat_queries(queries)  # (Q, K*d)
-    for start, chunk in _chunks(gallery, chunk_rows):
+    for start, chunk in gallery_chunks(gallery, chunk_rows):
         scores = _scores(flat_queries, chunk)  # (Q, c)
         _check_finite(scores, start)
         indices = _chunk_top(scores, keep) + start  # (Q, <=keep) global rows
@@ -169,11 +169,15 @@ def _flat_queries(queries: np.ndarray) -> np.ndarray:
     return normalize_slots(queries).reshape(len(queries), -1)  # (Q, K*d)
 
 
-def _chunks(gallery: np.ndarray, chunk_rows: int | None):
-    """(start, rows) pieces of the gallery; slicing a memory map reads only those rows."""
+def rows_per_chunk(gallery: np.ndarray) -> int:
+    """Gallery rows in about CHUNK_BYTES: a block worth one matrix product, small next to RAM."""
+    return max(1, CHUNK_BYTES // max(1, gallery.shape[1] * gallery.shape[2] * gallery.itemsize))
+
+
+def gallery_chunks(gallery: np.ndarray, chunk_rows: int | None = None):
+    """(start, (c, K, d) float32 rows) pieces of the gallery; slicing a memory map reads only those rows."""
     if chunk_rows is None:
-        row_bytes = max(1, gallery.shape[1] * gallery.shape[2] * gallery.itemsize)
-        chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+        chunk_rows = rows_per_chunk(gallery)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     for start in range(0, len(gallery), chunk_rows):

@@ -19,18 +19,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tbps_runtime.machine import cpu_model
+
 _LIBRARIES = ("numpy", "torch", "onnx", "onnxruntime", "faiss-cpu", "transformers", "tokenizers", "tensorrt")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> list[float]:

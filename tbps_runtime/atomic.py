@@ -42,3 +42,8 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temp file and a rename."""
+    return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))

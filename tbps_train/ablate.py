@@ -1,72 +1,189 @@
-"""``tbps-ablate``: the paper's ablation rows (Tables 2-4) trained and evaluated by one command."""
+"""``tbps-ablate``: the paper's ablation rows (Tables 2-4, the supplement's D) over several seeds,
+and diagnostic rows (the full model with one non-paper setting changed).
+
+Every (row, seed) run trains to the preset's last epoch; the model kept is
+that last epoch's (no checkpoint is picked by a test figure). The validation
+split's figures come from the training history; the test split is evaluated
+once per run, at the end. Each run's result is written beside its
+checkpoint as ``ROW-sSEED.json`` and ``ablation.json`` is rebuilt from all of
+them, so several processes may share one output directory (one process per
+core, disjoint seeds or rows) and an interrupted ablation resumes where it
+stopped.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tbps_runtime.atomic import atomic_write_text
+from tbps_runtime.errors import ConfigError
+from tbps_runtime.machine import cpu_model
 from tbps_train.config import RunConfig, apply_overrides
 
 logger = logging.getLogger(__name__)
 
-# (row name, model overrides, loss overrides), in the order of Table 2, then Tables 3 and 4.
-TABLE2 = (
-    ("baseline (global only)", {"use_coarse": False, "use_fine": False}, {}),
-    ("+ coarse", {"use_fine": False}, {}),
-    ("+ coarse + fine (ranking loss)", {}, {"fine_loss": "ranking"}),
-    ("full model (CMR)", {}, {"fine_loss": "cmr"}),
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row: a slug for file names, the paper's table, and the config changes it makes."""
+
+    slug: str
+    name: str
+    table: str
+    model: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+ROWS = (
+    AblationRow("baseline", "baseline (global only)", "2", {"use_coarse": False, "use_fine": False}),
+    AblationRow("coarse", "+ coarse", "2", {"use_fine": False}),
+    AblationRow("coarse-fine-ranking", "+ coarse + fine (ranking loss)", "2", {}, {"fine_loss": "ranking"}),
+    AblationRow("full", "full model (CMR)", "2", {}, {"fine_loss": "cmr"}),
+    AblationRow("cmr-coarse", "CMR on coarse and fine", "3", {}, {"cmr_on_coarse": True}),
+    AblationRow("separate-decoders", "separate decoders", "4", {"shared_decoder": False}),
+    AblationRow("d2", "D = 2", "supp.", {"num_coarse": 2}),
+    AblationRow("d6", "D = 6", "supp.", {"num_coarse": 6}),
+    # Diagnostics: the full model with one setting changed, each one a hypothesis of why parts may hurt.
+    AblationRow("sum-reduction", "Eq. 9/12 summed, Eq. 7 averaged over the batch", "diag.", {},
+                {"ranking_reduction": "sum"}),
+    AblationRow("linear-id", "linear Eq. 7 classifier (as printed)", "diag.", {"id_classifier": "linear"}),
+    AblationRow("token-std-1", "decoder tokens drawn from N(0, 1)", "diag.", {"token_init_std": 1.0}),
+    AblationRow("scratch", "image backbone from scratch, full lr", "diag.", {}, {},
+                {"image_weights": "none", "image_backbone_lr_scale": 1.0}),
+    AblationRow("pretrained-full-lr", "pretrained backbone at the full lr", "diag.", {}, {},
+                {"image_backbone_lr_scale": 1.0}),
+    AblationRow("warmup", "2 warm-up epochs", "diag.", {}, {}, {"warmup_epochs": 2}),
+    AblationRow("lr-1e-3", "learning rate 1e-3 (2×)", "diag.", {}, {}, {"lr": 1e-3}),
+    AblationRow("size-128x48", "input 128×48 (8×3 map)", "diag.", {"image_size": (128, 48)}),
 )
-EXTRA = (
-    ("CMR on coarse and fine (Table 3)", {}, {"cmr_on_coarse": True}),
-    ("separate decoders (Table 4)", {"shared_decoder": False}, {}),
-)
+ROW_SETS = {"table2": ("baseline", "coarse", "coarse-fine-ranking", "full"),
+            "extra": ("cmr-coarse", "separate-decoders", "d2", "d6"),
+            "diag": tuple(row.slug for row in ROWS if row.table == "diag.")}
+ROW_SETS["all"] = ROW_SETS["table2"] + ROW_SETS["extra"] + ROW_SETS["diag"]
 
 
-def ablation_rows(include_extra: bool) -> tuple[tuple[str, dict, dict], ...]:
-    return TABLE2 + EXTRA if include_extra else TABLE2
+def select_rows(spec: str) -> list[AblationRow]:
+    """``table2``, ``extra``, ``all`` or comma-separated slugs -> rows, in table order."""
+    by_slug = {row.slug: row for row in ROWS}
+    slugs: list[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        names = ROW_SETS.get(part, (part,))
+        unknown = [n for n in names if n not in by_slug]
+        if unknown:
+            raise ConfigError(f"unknown ablation row {unknown[0]!r}; choose from "
+                              f"{', '.join(list(ROW_SETS) + list(by_slug))}")
+        slugs += [n for n in names if n not in slugs]
+    if not slugs:
+        raise ConfigError("no ablation rows selected")
+    return [row for row in ROWS if row.slug in slugs]
 
 
-def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str | Path, split: str = "test",
-                 include_extra: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Train and evaluate every row; checkpoints go to ``out_dir`` and finished rows are reused."""
+def row_config(base: RunConfig, row: AblationRow, seed: int) -> RunConfig:
+    config = apply_overrides(apply_overrides(base, "model", **row.model), "loss", **row.loss)
+    return apply_overrides(config, "train", **{**row.train, "seed": seed})
+
+
+def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str | Path,
+                 rows: list[AblationRow], seeds: list[int], progress: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate every (row, seed); finished runs are reused. Returns this call's run records."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for seed in seeds:
+        for row in rows:
+            result_path = out_dir / f"{row.slug}-s{seed}.json"
+            if result_path.exists():
+                records.append(json.loads(result_path.read_text()))
+                logger.info("ablation %s seed %d: done before", row.slug, seed)
+                continue
+            record = _run_one(row_config(base, row, seed), row, seed, dataset, root, out_dir, progress)
+            atomic_write_text(result_path, json.dumps(record, indent=2))
+            records.append(record)
+            write_summary(out_dir)
+    return records
+
+
+def _run_one(config: RunConfig, row: AblationRow, seed: int, dataset: str, root: str | Path,
+             out_dir: Path, progress: bool) -> dict[str, Any]:
     from tbps_runtime.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
     from tbps_train.evaluate import evaluate
     from tbps_train.train import train
 
-    out_dir = Path(out_dir)
-    records = read_split(dataset, root, split)
-    results = []
-    for index, (name, model_changes, loss_changes) in enumerate(ablation_rows(include_extra)):
-        config = apply_overrides(apply_overrides(base, "model", **model_changes), "loss", **loss_changes)
-        checkpoint = out_dir / f"row{index}.pt"
-        started = time.perf_counter()
-        logger.info("ablation row %d: %s", index, name)
-        train(config, dataset, root, checkpoint, resume=checkpoint.exists(), progress=progress)
-        payload = load_checkpoint(checkpoint)
-        model, config = model_from_checkpoint(payload)
-        tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
-        metrics = evaluate(model, tokenizer, records, device=config.train.device)
-        results.append({"row": name, "checkpoint": str(checkpoint), "K": config.model.num_slots,
-                        "seconds": round(time.perf_counter() - started, 1), **metrics})
-        logger.info("  %s: R@1 %.2f R@5 %.2f R@10 %.2f", name, metrics["r1"], metrics["r5"], metrics["r10"])
-    return results
+    checkpoint = out_dir / f"{row.slug}-s{seed}.pt"
+    started = time.perf_counter()
+    logger.info("ablation %s (%s) seed %d", row.slug, row.name, seed)
+    train(config, dataset, root, checkpoint, resume=checkpoint.exists(), progress=progress)
+    payload = load_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(payload)
+    tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
+    test = evaluate(model, tokenizer, read_split(dataset, root, "test"), device=config.train.device, per_slot=True)
+    history = payload.get("history", [])
+    evaluated = [r for r in history if "val" in r]
+    best = max(evaluated, key=lambda r: r["val"]["r1"], default=None)
+    logger.info("  %s seed %d: test R@1 %.2f R@5 %.2f R@10 %.2f", row.slug, seed, test["r1"], test["r5"], test["r10"])
+    return {
+        "row": row.slug, "name": row.name, "table": row.table, "seed": seed, "K": config.model.num_slots,
+        "selection": "last epoch", "epochs": config.train.epochs,
+        "val": evaluated[-1]["val"] if evaluated else None,
+        "best_val_epoch": best["epoch"] if best else None,
+        "test": test, "seconds": round(time.perf_counter() - started, 1),
+        "checkpoint": checkpoint.name, "config": config.to_dict(),
+        "machine": cpu_model(),
+    }
 
 
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    lines = ["| row | K | R@1 | R@5 | R@10 | mAP | mINP |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['row']} | {r['K']} | {r['r1']:.2f} | {r['r5']:.2f} | {r['r10']:.2f} | "
-                     f"{r['map']:.2f} | {r['minp']:.2f} |")
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per row (table order): mean and sample std over seeds of the test and validation figures."""
+    order = {row.slug: i for i, row in enumerate(ROWS)}
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: (order.get(r["row"], 99), r["seed"])):
+        by_row.setdefault(record["row"], []).append(record)
+    summary = []
+    for slug, runs in by_row.items():
+        entry = {"row": slug, "name": runs[0]["name"], "table": runs[0]["table"], "K": runs[0]["K"],
+                 "seeds": [r["seed"] for r in runs]}
+        for split in ("test", "val"):
+            for key in ("r1", "r5", "r10", "map", "minp"):
+                values = [r[split][key] for r in runs if r.get(split)]
+                if values:
+                    entry[f"{split}_{key}"] = round(statistics.fmean(values), 2)
+                    entry[f"{split}_{key}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else None
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(summary: list[dict[str, Any]]) -> str:
+    """Test R@1/5/10, mAP (mean ± std over seeds) and validation R@1 per row."""
+    lines = ["| table | row | K | seeds | test R@1 | test R@5 | test R@10 | test mAP | val R@1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in summary:
+        cells = [_mean_std(e, f"test_{k}") for k in ("r1", "r5", "r10", "map")] + [_mean_std(e, "val_r1")]
+        lines.append(f"| {e['table']} | {e['name']} | {e['K']} | {len(e['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_results(results: list[dict[str, Any]], out_dir: Path, meta: dict[str, Any]) -> None:
-    """ablation.json (raw figures and the run's settings) and ablation.md beside the checkpoints."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ablation.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
-    (out_dir / "ablation.md").write_text(markdown_table(results) + "\n")
+def _mean_std(entry: dict[str, Any], key: str) -> str:
+    if key not in entry:
+        return "–"
+    std = entry.get(f"{key}_std")
+    return f"{entry[key]:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def write_summary(out_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild ablation.json (every run's record and the per-row summary) and ablation.md from the run files."""
+    out_dir = Path(out_dir)
+    runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*-s*.json"))]
+    summary = summarize(runs)
+    document = {"meta": meta or {}, "summary": summary, "runs": runs}
+    atomic_write_text(out_dir / "ablation.json", json.dumps(document, indent=2))
+    atomic_write_text(out_dir / "ablation.md", markdown_table(summary) + "\n")
+    return document

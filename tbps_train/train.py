@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ import torch
 from tqdm import tqdm
 
 from tbps_runtime.errors import CheckpointError, DataError
+from tbps_runtime.bundle import sha256_file
+from tbps_runtime.machine import cpu_model
 from tbps_runtime.tokenizer import load_tokenizer, tokenize
-from tbps_train.backbones import load_image_weights
+from tbps_train.backbones import load_image_weights, resolve_image_weights
 from tbps_train.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tbps_train.config import RunConfig, apply_overrides
 from tbps_train.data.pipeline import (
@@ -73,6 +76,9 @@ def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 2) + (0, extra)) if extra else tensor
 
 
+_TEXT_CACHES: dict[str, TextFeatureCache] = {}
+
+
 @dataclass
 class TrainingData:
     """A split turned into tensors: crops, captions, identities remapped to 0..c-1."""
@@ -109,8 +115,14 @@ def build_optimizer(model: TextBasedPersonSearch, config: RunConfig) -> tuple[to
          {"params": rest, "lr": train_cfg.lr}],
         weight_decay=train_cfg.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(train_cfg.lr_milestones), train_cfg.lr_gamma)
-    return optimizer, scheduler
+    milestones, gamma, warmup = list(train_cfg.lr_milestones), train_cfg.lr_gamma, train_cfg.warmup_epochs
+    if not warmup:
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma)
+
+    def factor(epoch: int) -> float:  # linear warm-up over the first epochs, then the step decay
+        return min(1.0, (epoch + 1) / (warmup + 1)) * gamma ** sum(epoch >= m for m in milestones)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class TrainingPass(torch.nn.Module):
@@ -176,9 +188,12 @@ class Trainer:
         self.output, self.dataset, self.root = Path(output), dataset, Path(root)
         self.start_epoch, self.history = 0, []
         state = None
+        self.image_weights: dict[str, Any] = {"source": None}
         if resume and self.output.exists():
             state = self._load_resume_state(resume_epochs)  # the saved model and config
         else:
+            if image_weights is not None:
+                config = apply_overrides(config, "train", image_weights=str(image_weights))
             config.validate()
             self.config = config
         # Under torchrun: this process's rank and device; otherwise one process on the configured device.
@@ -186,7 +201,7 @@ class Trainer:
         self.progress = progress and self.distributed.is_main
         self.data = TrainingData.load(dataset, self.root, self.config.model.image_size, self.progress)
         if state is None:
-            self.model = self._new_model(image_weights)
+            self.model = self._new_model()
         elif self.model.id_classifiers[0].out_features != self.data.num_identities:
             raise CheckpointError(
                 f"{self.output} was trained on {self.model.id_classifiers[0].out_features} identities, "
@@ -194,6 +209,8 @@ class Trainer:
             )
         device = self.distributed.device
         self.model.to(device)
+        # NHWC convolutions train the image backbone faster on CPUs; weights and results are unchanged.
+        self.model.image_backbone.to(memory_format=torch.channels_last)
         self.forward = wrap_for_data_parallel(self.model, self.config, self.distributed)
         self.optimizer, self.scheduler = build_optimizer(self.model, self.config)
         if state is not None:
@@ -201,20 +218,44 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.tokenizer = load_tokenizer(self.tokenizer_json, self.config.model.max_text_length)
         self.val_records = read_split(dataset, self.root, "val") if "val" in dataset_splits(dataset) else None
-        self.text_cache = (TextFeatureCache(self.model, self.tokenizer, self.data.captions.texts,
-                                            device=device, progress=self.progress, distributed=self.distributed)
-                           if self.config.train.cache_text else None)
+        self.text_cache = self._text_cache() if self.config.train.cache_text else None
         if self.distributed.enabled:
             logger.info("data parallel: %d processes, global batch %d", self.distributed.world_size,
                         self.config.train.batch_size)
 
-    def _new_model(self, image_weights: str | Path | None) -> TextBasedPersonSearch:
+    def _text_cache(self) -> TextFeatureCache:
+        """The caption features, reused from the previous run in this process when nothing they depend on changed.
+
+        An ablation trains many models over the same captions with the same
+        frozen backbone; the key covers the backbone's weights, the
+        tokenizer and the captions.
+        """
+        device, texts = self.distributed.device, self.data.captions.texts
+        if self.distributed.enabled:
+            return TextFeatureCache(self.model, self.tokenizer, texts, device=device, progress=self.progress,
+                                    distributed=self.distributed)
+        digest = hashlib.sha256(self.tokenizer_json.encode())
+        digest.update(str(self.config.model.max_text_length).encode())
+        for tensor in self.model.text_backbone.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update("\0".join(texts).encode())
+        key = digest.hexdigest()
+        if key not in _TEXT_CACHES:
+            _TEXT_CACHES.clear()  # one dataset's cache at a time
+            _TEXT_CACHES[key] = TextFeatureCache(self.model, self.tokenizer, texts, device=device,
+                                                 progress=self.progress)
+        return _TEXT_CACHES[key]
+
+    def _new_model(self) -> TextBasedPersonSearch:
         torch.manual_seed(self.config.train.seed)
         text_backbone, self.tokenizer_json = load_text_backbone(self.config.model.text_backbone,
                                                                 self.config.train.seed)
         model = TextBasedPersonSearch(self.config.model, text_backbone, self.data.num_identities)
-        if image_weights:
-            load_image_weights(model.image_backbone, image_weights)
+        path = resolve_image_weights(self.config.model.image_backbone, self.config.train.image_weights)
+        if path is not None:
+            load_image_weights(model.image_backbone, path)
+            self.image_weights = {"source": self.config.train.image_weights, "path": str(path),
+                                  "sha256": sha256_file(path)}
         return model
 
     def _load_resume_state(self, epochs: int | None) -> dict[str, Any]:
@@ -227,6 +268,7 @@ class Trainer:
         if epochs is not None:
             self.config = apply_overrides(self.config, "train", epochs=epochs)
         self.tokenizer_json = payload["tokenizer_json"]
+        self.image_weights = payload.get("image_weights", {"source": None})
         self.start_epoch, self.history = state["epoch"], list(payload.get("history", []))
         logger.info("resuming %s after epoch %d", self.output, self.start_epoch)
         return state
@@ -244,7 +286,7 @@ class Trainer:
             record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2), **losses}
             if main and self._evaluate_now(epoch):
                 record["val"] = evaluate(self.model, self.tokenizer, self.val_records,
-                                         device=self.distributed.device, progress=False)
+                                         device=self.distributed.device, progress=False, per_slot=True)
             self.history.append(record)
             if main:  # rank 0 alone logs and writes; the others wait for the checkpoint
                 logger.info(_epoch_line(record, epochs))
@@ -277,7 +319,7 @@ class Trainer:
                         leave=False)
         for (chunk, pixels), share, batch in zip(progress, shares, steps):
             flips = random_flips(len(batch), generator, cfg.flip_probability)[share]
-            pixels = flip_horizontally(pixels, flips).to(device)
+            pixels = flip_horizontally(pixels, flips).to(device).contiguous(memory_format=torch.channels_last)
             hidden, mask = self._text_batch(chunk)
             terms = train_step(self.model, pixels, hidden.to(device), mask.to(device),
                                self.data.labels[chunk].to(device), self.config, self.forward, gather)
@@ -320,6 +362,9 @@ class Trainer:
             metrics={"val": last_val} if last_val else {},
             history=self.history,
             dataset={"name": self.dataset, "root": str(self.root)},
+            image_weights=self.image_weights,
+            # Training is deterministic per machine; another CPU's kernels round differently.
+            machine={"cpu": cpu_model(), "torch": str(torch.__version__)},
             train_state={"epoch": epochs_done, "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict()},
         )

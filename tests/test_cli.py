@@ -72,14 +72,32 @@ def test_train_bad_input(tmp_path, synth_root):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_ablate_writes_table(tmp_path, synth_root):
+def test_ablate_seeds_summary_and_reuse(tmp_path, synth_root):
     out = tmp_path / "ablation"
-    result = run(ablate_command, ["--dataset", "cuhk-pedes", "--root", synth_root, "--preset", "tiny",
-                                  "--epochs", 1, "--out-dir", out, "--quiet"])
+    argv = ["--dataset", "cuhk-pedes", "--root", synth_root, "--preset", "tiny", "--epochs", 1,
+            "--out-dir", out, "--rows", "baseline,full", "--seeds", "0,1", "--quiet"]
+    result = run(ablate_command, argv)
     assert result.exit_code == 0, result.output
-    rows = json.loads((out / "ablation.json").read_text())["rows"]
-    assert [r["K"] for r in rows] == [1, 3, 5, 5]  # tiny preset: D = P = 2
-    assert (out / "ablation.md").read_text().count("\n") == 6
+    document = json.loads((out / "ablation.json").read_text())
+    runs = {(r["row"], r["seed"]): r for r in document["runs"]}
+    assert set(runs) == {("baseline", 0), ("baseline", 1), ("full", 0), ("full", 1)}
+    assert [r["K"] for r in document["summary"]] == [1, 5]  # tiny preset: D = P = 2
+    assert all(r["selection"] == "last epoch" and "per_slot" in r["test"] for r in runs.values())
+    full = document["summary"][1]
+    values = [runs[("full", s)]["test"]["r1"] for s in (0, 1)]
+    assert full["test_r1"] == pytest.approx(sum(values) / 2, abs=0.01)
+    assert full["test_r1_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=0.01)
+    assert "± " in (out / "ablation.md").read_text()
+    # A rerun reuses every finished run: nothing is retrained.
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
+    assert run(ablate_command, argv).exit_code == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == stamps
+
+
+def test_ablate_bad_rows_and_seeds(tmp_path, synth_root):
+    base = ["--dataset", "cuhk-pedes", "--root", synth_root, "--preset", "tiny", "--out-dir", tmp_path / "a"]
+    assert_user_error(run(ablate_command, base + ["--rows", "table9"]), "unknown ablation row 'table9'")
+    assert_user_error(run(ablate_command, base + ["--seeds", "0,x"]), "--seeds")
 
 
 def test_console_scripts_are_installed():

@@ -102,13 +102,15 @@ def test_total_loss_eq13_terms():
     text = _slots(TEXT.tolist(), TEXT.tolist(), TEXT.tolist())
     logits = torch.zeros(2, 3, 2)  # uniform over c = 2: each l_ID = log 2, each C = 1
     groups = {"global": slice(0, 1), "coarse": slice(1, 2), "fine": slice(2, 3)}
-    terms = compute_losses(image, text, logits, logits, LABELS, groups, LossConfig(margin=0.5))
+    summed = LossConfig(margin=0.5, ranking_reduction="sum")
+    terms = compute_losses(image, text, logits, logits, LABELS, groups, summed)
     assert terms["id_image_loss"].item() == pytest.approx(3 * math.log(2))  # Eq. 8 over 3 slots
     assert terms["id_text_loss"].item() == pytest.approx(3 * math.log(2))
     assert terms["ranking_global_loss"].item() == pytest.approx(0.4)  # Eq. 10, g
     assert terms["ranking_coarse_loss"].item() == pytest.approx(0.4)  # Eq. 10, C
     assert terms["cmr_fine_loss"].item() == pytest.approx(0.0)  # Eq. 12 with C = 1: margin 0
-    plain = compute_losses(image, text, logits, logits, LABELS, groups, LossConfig(margin=0.5, fine_loss="ranking"))
+    plain = compute_losses(image, text, logits, logits, LABELS, groups,
+                           LossConfig(margin=0.5, fine_loss="ranking", ranking_reduction="sum"))
     assert plain["ranking_fine_loss"].item() == pytest.approx(0.4)
     on_coarse = compute_losses(image, text, logits, logits, LABELS, groups, LossConfig(margin=0.5, cmr_on_coarse=True))
     assert on_coarse["cmr_coarse_loss"].item() == pytest.approx(0.0)
@@ -120,3 +122,25 @@ def test_global_only_has_no_coarse_or_fine_terms():
     groups = {"global": slice(0, 1), "coarse": slice(1, 1), "fine": slice(1, 1)}
     terms = compute_losses(image, text, torch.zeros(2, 1, 2), torch.zeros(2, 1, 2), LABELS, groups, LossConfig(margin=0.5))
     assert set(terms) == {"id_image_loss", "id_text_loss", "ranking_global_loss"}
+
+
+def test_default_reduction_averages_every_term_over_the_batch():
+    # Same case as above: Eq. 9 summed over N = 2 anchors is 0.4, so its batch mean is 0.2,
+    # while Eq. 7 is a batch mean under both reductions.
+    image = _slots(IMAGE.tolist(), IMAGE.tolist(), IMAGE.tolist())
+    text = _slots(TEXT.tolist(), TEXT.tolist(), TEXT.tolist())
+    logits = torch.zeros(2, 3, 2)
+    groups = {"global": slice(0, 1), "coarse": slice(1, 2), "fine": slice(2, 3)}
+    assert LossConfig().ranking_reduction == "mean"
+    terms = compute_losses(image, text, logits, logits, LABELS, groups, LossConfig(margin=0.5, fine_loss="ranking"))
+    assert terms["ranking_global_loss"].item() == pytest.approx(0.2)
+    assert terms["ranking_coarse_loss"].item() == pytest.approx(0.2)
+    assert terms["ranking_fine_loss"].item() == pytest.approx(0.2)
+    assert terms["id_image_loss"].item() == pytest.approx(3 * math.log(2))
+
+
+def test_unknown_reduction_is_refused():
+    from tbps_runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ranking_reduction"):
+        LossConfig(ranking_reduction="max").validate()

@@ -1,4 +1,4 @@
-"""Image backbones (ResNet, ViT) written in the project, with torchvision's parameter names.
+"""Image backbones (ResNet, ViT, MobileNetV2) written in the project, with torchvision's parameter names.
 
 ``build_image_backbone(name, image_size)`` returns a module mapping
 ``(B, 3, H, W)`` pixels to a ``(B, out_channels, *feature_hw)`` feature map;
@@ -16,14 +16,18 @@ from torch import nn
 
 from tbps_runtime.errors import CheckpointError, ConfigError, InputFileNotFoundError
 
+from .mobilenet import MobileNetV2Backbone, build_mobilenet_v2, packaged_mobilenet_v2_weights
 from .resnet import RESNET_SPECS, ResNetBackbone, build_resnet
 from .vit import VIT_SPECS, ViTBackbone, build_vit
 
-__all__ = ["IMAGE_BACKBONES", "ResNetBackbone", "ViTBackbone", "build_image_backbone", "load_image_weights"]
+__all__ = ["IMAGE_BACKBONES", "MobileNetV2Backbone", "ResNetBackbone", "ViTBackbone", "build_image_backbone",
+           "load_image_weights", "packaged_mobilenet_v2_weights", "resolve_image_weights"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_BACKBONES: tuple[str, ...] = tuple(RESNET_SPECS) + tuple(VIT_SPECS)
+IMAGE_BACKBONES: tuple[str, ...] = tuple(RESNET_SPECS) + tuple(VIT_SPECS) + ("mobilenet_v2",)
+# ``image_weights`` value meaning "the ImageNet weights that ship offline" (MobileNetV2 only).
+PACKAGED_WEIGHTS = "packaged"
 
 # Keys a checkpoint may lack: BatchNorm fills a missing counter with 0 (old
 # torchvision ResNet files predate it).
@@ -35,7 +39,7 @@ def build_image_backbone(name: str, image_size: tuple[int, int], last_stride: in
     """A backbone mapping (B, 3, H, W) to (B, ``out_channels``, *``feature_hw``).
 
     ``image_size`` is (H, W). ``last_stride`` (1 or 2) is layer4's stride for
-    ResNets; ViTs ignore it (their grid is always H/16 × W/16). Raises
+    ResNets and features.14's for MobileNetV2; ViTs ignore it (their grid is always H/16 × W/16). Raises
     ConfigError for an unknown name, a bad stride or a size a ViT cannot patch.
     """
     if name not in IMAGE_BACKBONES:
@@ -46,7 +50,25 @@ def build_image_backbone(name: str, image_size: tuple[int, int], last_stride: in
         raise ConfigError(f"image_size must be (height, width) in pixels, got {image_size!r}")
     if name in RESNET_SPECS:
         return build_resnet(name, tuple(image_size), last_stride)
+    if name == "mobilenet_v2":
+        return build_mobilenet_v2(tuple(image_size), last_stride)
     return build_vit(name, tuple(image_size))
+
+
+def resolve_image_weights(name: str, image_weights: str | Path | None) -> Path | None:
+    """The file ``image_weights`` names: ``"packaged"`` is the offline MobileNetV2 ImageNet file.
+
+    ``None`` or ``"none"`` means random initialisation. Raises ConfigError when
+    ``"packaged"`` is asked of a backbone that has no packaged weights.
+    """
+    if image_weights is None or str(image_weights) == "none":
+        return None
+    if str(image_weights) == PACKAGED_WEIGHTS:
+        if name != "mobilenet_v2":
+            raise ConfigError(f"only mobilenet_v2 has packaged ImageNet weights; for {name} pass "
+                              "--image-weights PATH (an ImageNet state dict with torchvision names)")
+        return packaged_mobilenet_v2_weights()
+    return Path(image_weights)
 
 
 def load_image_weights(backbone: nn.Module, path: str | Path) -> None:
@@ -105,10 +127,11 @@ def _normalise_keys(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> d
     """Strip ``module.``, rename legacy keys, drop the classifier head."""
     heads: tuple[str, ...] = getattr(backbone, "head_prefixes", ())
     remap = getattr(backbone, "remap_checkpoint_key", lambda k: k)
+    convert = getattr(backbone, "convert_checkpoint", dict)  # layouts told apart by the whole dict
     out: dict[str, torch.Tensor] = {}
     dropped = []
-    for key, value in state.items():
-        key = remap(key.removeprefix("module."))
+    for key, value in convert({k.removeprefix("module."): v for k, v in state.items()}).items():
+        key = remap(key)
         if key.startswith(heads):
             dropped.append(key)
         else:

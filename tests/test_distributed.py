@@ -138,8 +138,9 @@ def test_gathering_without_gradient_would_give_other_gradients(global_batch):
 
 
 def _train_args(root: Path, output: Path, epochs: int) -> list[str]:
+    # lr 3e-3: Adam turns float noise into lr-sized steps, and the 1e-5 tolerance below was set at this rate.
     return ["--dataset", "cuhk-pedes", "--root", str(root), "--preset", "tiny", "--image-backbone", "vit_tiny",
-            "--epochs", str(epochs), "--eval-every", "1", "--quiet", "-o", str(output)]
+            "--lr", "0.003", "--epochs", str(epochs), "--eval-every", "1", "--quiet", "-o", str(output)]
 
 
 def _assert_same_weights(path: Path, reference: Path, atol: float) -> None:
@@ -152,7 +153,15 @@ def _assert_same_weights(path: Path, reference: Path, atol: float) -> None:
         actual, value = weights[name].float(), value.float()
         if name.endswith("in_proj_bias"):  # (query, key, value) biases: drop the key's
             actual, value = actual.reshape(3, -1)[[0, 2]], value.reshape(3, -1)[[0, 2]]
-        torch.testing.assert_close(actual, value, rtol=0, atol=atol, msg=name)
+        if name.endswith("in_proj_weight"):
+            # The key projection has near-zero gradient along some directions too (softmax ignores
+            # what all keys share), so Adam amplifies float noise there: up to 1.4e-5 after 2 epochs.
+            dim = value.shape[1]
+            torch.testing.assert_close(actual[dim:2 * dim], value[dim:2 * dim], rtol=0, atol=10 * atol, msg=name)
+            actual, value = actual[list(range(dim)) + list(range(2 * dim, 3 * dim))], \
+                value[list(range(dim)) + list(range(2 * dim, 3 * dim))]
+        torch.testing.assert_close(actual, value, rtol=0, atol=atol,
+                                   msg=f"{name}: max |difference| {(actual - value).abs().max():.2e}")
 
 
 @pytest.mark.slow
@@ -176,7 +185,9 @@ def test_torchrun_training_matches_one_process_and_resumes_at_another_world_size
         for name in ("loss", "id_image_loss", "ranking_global_loss", "cmr_fine_loss"):
             assert epoch[name] == pytest.approx(reference_epoch[name], abs=2e-4), name
         # Rank 0 evaluated; weights equal to 1e-5 rank alike (near-ties may flip a few of the 36 captions).
-        assert epoch["val"] == pytest.approx(reference_epoch["val"], abs=10)
+        for key in ("r1", "r5", "r10", "map", "minp"):
+            assert epoch["val"][key] == pytest.approx(reference_epoch["val"][key], abs=10), key
+        assert epoch["val"]["per_slot"].keys() == reference_epoch["val"]["per_slot"].keys()
 
     resumed = tmp_path / "resumed.pt"
     torchrun(2, "--no-python", TBPS_TRAIN, *_train_args(synth_root, resumed, 1))

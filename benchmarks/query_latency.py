@@ -44,7 +44,7 @@ def make_gallery(path: Path, bundle: Path, rows: int, seed: int = 0) -> None:
 def cold_runs(gallery: Path, bundle: Path, reps: int) -> dict[str, float]:
     """Wall time of whole ``tbps-rank`` processes (interpreter start, imports, checksums, session, query)."""
     script = shutil.which("tbps-rank")  # the installed command, as users run it
-    launcher = [script] if script else [sys.executable, "-c", "from tbps_runtime.cli import rank_command; rank_command()"]
+    launcher = [script] if script else [sys.executable, "-c", "from tbps_runtime.cli.search import rank_command; rank_command()"]
     command = [*launcher, "--gallery", str(gallery), "--bundle", str(bundle), "--query", QUERY, "-k", str(TOP), "--json"]
     times = []
     for i in range(reps + 1):

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from tbps_export.bundle_writer import export_bundle
-from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_runtime.cli.support import TbpsCommand, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import PARITY_ATOL
 
 
@@ -29,7 +28,7 @@ def _profile(allow_max: bool):
     return parse
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=TbpsCommand)
 @click.option("--ckpt", "checkpoint", required=True, type=click.Path(path_type=Path),
               help="Training checkpoint (m.pt) made by tbps-train.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
@@ -65,7 +64,9 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
                    progress: bool, quiet: bool) -> None:
     """Export a checkpoint to a bundle: ONNX towers checked against PyTorch,
     tokenizer.json, manifest.json, and optionally TensorRT engines."""
-    setup_logging(quiet)
+    from tbps_export.bundle_writer import export_bundle
+
+    quiet = setup_logging(quiet)
     path = export_bundle(checkpoint, output, force=force, trt=trt, fp16=fp16, progress=progress and not quiet,
                          atol=atol, trt_batch=trt_batch, trt_seq=trt_seq, trt_workspace_gib=trt_workspace_gib,
                          trt_timing_cache=trt_timing_cache, explain=explain)

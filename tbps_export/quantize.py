@@ -166,7 +166,7 @@ def calibration_paths(source: str | Path | None, count: int) -> list[Path]:
     """Up to ``count`` evenly spaced crops of a folder or list file (as ``tbps-index --images`` reads them)."""
     if source is None:
         return []
-    from tbps_runtime.cli import collect_images
+    from tbps_runtime.images import collect_images
 
     paths, _ = collect_images(source)
     step = max(1, len(paths) // count)

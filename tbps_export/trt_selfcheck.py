@@ -1,6 +1,6 @@
 """TensorRT self-check, for a user with an NVIDIA GPU: build, compare, time.
 
-    python -m tbps_export.trt_selfcheck BUNDLE [--precision fp32 --precision fp16] [--json]
+    tbps trt-selfcheck BUNDLE [--precision fp32 --precision fp16] [--json]
 
 For each precision and tower it builds an engine from the bundle's ONNX graph
 (into a temp directory: the bundle is not modified), reloads it from disk,
@@ -17,18 +17,19 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 import numpy as np
 
-from tbps_export import tensorrt_build as trt_build
-from tbps_export.validate import onnx_runner, parity_cases
 from tbps_runtime.bundle import Manifest, load_manifest, verify_files
-from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_runtime.cli.support import TbpsCommand, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import TOWERS, TowerSpec
 from tbps_runtime.errors import ExportError
 from tbps_runtime.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from tbps_export.tensorrt_build import TrtOptions
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 def selfcheck(bundle: str | Path, precisions: tuple[str, ...] = ("fp32", "fp16"), batch=(1, 8, 32),
               iterations: int = 50) -> list[dict[str, Any]]:
     """One record per (precision, tower): build seconds, parity figures, median latencies."""
+    from tbps_export import tensorrt_build as trt_build  # imported here: `tbps --help` stays light
+
     reason = trt_build.unavailable_reason()
     if reason is not None:
         raise ExportError(f"cannot run the TensorRT self-check: {reason}")
@@ -54,8 +57,11 @@ def selfcheck(bundle: str | Path, precisions: tuple[str, ...] = ("fp32", "fp16")
     return records
 
 
-def _check_one(bundle: Path, manifest: Manifest, spec: TowerSpec, options: trt_build.TrtOptions,
+def _check_one(bundle: Path, manifest: Manifest, spec: TowerSpec, options: TrtOptions,
                profiles: dict, tokenizer: Any, scratch: Path, iterations: int) -> dict[str, Any]:
+    from tbps_export import tensorrt_build as trt_build
+    from tbps_export.validate import onnx_runner, parity_cases
+
     plan = scratch / f"{spec.name}.{options.precision}.plan"
     cases = parity_cases(spec, tuple(manifest.image_size), tokenizer, manifest.max_text_length)
     record: dict[str, Any] = {"tower": spec.name, "precision": options.precision}
@@ -119,7 +125,7 @@ def _table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=TbpsCommand)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
               help="Engine precision(s) to check [default: both].")

@@ -1,8 +1,30 @@
-"""tbps runtime: numpy + onnxruntime text-based person search, no PyTorch."""
+"""tbps runtime: numpy + onnxruntime text-based person search, no PyTorch.
 
-from tbps_runtime.errors import TbpsError
-from tbps_runtime.gallery import Gallery, load_gallery
-from tbps_runtime.metrics import retrieval_metrics
-from tbps_runtime.search import Match, PersonSearch
+The public names load on first use, so ``import tbps_runtime`` (and the
+``tbps`` command's start-up) stays light.
+"""
 
-__all__ = ["Gallery", "Match", "PersonSearch", "TbpsError", "load_gallery", "retrieval_metrics"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Gallery": "tbps_runtime.gallery",
+    "load_gallery": "tbps_runtime.gallery",
+    "Match": "tbps_runtime.search",
+    "PersonSearch": "tbps_runtime.search",
+    "TbpsError": "tbps_runtime.errors",
+    "retrieval_metrics": "tbps_runtime.metrics",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tbps_runtime' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -15,12 +15,11 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from tbps_runtime.bundle import Manifest
-from tbps_runtime.contract import EMBEDDINGS, TOWERS, TowerSpec
+from tbps_runtime.contract import BACKENDS, EMBEDDINGS, TOWERS, TowerSpec
 from tbps_runtime.errors import BundleError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt")
 CPU_PROVIDER = "CPUExecutionProvider"
 REBUILD_HINT = "rebuild the engines on this machine with `tbps-export --ckpt m.pt --trt`"
 

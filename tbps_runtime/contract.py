@@ -84,3 +84,6 @@ IMAGE_EXPLAIN_TOWER = TowerSpec(name="image_tower.explain", inputs=IMAGE_TOWER.i
 TEXT_EXPLAIN_TOWER = TowerSpec(name="text_tower.explain", inputs=TEXT_TOWER.inputs,
                                outputs=(EMBEDDINGS, TEXT_ATTENTION))
 EXPLAIN_TOWERS = (IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER)
+
+# Engines that run the towers: onnxruntime (any machine) or the bundle's TensorRT plans.
+BACKENDS = ("onnxruntime", "tensorrt")

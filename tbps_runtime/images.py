@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tbps_runtime.errors import DataError, InputFileNotFoundError
+from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError
 
 # ImageNet statistics: the backbones' pretrained weights expect them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,3 +77,47 @@ def normalize(pixels: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
     scaled -= np.asarray(mean, np.float32)
     scaled /= np.asarray(std, np.float32)
     return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2))
+
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm",
+                              ".pgm", ".pbm", ".jfif"})
+
+
+
+def collect_images(source: str | Path) -> tuple[list[Path], list[int | str | None] | None]:
+    """Image paths (and identities, when a list gives them) from a directory or a list file.
+
+    A directory is walked recursively for image files (by extension), in sorted
+    order. A list file holds one image per line, optionally followed by a TAB
+    and the person's identity; relative paths are relative to the list file;
+    blank lines and lines starting with ``#`` are skipped.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {source}")
+        return paths, None
+    if not source.is_file():
+        raise InputFileNotFoundError(f"--images: no such directory or list file: {source}")
+    if source.suffix.lower() in IMAGE_EXTENSIONS:
+        raise ConfigError(f"--images takes a directory or a list file (one image path per line), not an image: {source}")
+    return _read_list(source)
+
+
+def _read_list(source: Path) -> tuple[list[Path], list[int | str | None] | None]:
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source} is not a UTF-8 text list of image paths: {e}") from e
+    paths, identities = [], []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        path, _, identity = line.rstrip("\r").partition("\t")
+        paths.append(source.parent / path.strip())
+        identity = identity.strip()
+        identities.append(None if not identity else int(identity) if identity.lstrip("-").isdigit() else identity)
+    if not paths:
+        raise DataError(f"{source} lists no images (one path per line)")
+    return paths, identities if any(i is not None for i in identities) else None

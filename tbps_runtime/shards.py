@@ -81,7 +81,7 @@ def select_shard(paths: Sequence[str | Path], identities: Sequence[int | str | N
                  count: int) -> tuple[list[str], list[int | str | None] | None, ShardInfo]:
     """The images (absolute paths, as the indexer stores them) and identities of shard ``index`` of
     ``count``, and the :class:`ShardInfo` its sidecar records. ``paths`` must be in the order the
-    unsharded index would use (what :func:`tbps_runtime.cli.collect_images` returns)."""
+    unsharded index would use (what :func:`tbps_runtime.images.collect_images` returns)."""
     absolute = [os.path.abspath(p) for p in paths]
     start, stop = shard_bounds(len(absolute), index, count)
     info = ShardInfo(index, count, len(absolute), start, image_list_hash(absolute, identities))

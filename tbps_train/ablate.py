@@ -59,6 +59,8 @@ ROWS = (
                 {"image_weights": "none", "image_backbone_lr_scale": 1.0}),
     AblationRow("pretrained-full-lr", "pretrained backbone at the full lr", "diag.", {}, {},
                 {"image_backbone_lr_scale": 1.0}),
+    AblationRow("baseline-sum", "baseline (global only), Eq. 9 summed", "diag.",
+                {"use_coarse": False, "use_fine": False}, {"ranking_reduction": "sum"}),
     AblationRow("warmup", "2 warm-up epochs", "diag.", {}, {}, {"warmup_epochs": 2}),
     AblationRow("lr-1e-3", "learning rate 1e-3 (2×)", "diag.", {}, {}, {"lr": 1e-3}),
     AblationRow("size-128x48", "input 128×48 (8×3 map)", "diag.", {"image_size": (128, 48)}),

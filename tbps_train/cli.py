@@ -9,10 +9,12 @@ from pathlib import Path
 
 import click
 
-from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
+from tbps_runtime.cli.support import (
+    TbpsCommand, device_option, json_option, output_option, quiet_option, setup_logging, threads_option,
+    user_errors_exit_2,
+)
 from tbps_runtime.errors import ConfigError
-from tbps_train.data.synth import DEFAULT_IDS
-from tbps_train.config import PRESETS, RunConfig, apply_overrides, load_preset
+from tbps_train.config import DEFAULT_IDS, PRESETS, RunConfig, apply_overrides, load_preset
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +33,29 @@ def _quiet_libraries() -> None:
         pass
 
 
-@click.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write (CUHK-PEDES layout).")
+@click.command(cls=TbpsCommand)
+@output_option("Directory to write (CUHK-PEDES layout).", file_okay=False, aliases=("--out",))
 @click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=3), help="Number of identities.")
 @click.option("--images-per-id", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
-@click.option("--quiet", is_flag=True)
+@quiet_option()
 @user_errors_exit_2
-def synth_command(out: str, ids: int, images_per_id: int, seed: int, overwrite: bool, quiet: bool) -> None:
+def synth_command(output: str, ids: int, images_per_id: int, seed: int, overwrite: bool, quiet: bool) -> None:
     """Write the procedural synthetic person dataset (CUHK-PEDES layout)."""
     from tbps_train.data.synth import generate
 
-    setup_logging(quiet)
-    path = generate(out, ids=ids, images_per_id=images_per_id, seed=seed, overwrite=overwrite, progress=not quiet)
+    quiet = setup_logging(quiet)
+    path = generate(output, ids=ids, images_per_id=images_per_id, seed=seed, overwrite=overwrite, progress=not quiet)
     click.echo(str(path))
+
+
+def _set_threads(threads: int | None) -> None:
+    """--threads: PyTorch's intra-op thread count for this process."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _training_options(command):
@@ -58,10 +68,11 @@ def _training_options(command):
         click.option("--batch-size", type=click.IntRange(min=2)),
         click.option("--lr", type=float),
         click.option("--seed", type=int),
-        click.option("--device", help="torch device, e.g. cpu or cuda:0"),
+        device_option(),
+        threads_option("PyTorch intra-op threads (default: PyTorch's)."),
         click.option("--image-backbone", help="resnet50, vit_b_16, resnet_small, ... (overrides the preset)"),
         click.option("--text-backbone", help="'minilm', 'tiny' or a local BERT directory (e.g. bert-base-uncased)"),
-        click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines."),
+        quiet_option("No progress bars or per-epoch lines."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -74,9 +85,9 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
     return apply_overrides(config, "model", image_backbone=image_backbone, text_backbone=text_backbone)
 
 
-@click.command()
+@click.command(cls=TbpsCommand)
 @_training_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (m.pt).")
+@output_option("Checkpoint to write (m.pt).", dir_okay=False)
 @click.option("--resume", is_flag=True,
               help="Continue the run saved in --output with its own config; --epochs N extends it to N epochs.")
 @click.option("--image-weights", help="ImageNet state dict for the image backbone (torchvision names); "
@@ -101,8 +112,8 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
               help="Eq. 9/12 over the batch: sum as printed (default) or mean (not in the paper).")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), help="Linear lr warm-up epochs (not in the paper; 0).")
 @user_errors_exit_2
-def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
-                  quiet, output, resume, image_weights, eval_every, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
+def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, threads, image_backbone,
+                  text_backbone, quiet, output, resume, image_weights, eval_every, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
                   separate_decoders, num_coarse, image_size, image_lr_scale, id_classifier, token_init,
                   token_init_std, ranking_reduction, warmup_epochs) -> None:
     """Train the model on a dataset and write a self-contained checkpoint.
@@ -116,8 +127,9 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, i
     from tbps_train.train import train
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
-    setup_logging(quiet or not main_process)
+    quiet = setup_logging(quiet or not main_process)
     _quiet_libraries()
+    _set_threads(threads)
     config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
     config = apply_overrides(config, "train", eval_every=eval_every, image_backbone_lr_scale=image_lr_scale,
                              warmup_epochs=warmup_epochs)
@@ -137,18 +149,19 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, i
     click.echo(str(output))
 
 
-@click.command()
+@click.command(cls=TbpsCommand)
 @click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by tbps-train.")
 @click.option("--dataset", required=True, type=DATASET_CHOICE)
 @click.option("--root", required=True, type=click.Path())
 @click.option("--split", default="test", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@device_option()
+@threads_option("PyTorch intra-op threads (default: PyTorch's).")
+@json_option("Print one JSON object on stdout.")
 @click.option("--per-slot", is_flag=True,
               help="Also R@1 of each slot and slot group alone, and how alike the decoder tokens are.")
 @user_errors_exit_2
-def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str, as_json: bool,
-                 per_slot: bool) -> None:
+def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str | None, threads: int | None,
+                 as_json: bool, per_slot: bool) -> None:
     """Text-to-image R@1/5/10, mAP and mINP of a checkpoint on a split.
 
     With --per-slot: R@1 of Eq. 14 restricted to the global slot, each
@@ -162,6 +175,8 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str, as
 
     setup_logging(quiet=as_json)
     _quiet_libraries()
+    _set_threads(threads)
+    device = device or "cpu"
     payload = load_checkpoint(ckpt)
     model, config = model_from_checkpoint(payload)
     records = read_split(dataset, root, split)
@@ -182,26 +197,28 @@ def _metrics_line(metrics: dict[str, float], label: str) -> str:
             f"mAP {metrics['map']:.2f}  mINP {metrics['minp']:.2f}")
 
 
-@click.command()
+@click.command(cls=TbpsCommand)
 @_training_options
-@click.option("--out-dir", default="runs/ablation", show_default=True, type=click.Path(file_okay=False))
+@output_option("Directory for the runs' checkpoints and ablation.json.", required=False, file_okay=False,
+               default="runs/ablation", aliases=("--out-dir",))
 @click.option("--rows", "row_spec", default="table2", show_default=True,
               help="table2, extra (Table 3, Table 4, D = 2/6), diag (one setting changed each), all, "
               "or comma-separated row names.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
 @user_errors_exit_2
-def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
-                   quiet, out_dir, row_spec, seeds) -> None:
+def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, threads, image_backbone,
+                   text_backbone, quiet, output, row_spec, seeds) -> None:
     """Train and evaluate the paper's ablation rows (Tables 2-4) over seeds: mean ± std per row.
 
     Each run keeps its last epoch and is evaluated on the test split once;
     validation figures come from training. Finished runs are reused, and two
-    processes may share --out-dir (e.g. one per seed, OMP_NUM_THREADS=1 each).
+    processes may share -o DIR (e.g. one per seed, --threads 1 each).
     """
     from tbps_train.ablate import markdown_table, run_ablation, select_rows, write_summary
 
-    setup_logging(quiet)
+    quiet = setup_logging(quiet)
     _quiet_libraries()
+    _set_threads(threads)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError as e:
@@ -209,7 +226,7 @@ def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, 
     if seed is not None or not seed_list:
         raise ConfigError("give tbps-ablate its seeds as --seeds 0,1,2")
     config = _config_from(preset, epochs, batch_size, lr, None, device, image_backbone, text_backbone)
-    run_ablation(config, dataset, root, out_dir, select_rows(row_spec), seed_list, progress=not quiet)
-    document = write_summary(out_dir, {"dataset": dataset, "preset": preset, "selection": "last epoch",
+    run_ablation(config, dataset, root, output, select_rows(row_spec), seed_list, progress=not quiet)
+    document = write_summary(output, {"dataset": dataset, "preset": preset, "selection": "last epoch",
                                        "test_evaluated": "once per run, at the end"})
     click.echo(markdown_table(document["summary"]))

@@ -16,6 +16,7 @@ from typing import Any
 from tbps_runtime.errors import ConfigError
 
 PRESETS = ("tiny", "demo", "paper")
+DEFAULT_IDS = 800  # identities of the synthetic dataset tbps-synth and the quickstart make
 
 
 @dataclass

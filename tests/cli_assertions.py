@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from tbps_runtime.cli import index_command, rank_command
+from tbps_runtime.cli.search import index_command, rank_command
 
 SAMPLE_QUERIES = ["red", "a person in a blue coat", "green shirt", "white", "yellow", "black"]
 

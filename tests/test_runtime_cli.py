@@ -13,7 +13,8 @@ from runtime_fakes import COLOURS, MAX_LENGTH, make_fake_bundle, solid_image
 from test_runtime_images import write_bad
 
 from tbps_runtime.bundle import load_manifest, sha256_file, write_manifest
-from tbps_runtime.cli import collect_images, index_command, rank_command
+from tbps_runtime.cli.search import index_command, rank_command
+from tbps_runtime.images import collect_images
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
 from tbps_runtime.gallery import load_gallery, sidecar_path
 from cli_assertions import assert_user_error, run
@@ -259,7 +260,7 @@ def test_commands_never_import_torch(bundle, images, tmp_path):
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from tbps_runtime.cli import index_command, rank_command\n"
+        "from tbps_runtime.cli.search import index_command, rank_command\n"
         f"r = CliRunner().invoke(index_command, ['--bundle', {str(bundle)!r}, '--images', {str(images)!r}, "
         f"'-o', {str(tmp_path / 'g.npy')!r}, '--quiet'])\n"
         "assert r.exit_code == 0, r.output\n"

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tbps_runtime.cli import index_command, rank_command
+from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.gallery import load_gallery
 from tbps_runtime.metrics import retrieval_metrics
 from tbps_runtime.ranking import similarity

@@ -12,7 +12,7 @@ from PIL import Image
 from runtime_fakes import COLOURS, solid_image
 
 from cli_assertions import assert_user_error, index, rank_json, run
-from tbps_runtime.cli import index_command, rank_command
+from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.gallery import sidecar_path
 
 pytest.importorskip("faiss")

@@ -13,7 +13,7 @@ from runtime_fakes import COLOURS, make_fake_bundle, solid_image
 from test_runtime_images import write_bad
 
 from cli_assertions import SAMPLE_QUERIES, assert_user_error, index, rank_json, run
-from tbps_runtime.cli import index_command, rank_command
+from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.gallery import load_gallery, sidecar_path
 from tbps_runtime.ranking import top_k, top_k_parts

@@ -61,7 +61,7 @@ def _parse(page: str) -> _Collector:
 
 
 def test_rank_show_and_html_escape_a_hostile_query(gallery, tmp_path):
-    from tbps_runtime.cli import rank_command
+    from tbps_runtime.cli.search import rank_command
 
     png, page = tmp_path / "r.png", tmp_path / "r.html"
     result = CliRunner().invoke(rank_command, ["--gallery", str(gallery), "--query", HOSTILE, "--query", "red shirt",
@@ -127,7 +127,7 @@ def test_padding_gets_no_text_attention(search):
 
 
 def test_explain_draws_heat_maps_and_explain_needs_a_picture(gallery, tmp_path):
-    from tbps_runtime.cli import rank_command
+    from tbps_runtime.cli.search import rank_command
 
     png, page = tmp_path / "e.png", tmp_path / "e.html"
     args = ["--gallery", str(gallery), "--query", HOSTILE, "-k", "2", "--quiet"]
@@ -143,7 +143,7 @@ def test_explain_draws_heat_maps_and_explain_needs_a_picture(gallery, tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_runs_the_whole_chain_and_reuses_it(tmp_path):
-    from tbps_train.quickstart import quickstart_command
+    from tbps_export.quickstart import quickstart_command
 
     work = tmp_path / "qs"
     args = ["--workdir", str(work), "--preset", "tiny", "--ids", "20", "--quiet"]

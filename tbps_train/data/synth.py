@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
+from tbps_train.config import DEFAULT_IDS
 from tbps_runtime.errors import ConfigError, DataError
 
 __all__ = ["PALETTE", "SynthConfig", "generate"]
@@ -62,7 +63,6 @@ _COLOUR_BIAS: dict[str, dict[str, float]] = {
 
 # The default dataset: big enough that the demo model generalises, small enough to
 # generate in seconds and train on in minutes (README, "Results").
-DEFAULT_IDS = 800
 
 
 @dataclass(frozen=True)

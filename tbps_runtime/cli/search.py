@@ -8,20 +8,20 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tbps_runtime.backends import BACKENDS
-from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
-from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, QueryError
-from tbps_runtime.gallery import Gallery, load_gallery
-from tbps_runtime.search import Match, PersonSearch, check_queries, describe_search
-from tbps_runtime.shards import ShardedGallery, parse_shard, select_shard, shard_output
+from tbps_runtime.cli.support import TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
+from tbps_runtime.contract import BACKENDS
+from tbps_runtime.errors import ConfigError, InputFileNotFoundError, QueryError
+
+if TYPE_CHECKING:  # the commands import the runtime when they run: `tbps --help` stays light
+    from tbps_runtime.gallery import Gallery
+    from tbps_runtime.search import Match, PersonSearch
+    from tbps_runtime.shards import ShardedGallery
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm",
-                              ".pgm", ".pbm", ".jfif"})
 
 _backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
                                help="Run the towers with onnxruntime (any machine) or the bundle's TensorRT engines.")
@@ -29,46 +29,7 @@ _threads_option = click.option("--threads", type=click.IntRange(min=1),
                                help="onnxruntime threads per tower (default: all cores).")
 
 
-def collect_images(source: str | Path) -> tuple[list[Path], list[int | str | None] | None]:
-    """Image paths (and identities, when a list gives them) from a directory or a list file.
-
-    A directory is walked recursively for image files (by extension), in sorted
-    order. A list file holds one image per line, optionally followed by a TAB
-    and the person's identity; relative paths are relative to the list file;
-    blank lines and lines starting with ``#`` are skipped.
-    """
-    source = Path(source)
-    if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if not paths:
-            raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {source}")
-        return paths, None
-    if not source.is_file():
-        raise InputFileNotFoundError(f"--images: no such directory or list file: {source}")
-    if source.suffix.lower() in IMAGE_EXTENSIONS:
-        raise ConfigError(f"--images takes a directory or a list file (one image path per line), not an image: {source}")
-    return _read_list(source)
-
-
-def _read_list(source: Path) -> tuple[list[Path], list[int | str | None] | None]:
-    try:
-        lines = source.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{source} is not a UTF-8 text list of image paths: {e}") from e
-    paths, identities = [], []
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        path, _, identity = line.rstrip("\r").partition("\t")
-        paths.append(source.parent / path.strip())
-        identity = identity.strip()
-        identities.append(None if not identity else int(identity) if identity.lstrip("-").isdigit() else identity)
-    if not paths:
-        raise DataError(f"{source} lists no images (one path per line)")
-    return paths, identities if any(i is not None for i in identities) else None
-
-
-@click.command()
+@click.command(cls=TbpsCommand)
 @click.option("--bundle", required=True, type=click.Path(), help="The bundle made by tbps-export.")
 @click.option("--images", required=True, type=click.Path(),
               help="A directory (walked recursively) or a list file: one image path per line, "
@@ -93,7 +54,7 @@ def _read_list(source: Path) -> tuple[list[Path], list[int | str | None] | None]
                    "string, e.g. Flat or IVF1024,PQ64; written beside it (g.faiss; with --shard one per shard) and "
                    "used by tbps-rank.")
 @_threads_option
-@click.option("--quiet", is_flag=True, help="No progress bar; warnings only.")
+@quiet_option("No progress bar; warnings only.")
 @user_errors_exit_2
 def index_command(bundle: str, images: str, output: str, shard_spec: str | None, ray_address: str | None,
                   ray_actors: int, backend: str, batch_size: int, strict: bool, faiss_spec: str | None,
@@ -104,7 +65,11 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
     interrupted run resumes where it stopped when the same command is run again
     (per shard, with --shard).
     """
-    setup_logging(quiet)
+    from tbps_runtime.images import collect_images
+    from tbps_runtime.search import PersonSearch
+    from tbps_runtime.shards import parse_shard, select_shard, shard_output
+
+    quiet = setup_logging(quiet)
     shard = parse_shard(shard_spec) if shard_spec is not None else None
     if shard is None and (output.endswith(("/", os.sep)) or Path(output).is_dir()):
         raise ConfigError(f"-o {output} is a directory: name the gallery file (e.g. {Path(output) / 'g.npy'}), "
@@ -148,7 +113,7 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
     click.echo(str(output))
 
 
-@click.command()
+@click.command(cls=TbpsCommand)
 @click.option("--gallery", "gallery_path", required=True, type=click.Path(),
               help="g.npy made by tbps-index, or a directory of shards (tbps-index --shard), ranked as one.")
 @click.option("--query", "queries", multiple=True, help="What the person looks like (repeatable).")
@@ -175,13 +140,16 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
                    "the text attention (needs a bundle exported with tbps-export --explain).")
 @_backend_option
 @_threads_option
-@click.option("--quiet", is_flag=True, help="Warnings only on stderr.")
+@quiet_option()
 @user_errors_exit_2
 def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str | None, bundle: str | None, k: int,
                  as_json: bool, show_path: str | None, html_path: str | None, exact: bool, nprobe: int | None,
                  rescore: int, explain: bool, backend: str, threads: int | None, quiet: bool) -> None:
-    """Rank a gallery for text queries (Eq. 14), best first: rank, score, path."""
-    setup_logging(quiet)
+    """Rank a gallery for text queries, best first: rank, score, path (the score is the paper's Eq. 14)."""
+    from tbps_runtime.gallery import load_gallery
+    from tbps_runtime.search import PersonSearch, check_queries, describe_search
+
+    quiet = setup_logging(quiet)
     texts = list(queries) + (_read_queries(queries_file) if queries_file is not None else [])
     if not texts:
         raise ConfigError("give a query: --query 'a woman in a red coat' or --queries FILE")

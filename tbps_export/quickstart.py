@@ -1,4 +1,4 @@
-"""``tbps-quickstart``: the whole toolkit on the embedded default (the synthetic dataset).
+"""``tbps quickstart``: the whole toolkit on the embedded default (the synthetic dataset).
 
 Steps: synthetic dataset -> train the demo model -> evaluate -> export the
 bundle (with the explain graphs) -> index the test split with the runtime ->
@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from tbps_runtime.cli_support import setup_logging, user_errors_exit_2
-from tbps_runtime.errors import ConfigError, ExportError
-from tbps_train.data.synth import DEFAULT_IDS
+from tbps_runtime.cli.support import TbpsCommand, output_option, quiet_option, setup_logging, user_errors_exit_2
+from tbps_train.config import DEFAULT_IDS
 
 logger = logging.getLogger(__name__)
 
@@ -32,24 +28,24 @@ EXAMPLES = 4  # test captions on the results page
 RESULTS_K = 5  # crops per caption
 
 
-@click.command()
-@click.option("--workdir", default="tbps-quickstart", show_default=True, type=click.Path(file_okay=False),
-              help="Where the dataset, checkpoint and results go.")
+@click.command(cls=TbpsCommand)
+@output_option("Where the dataset, checkpoint and results go.", required=False, file_okay=False,
+               default="tbps-quickstart", aliases=("--workdir",))
 @click.option("--preset", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]))
 @click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=8), help="Synthetic identities.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--examples", default=EXAMPLES, show_default=True, type=click.IntRange(min=1),
               help="Test captions drawn on the results page.")
-@click.option("--quiet", is_flag=True)
+@quiet_option()
 @user_errors_exit_2
-def quickstart_command(workdir: str, preset: str, ids: int, seed: int, examples: int, quiet: bool) -> None:
+def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: int, quiet: bool) -> None:
     """Generate the synthetic dataset, train the demo model, evaluate it, export it,
     index the test split and write a results page."""
     from tbps_train.cli import _quiet_libraries
 
-    setup_logging(quiet)
+    quiet = setup_logging(quiet)
     _quiet_libraries()
-    work = Path(workdir)
+    work = Path(output)
     data, checkpoint = work / "data", work / "m.pt"
     started = time.perf_counter()
     _dataset(data, ids, seed, quiet)
@@ -129,25 +125,12 @@ def _export(checkpoint: Path, bundle: Path, quiet: bool) -> Path:
         logger.info("[4/6] bundle: reusing %s", bundle)
         return bundle
     logger.info("[4/6] exporting the ONNX bundle (with the explain graphs) -> %s", bundle)
+    from tbps_export.bundle_writer import export_bundle
+
     started = time.perf_counter()
-    # tbps_train never imports tbps_export (DESIGN.md's layering): run its command instead.
-    command = [_export_command(), "--ckpt", str(checkpoint), "-o", str(bundle), "--explain"]
-    command += (["--force"] if bundle.exists() else []) + (["--quiet", "--no-progress"] if quiet else [])
-    status = subprocess.run(command, stdout=subprocess.DEVNULL).returncode  # it prints the bundle's path
-    if status:
-        raise ExportError(f"tbps-export failed (exit status {status}; its message is above): {' '.join(command)}")
+    export_bundle(checkpoint, bundle, force=bundle.exists(), progress=not quiet, explain=True)
     logger.info("      export took %.1f s", time.perf_counter() - started)
     return bundle
-
-
-def _export_command() -> str:
-    """The ``tbps-export`` script of this environment (installed with the [export] extra)."""
-    beside = Path(sys.executable).parent / "tbps-export"
-    found = str(beside) if beside.is_file() else shutil.which("tbps-export")
-    if found is None:
-        raise ConfigError("the quickstart exports a bundle with tbps-export, which is not installed: "
-                          "pip install 'tbps[export]'")
-    return found
 
 
 def _index(bundle: Path, data: Path, gallery: Path, quiet: bool) -> tuple[Path, list]:

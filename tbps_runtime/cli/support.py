@@ -1,0 +1,130 @@
+"""What every tbps command shares: the error contract, logging set-up and option names.
+
+Any user error, click's own usage errors included, becomes one line on
+stderr, ``error: <message>``, and exit status 2; no traceback. Commands are
+built with :class:`TbpsCommand` (``@click.command(cls=TbpsCommand)``), so the
+same holds whether they run as ``tbps NAME`` or as their ``tbps-NAME`` alias.
+Library code only logs; handlers are set here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any, Callable
+
+import click
+
+from tbps_runtime.errors import TbpsError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_VERBOSITY = "tbps.verbosity"  # ctx.meta key: -v/-q given to the `tbps` group
+
+
+def setup_logging(quiet: bool = False) -> bool:
+    """INFO lines on stderr for the tbps packages; warnings only when quiet. Returns whether quiet.
+
+    ``tbps -q`` before the subcommand counts as the subcommand's own ``--quiet``
+    (commands use the returned value for their progress bars); ``tbps -v`` adds DEBUG lines.
+    """
+    context = click.get_current_context(silent=True)
+    verbosity = context.meta.get(_VERBOSITY, 0) if context is not None else 0
+    quiet = quiet or verbosity < 0
+    level = logging.WARNING if quiet else logging.DEBUG if verbosity > 0 else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    for name in ("tbps_runtime", "tbps_train", "tbps_export", "__main__"):
+        logging.getLogger(name).setLevel(level)
+    return quiet
+
+
+def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a TbpsError raised by ``command`` into ``error: <message>`` and status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TbpsError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _main_with_one_line_errors(main: Callable[..., Any], args: Any, prog_name: str | None,
+                               complete_var: str | None, standalone_mode: bool, **extra: Any) -> Any:
+    """click's ``main``, with its usage errors printed as one ``error:`` line and exit status 2."""
+    if not standalone_mode:
+        return main(args, prog_name, complete_var, standalone_mode=False, **extra)
+    try:
+        result = main(args, prog_name, complete_var, standalone_mode=False, **extra)
+    except click.ClickException as e:  # usage errors, bad parameter values, missing options
+        hint = f" (see '{e.ctx.command_path} --help')" if isinstance(e, click.UsageError) and e.ctx else ""
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except TbpsError as e:  # raised outside a command body (e.g. by a callback)
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+class TbpsCommand(click.Command):
+    """A click command whose usage errors follow the one-line ``error:`` contract."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("context_settings", dict(CONTEXT_SETTINGS))
+        super().__init__(*args, **kwargs)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        return _main_with_one_line_errors(super().main, args, prog_name, complete_var, standalone_mode, **extra)
+
+
+class TbpsGroup(click.Group):
+    """A click group with the same error contract; subcommands come from :meth:`get_command`."""
+
+    command_class = TbpsCommand
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        return _main_with_one_line_errors(super().main, args, prog_name, complete_var, standalone_mode, **extra)
+
+
+def set_verbosity(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """Record the group's -v/-q for :func:`setup_logging` in the subcommand."""
+    ctx.meta[_VERBOSITY] = verbose - quiet
+    setup_logging(quiet > verbose)
+
+
+# ---- one name per concept: shared options ------------------------------------------
+
+def output_option(help: str, required: bool = True, file_okay: bool = True, dir_okay: bool = True,
+                  default: Any = None, aliases: tuple[str, ...] = ()) -> Callable:
+    """``-o/--output`` (older spellings in ``aliases`` keep working)."""
+    return click.option("-o", "--output", *aliases, "output", required=required, default=default,
+                        show_default=default is not None,
+                        type=click.Path(file_okay=file_okay, dir_okay=dir_okay), help=help)
+
+
+def quiet_option(help: str = "Warnings only on stderr (no progress bars).") -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+def json_option(help: str = "Print one JSON document on stdout.") -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def device_option(default: str | None = None) -> Callable:
+    return click.option("--device", default=default, show_default=default is not None,
+                        help="torch device: cpu, cuda or cuda:N (default: the preset's, cpu).")
+
+
+def threads_option(help: str = "Intra-op threads (default: all cores).") -> Callable:
+    return click.option("--threads", type=click.IntRange(min=1), help=help)

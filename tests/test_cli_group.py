@@ -1,0 +1,101 @@
+"""The `tbps` command: one group, subcommands from entry points, aliases, one error contract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import tbps_runtime.cli as group
+from cli_assertions import assert_user_error
+
+SUBCOMMANDS = ["ablate", "eval", "export", "index", "quickstart", "rank", "synth", "train", "trt-selfcheck"]
+ALIASES = {"tbps-synth": "synth", "tbps-train": "train", "tbps-eval": "eval", "tbps-ablate": "ablate",
+           "tbps-quickstart": "quickstart", "tbps-export": "export", "tbps-index": "index", "tbps-rank": "rank"}
+
+
+def invoke(args):
+    return CliRunner().invoke(group.main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_every_subcommand():
+    result = invoke(["--help"])
+    assert result.exit_code == 0, result.output
+    listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == SUBCOMMANDS
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help(name):
+    result = invoke([name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"tbps {name}" in result.output and "-h, --help" in result.output
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_old_script_names_are_the_same_commands(alias):
+    """`tbps-NAME` is `tbps NAME`: the same options and help."""
+    script = subprocess.run([alias, "--help"], capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    sub = invoke([ALIASES[alias], "--help"])
+    assert script.stdout.startswith(f"Usage: {alias} ") and sub.output.startswith(f"Usage: tbps {ALIASES[alias]} ")
+    words = lambda text: "".join(text.split("\n", 1)[1].split())  # the same text, wrapped at any width
+    assert words(script.stdout) == words(sub.output)
+
+
+def test_version():
+    result = invoke(["--version"])
+    assert result.exit_code == 0 and result.output.startswith("tbps, version ")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["rank", "--gallery", "g.npy", "--query", "x", "-k", "0"], "0 is not in the range x>=1"),
+    (["rank", "--query", "x"], "Missing option '--gallery'"),
+    (["index", "--bundle", "b", "--images", "i", "-o", "g.npy", "--threads", "0"], "--threads"),
+    (["train", "--dataset", "cuhk-pedes", "--root", "r", "-o", "m.pt", "--epochs", "0"], "--epochs"),
+    (["train", "--dataset", "cuhk-pedes", "--root", "r", "-o", "m.pt", "--batch-size", "0"], "--batch-size"),
+    (["eval", "--ckpt", "m.pt", "--dataset", "nope", "--root", "r"], "'nope' is not one of"),
+])
+def test_usage_errors_are_one_line(args, fragment):
+    assert_user_error(invoke(args), fragment)
+
+
+def test_alias_usage_errors_are_one_line_too():
+    result = subprocess.run(["tbps-rank", "--gallery", "g.npy", "--query", "x", "-k", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "tbps-rank --help" in lines[0]
+
+
+def test_a_directory_for_queries_is_a_usage_error(tmp_path):
+    assert_user_error(invoke(["rank", "--gallery", "g.npy", "--queries", tmp_path]), "--queries")
+
+
+def test_edge_install_lists_only_the_runtime(monkeypatch):
+    """Without the [train]/[export] extras (no torch), only what the runtime can run is listed."""
+    real = group._installed
+    monkeypatch.setattr(group, "_installed", lambda name: name not in ("torch", "onnx") and real(name))
+    assert list(group.available_commands()) == ["index", "rank"]
+    assert invoke(["train", "--help"]).exit_code == 2  # not a command there
+
+
+def test_help_imports_no_heavy_library():
+    """`tbps --help` stays instant: listing the runtime's subcommands imports no numpy, onnxruntime or torch."""
+    code = ("import sys, tbps_runtime.cli as g\n"
+            "real = g._installed\n"
+            "g._installed = lambda n: n not in ('torch', 'onnx') and real(n)\n"
+            "try:\n    g.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('numpy', 'onnxruntime', 'torch', 'PIL', 'tokenizers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_group_quiet_silences_info_lines(tmp_path):
+    loud = invoke(["synth", "-o", tmp_path / "a", "--ids", 6, "--images-per-id", 1])
+    quiet = invoke(["-q", "synth", "-o", tmp_path / "b", "--ids", 6, "--images-per-id", 1])
+    assert loud.exit_code == quiet.exit_code == 0
+    assert quiet.stderr.strip() == ""

@@ -86,7 +86,7 @@ def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any], split: dict[st
         table.append([r["variant"], *[fmt(m[k]) for k in METRICS],
                       f"{r['max_abs_diff_images']:.1e} / {r['max_abs_diff_texts']:.1e}",
                       f"{m['r1'] - base['r1']:+.2f}", fmt(r["embed_seconds"], 1)])
-    header = ["variant", "R@1", "R@5", "R@10", "mAP", "mINP", "max |Δ| vs PyTorch (images / texts)",
+    header = ["variant", "R@1", "R@5", "R@10", "mAP", "mINP", "max \\|Δ\\| vs PyTorch (images / texts)",
               "ΔR@1 vs PyTorch", "embed s (split)"]
     return (f"### R@K parity ({split['images']} crops, {split['captions']} captions, {split['identities']} "
             f"identities)\n\n{markdown_table(header, table)}\n\n" + "".join(f"- {n}\n" for n in notes)

@@ -172,7 +172,7 @@ def to_markdown(rows: list[dict[str, Any]], trt_reason: str, info: dict[str, Any
     if int8_rows:
         text += ("### int8 vs float32 (onnxruntime CPU, same run)\n\n" + markdown_table(
             ["model", "tower", "batch", "threads", "float32 ms (median / p90)", "int8 ms (median / p90)",
-             "int8 speed-up", "int8 max |Δ| vs PyTorch"], int8_rows) + "\n\n")
+             "int8 speed-up", "int8 max \\|Δ\\| vs PyTorch"], int8_rows) + "\n\n")
     return text + f"TensorRT: {trt_reason}.\n\nMachine: {machine_line(info)}."
 
 

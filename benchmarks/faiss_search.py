@@ -33,7 +33,7 @@ ones. The queries are real: the bundle's text tower on the test split's
 captions (``--queries`` of them, evenly spaced).
 
 Ground truth is ``tbps_runtime.ranking.top_k`` over the memory-mapped gallery
-(exact Eq. 14). Per FAISS spec (built with ``tbps_runtime.faiss_index``): build
+(exact Eq. 14). Per FAISS spec (built with ``tbps_runtime.gallery.faiss_index``): build
 time (train + add), index size (the file ``write_faiss_index`` writes), peak
 memory, recall@10 for every nprobe / efSearch, and latency for 1 query and a
 batch of 32, timed interleaved with the exact ``top_k`` so the speed-up is
@@ -64,7 +64,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks.common import fmt, machine, machine_line, markdown_table, time_interleaved, write_results
-from tbps_runtime.faiss_index import (
+from tbps_runtime.gallery.faiss_index import (
     build_faiss_index, require_faiss, rescore_exactly, search_faiss, write_faiss_index,
 )
 from tbps_runtime.ranking import normalize_slots, top_k
@@ -92,8 +92,8 @@ def nlist_for(rows: int) -> int:
 
 def load_real(gallery_path: Path, bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     """The real gallery rows (R, K, d) and their identities, checked against the bundle."""
-    from tbps_runtime.bundle import load_manifest
-    from tbps_runtime.gallery import load_gallery
+    from tbps_runtime.gallery.open import load_gallery
+    from tbps_runtime.model.bundle import load_manifest
 
     gallery = load_gallery(gallery_path)
     gallery.check_bundle(load_manifest(bundle).fingerprint, bundle)

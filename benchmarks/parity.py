@@ -38,7 +38,7 @@ def load_split(root: str | Path, split: str, dataset: str = "cuhk-pedes"):
 
 
 def pytorch_embeddings(checkpoint: str | Path, records, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    from tbps_runtime.tokenizer import load_tokenizer
+    from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.pipeline import ImageStore
     from tbps_train.evaluate import embed_images, embed_texts
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _tensorrt_row(bundle: str, paths: list[str], texts: list[str], reference, ids, rows: list) -> str:
     """Appends the TensorRT row when the bundle has engines and they run here; returns the note."""
-    from tbps_runtime.bundle import load_manifest
+    from tbps_runtime.model.bundle import load_manifest
 
     engines = load_manifest(bundle).tensorrt
     if not engines:

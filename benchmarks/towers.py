@@ -90,13 +90,13 @@ def trt_runners(bundle: Path | None) -> tuple[dict[str, Callable] | None, str]:
     """Runners over the bundle's TensorRT engines, or None and why not."""
     if bundle is None:
         return None, "no bundle with TensorRT engines given"
-    from tbps_runtime.bundle import load_manifest
+    from tbps_runtime.model.bundle import load_manifest
 
     manifest = load_manifest(bundle)
     if not manifest.tensorrt:
         return None, f"{bundle} has no TensorRT engines (tbps-export --trt)"
     try:
-        from tbps_runtime.backends import TensorRTBackend
+        from tbps_runtime.model.tensorrt import TensorRTBackend
 
         backend = TensorRTBackend(bundle, manifest)
     except Exception as e:  # no TensorRT / no GPU / engine mismatch: report, do not fail

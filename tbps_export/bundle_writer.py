@@ -30,11 +30,11 @@ from tbps_export import tensorrt_build as trt_build
 from tbps_export.onnx_export import export_tower
 from tbps_export.towers import axis_sizes
 from tbps_export.validate import parity_cases, validate_towers
-from tbps_runtime.bundle import Manifest, sha256_file, write_manifest
 from tbps_runtime.contract import MANIFEST_FILE, OPSET, PARITY_ATOL, TOKENIZER_FILE, TOWERS
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError
-from tbps_runtime.images import IMAGENET_MEAN, IMAGENET_STD
-from tbps_runtime.tokenizer import load_tokenizer
+from tbps_runtime.model.bundle import Manifest, sha256_file, write_manifest
+from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
+from tbps_runtime.model.tokenizer import load_tokenizer
 from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
 from tbps_train.config import ModelConfig
 from tbps_train.model import TextBasedPersonSearch
@@ -54,6 +54,7 @@ class ExportOptions:
     trt_seq: tuple[int, int, int | None] = (1, 32, None)  # None: the model's max text length
     trt_workspace_gib: float = 4.0
     trt_timing_cache: str | Path | None = None
+    trt_device: int = 0  # the CUDA device that builds and checks the engines (the one that will run them)
     explain: bool = False  # also write the attention-emitting graphs (tbps_export.explain)
 
     @classmethod
@@ -76,7 +77,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     existing bundle there is replaced only with ``force``. ``trt`` adds a
     TensorRT engine per tower (``fp16``: FP16 engines); ``options`` are the
     fields of :class:`ExportOptions` (``atol``, ``trt_batch``, ``trt_seq``,
-    ``trt_workspace_gib``, ``trt_timing_cache``, ``explain``).
+    ``trt_workspace_gib``, ``trt_timing_cache``, ``trt_device``, ``explain``).
     """
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else checkpoint.with_suffix(".bundle")
@@ -139,7 +140,7 @@ def _try_tensorrt(directory: Path, model: TextBasedPersonSearch,
                   options: trt_build.TrtOptions) -> tuple[dict, str | None]:
     """Build and check an engine per tower; on any failure remove what was built and
     return why, so that the validated ONNX bundle is still put in place."""
-    reason = trt_build.unavailable_reason()
+    reason = trt_build.unavailable_reason(options.device)
     if reason is not None:
         return {}, f"cannot build TensorRT engines: {reason}"
     try:
@@ -172,7 +173,8 @@ def _trt_options(settings: ExportOptions, fp16: bool, config: ModelConfig) -> tr
     timing_cache = Path(settings.trt_timing_cache) if settings.trt_timing_cache else None
     options = trt_build.TrtOptions(batch=tuple(settings.trt_batch), fp16=fp16,
                                    sequence=tuple(settings.trt_seq),
-                                   workspace_gib=settings.trt_workspace_gib, timing_cache=timing_cache)
+                                   workspace_gib=settings.trt_workspace_gib, timing_cache=timing_cache,
+                                   device=settings.trt_device)
     options.resolve(config.max_text_length)  # bad profiles fail before any work
     return options
 

@@ -26,11 +26,11 @@ import numpy as np
 from tbps_export.bundle_writer import _place, _publish_permissions, _refuse_existing, _staging
 from tbps_export.quiet import quiet_loggers
 from tbps_export.validate import compare, text_cases
-from tbps_runtime.bundle import Manifest, load_manifest, sha256_file, verify_files, write_manifest
 from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
 from tbps_runtime.errors import ExportError
-from tbps_runtime.images import normalize, read_image, resize_rgb
-from tbps_runtime.tokenizer import load_tokenizer
+from tbps_runtime.model.bundle import Manifest, load_manifest, sha256_file, verify_files, write_manifest
+from tbps_runtime.model.images import normalize, read_image, resize_rgb
+from tbps_runtime.model.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def calibration_paths(source: str | Path | None, count: int) -> list[Path]:
     """Up to ``count`` evenly spaced crops of a folder or list file (as ``tbps-index --images`` reads them)."""
     if source is None:
         return []
-    from tbps_runtime.images import collect_images
+    from tbps_runtime.model.images import collect_images
 
     paths, _ = collect_images(source)
     step = max(1, len(paths) // count)

@@ -117,8 +117,8 @@ def _fresh(path: Path, *sources: Path) -> bool:
 
 
 def _export(checkpoint: Path, bundle: Path, quiet: bool) -> Path:
-    from tbps_runtime.bundle import load_manifest
     from tbps_runtime.contract import EXPLAIN_TOWERS, MANIFEST_FILE
+    from tbps_runtime.model.bundle import load_manifest
 
     manifest = bundle / MANIFEST_FILE
     if _fresh(manifest, checkpoint) and all(t.name in load_manifest(bundle).towers for t in EXPLAIN_TOWERS):
@@ -135,7 +135,7 @@ def _export(checkpoint: Path, bundle: Path, quiet: bool) -> Path:
 
 def _index(bundle: Path, data: Path, gallery: Path, quiet: bool) -> tuple[Path, list]:
     from tbps_runtime.contract import MANIFEST_FILE
-    from tbps_runtime.gallery import sidecar_path
+    from tbps_runtime.gallery.storage import sidecar_path
     from tbps_runtime.search import PersonSearch
     from tbps_train.data.readers import read_split
 
@@ -155,7 +155,7 @@ def _index(bundle: Path, data: Path, gallery: Path, quiet: bool) -> tuple[Path, 
 def _results(bundle: Path, gallery: Path, records: list, work: Path, examples: int) -> tuple[Path, ...]:
     """Rank ``examples`` test captions (spread over the split) and draw results.png / results.html
     (and explain.png: the same with the attention maps)."""
-    from tbps_runtime import visualize
+    from tbps_runtime.report import draw
     from tbps_runtime.search import PersonSearch
 
     png, page, explained = work / "results.png", work / "results.html", work / "explain.png"
@@ -169,16 +169,16 @@ def _results(bundle: Path, gallery: Path, records: list, work: Path, examples: i
     search = PersonSearch.from_bundle(bundle)
     results = search.rank(queries, gallery, k=RESULTS_K)
     explanations = [search.explain(q, [m.path for m in matches]) for q, matches in zip(queries, results)]
-    visualize.draw_results(queries, results, png, query_identities=identities)
-    visualize.write_html(queries, results, page, query_identities=identities, explanations=explanations,
-                         title=f"tbps quickstart: test captions, top {RESULTS_K}")
-    visualize.draw_results(queries, results, explained, query_identities=identities, explanations=explanations)
+    draw.draw_results(queries, results, png, query_identities=identities)
+    draw.write_html(queries, results, page, query_identities=identities, explanations=explanations,
+                    title=f"tbps quickstart: test captions, top {RESULTS_K}")
+    draw.draw_results(queries, results, explained, query_identities=identities, explanations=explanations)
     logger.info("      ranking and drawing took %.1f s", time.perf_counter() - started)
     return png, page, explained
 
 
 def _evaluate(checkpoint: Path, data: Path) -> dict[str, float]:
-    from tbps_runtime.tokenizer import load_tokenizer
+    from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
     from tbps_train.evaluate import evaluate

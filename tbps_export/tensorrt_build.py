@@ -8,10 +8,14 @@ softmax, reductions and the final L2 normalisation kept in float32), and the
 network is created with the STRONGLY_TYPED flag (required on 10.x, accepted and
 ignored on 11.x). Each engine has one explicit optimisation profile (min/opt/max
 batch, and sequence length for the text tower), uses a timing cache file and a
-workspace limit, and is compared against onnxruntime before it is kept.
+workspace limit, and is compared against onnxruntime before it is kept: reloaded
+from disk and run by the runtime's own engine class
+(:class:`tbps_runtime.model.tensorrt.TensorRTEngine`, what ``--backend tensorrt``
+runs), on the CUDA device :attr:`TrtOptions.device`. The device facts recorded
+in the manifest come from the same CUDA calls the runtime compares them with.
 
-``tensorrt`` and a CUDA build of PyTorch (for GPU buffers and device facts) are
-imported lazily, so this module imports on any machine.
+``tensorrt`` and cuda-python are imported lazily, so this module imports on any
+machine; no PyTorch is involved.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import onnx
 from tbps_export.validate import ParityCase, check_parity, onnx_runner
 from tbps_runtime.atomic import atomic_write
 from tbps_runtime.contract import TowerSpec
-from tbps_runtime.errors import ConfigError, ExportError
+from tbps_runtime.errors import BundleError, ConfigError, ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class TrtOptions:
     fp16: bool = False
     workspace_gib: float = 4.0
     timing_cache: Path | None = None  # default: default_timing_cache()
+    device: int = 0  # the CUDA device that builds and checks the engines (and must run them)
 
     @property
     def precision(self) -> str:
@@ -77,6 +82,8 @@ class TrtOptions:
                               f"{max_text_length}")
         if self.workspace_gib <= 0:
             raise ConfigError(f"TensorRT workspace must be positive, not {self.workspace_gib} GiB")
+        if self.device < 0:
+            raise ConfigError(f"a CUDA device index is 0 or more, not {self.device}")
         return {"batch": tuple(self.batch), "sequence": tuple(sequence)}
 
 
@@ -88,28 +95,31 @@ def default_timing_cache() -> Path:
 
 # ---- availability ----------------------------------------------------------
 
-def unavailable_reason() -> str | None:
-    """Why engines cannot be built here (None when TensorRT and a CUDA GPU are present)."""
+def unavailable_reason(device: int = 0) -> str | None:
+    """Why engines cannot be built here (None when TensorRT, cuda-python and CUDA device ``device`` are present)."""
     try:
         import tensorrt  # noqa: F401
     except ImportError as e:
         return f"TensorRT is not installed ({e}); install it with pip install 'tbps[trt]' on a machine with an NVIDIA GPU"
-    import torch
+    from tbps_runtime.model.tensorrt import CudaRuntime, import_tensorrt
 
-    if not torch.cuda.is_available():
-        return (f"TensorRT is installed but no CUDA GPU is visible (torch {torch.__version__}: "
-                "torch.cuda.is_available() is False); TensorRT engines are built on the GPU that runs them")
+    try:
+        _, cudart = import_tensorrt()
+        CudaRuntime(cudart).device(device)
+    except (ConfigError, RuntimeError, OSError) as e:  # no cuda-python, no driver, no such device
+        return (f"TensorRT is installed but CUDA device {device} is not usable ({e}); TensorRT engines are "
+                "built on the GPU that runs them")
     return None
 
 
-def device_facts() -> dict[str, Any]:
-    """TensorRT version, GPU name and compute capability of the build device."""
-    import tensorrt as trt
-    import torch
+def device_facts(device: int = 0) -> dict[str, Any]:
+    """TensorRT version, GPU name and compute capability of CUDA device ``device``, read with the
+    calls the runtime's TensorRT backend compares them with before it loads an engine."""
+    from tbps_runtime.model.tensorrt import CudaRuntime, import_tensorrt
 
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"tensorrt_version": trt.__version__, "gpu": torch.cuda.get_device_name(0),
-            "compute_capability": f"{major}.{minor}"}
+    trt, cudart = import_tensorrt()
+    gpu, (major, minor) = CudaRuntime(cudart).device(device)
+    return {"tensorrt_version": trt.__version__, "gpu": gpu, "compute_capability": f"{major}.{minor}"}
 
 
 # ---- FP16 graph ------------------------------------------------------------
@@ -189,9 +199,12 @@ def profile_shapes(spec: TowerSpec, sizes: dict[str, int],
 
 def build_engine(onnx_path: Path, spec: TowerSpec, shapes: dict[str, list[list[int]]],
                  options: TrtOptions, plan_path: Path) -> dict[str, Any]:
-    """Parse ``onnx_path``, build a serialized engine into ``plan_path``; returns its manifest entry."""
-    import tensorrt as trt
+    """Parse ``onnx_path``, build a serialized engine on CUDA device ``options.device`` into
+    ``plan_path``; returns its manifest entry."""
+    from tbps_runtime.model.tensorrt import CudaRuntime, import_tensorrt
 
+    trt, cudart = import_tensorrt()
+    CudaRuntime(cudart).set_device(options.device)  # the builder targets the thread's current device
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -219,7 +232,7 @@ def build_engine(onnx_path: Path, spec: TowerSpec, shapes: dict[str, list[list[i
     _save_timing_cache(config, cache_path)
     seconds = time.perf_counter() - start
     logger.info("built %s (%s) in %.1f s", plan_path.name, options.precision, seconds)
-    return {"file": plan_path.name, "precision": options.precision, **device_facts(),
+    return {"file": plan_path.name, "precision": options.precision, **device_facts(options.device),
             "profile": {name: dict(zip(("min", "opt", "max"), levels)) for name, levels in shapes.items()},
             "workspace_bytes": int(options.workspace_gib * (1 << 30)), "build_seconds": round(seconds, 2)}
 
@@ -238,7 +251,7 @@ def build_checked_engine(onnx_path: Path, spec: TowerSpec, sizes: dict[str, int]
     source = to_mixed_precision(onnx_path, scratch / f"{spec.name}.fp16.onnx") if options.fp16 else onnx_path
     shapes = profile_shapes(spec, sizes, profiles)
     entry = build_engine(source, spec, shapes, options, plan_path)
-    runner = EngineRunner(plan_path.read_bytes())
+    runner = EngineRunner(plan_path.read_bytes(), device=options.device)
     atol = ENGINE_ATOL[options.precision]
     fitting = [c for c in cases if within_profile(c.inputs, shapes)]
     figures, failures = check_parity(spec.name, onnx_runner(onnx_path), runner, fitting, atol)
@@ -249,48 +262,31 @@ def build_checked_engine(onnx_path: Path, spec: TowerSpec, sizes: dict[str, int]
 
 
 class EngineRunner:
-    """Runs a serialized engine on the GPU: named numpy inputs -> first output as numpy.
+    """Runs a serialized engine with the runtime's :class:`~tbps_runtime.model.tensorrt.TensorRTEngine`,
+    the code ``--backend tensorrt`` runs, on CUDA device ``device``: named numpy inputs -> the
+    first output as (B, ...) float32 numpy.
 
-    GPU buffers come from PyTorch (the exporter's dependency); the edge runtime
-    has its own TensorRT backend that needs no PyTorch.
+    Raises:
+        ExportError: TensorRT cannot deserialize the engine.
+        ConfigError: TensorRT or cuda-python missing, or no such CUDA device.
     """
 
-    def __init__(self, plan: bytes):
-        import tensorrt as trt
-        import torch
+    def __init__(self, plan: bytes, device: int = 0):
+        from tbps_runtime.model.tensorrt import CudaRuntime, TensorRTEngine, import_tensorrt
 
-        self._trt, self._torch = trt, torch
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
-        if self.engine is None:
-            raise ExportError("TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        trt, cudart = import_tensorrt()
+        self.cuda, self.device = CudaRuntime(cudart), device
+        self.cuda.set_device(device)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        try:
+            self.engine = TensorRTEngine(trt, self.cuda, runtime, plan, "the engine")
+        except BundleError as e:
+            raise ExportError("TensorRT could not deserialize the engine (built by another TensorRT version "
+                              "or GPU?)") from e
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        torch = self._torch
-        keep = []
-        for name, array in inputs.items():
-            tensor = torch.from_numpy(np.ascontiguousarray(array)).cuda()
-            keep.append(tensor)
-            self.context.set_input_shape(name, tuple(array.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        results = []
-        for name in self.outputs:
-            dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
-            shape = tuple(self.context.get_tensor_shape(name))
-            out = torch.empty(shape, dtype=_TORCH_DTYPES[dtype.name](torch), device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            results.append(out)
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ExportError("TensorRT execution failed")
-        stream.synchronize()
-        return results[0].float().cpu().numpy()
-
-
-_TORCH_DTYPES = {"float32": lambda t: t.float32, "float16": lambda t: t.float16, "int64": lambda t: t.int64,
-                 "int32": lambda t: t.int32}
+        self.cuda.set_device(self.device)  # the current device is per thread
+        return self.engine.run(inputs, self.engine.outputs[0]).astype(np.float32, copy=False)
 
 
 def within_profile(inputs: dict[str, np.ndarray], shapes: dict[str, list[list[int]]]) -> bool:

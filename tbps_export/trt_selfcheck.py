@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 import numpy as np
 
-from tbps_runtime.bundle import Manifest, load_manifest, verify_files
 from tbps_runtime.cli.support import TbpsCommand, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import TOWERS, TowerSpec
 from tbps_runtime.errors import ExportError
-from tbps_runtime.tokenizer import load_tokenizer
+from tbps_runtime.model.bundle import Manifest, load_manifest, verify_files
+from tbps_runtime.model.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from tbps_export.tensorrt_build import TrtOptions
@@ -35,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 
 def selfcheck(bundle: str | Path, precisions: tuple[str, ...] = ("fp32", "fp16"), batch=(1, 8, 32),
-              iterations: int = 50) -> list[dict[str, Any]]:
-    """One record per (precision, tower): build seconds, parity figures, median latencies."""
+              iterations: int = 50, device: int = 0) -> list[dict[str, Any]]:
+    """One record per (precision, tower) on CUDA device ``device``: build seconds, parity figures,
+    median latencies (the engines run by the runtime's TensorRT engine class)."""
     from tbps_export import tensorrt_build as trt_build  # imported here: `tbps --help` stays light
 
-    reason = trt_build.unavailable_reason()
+    reason = trt_build.unavailable_reason(device)
     if reason is not None:
         raise ExportError(f"cannot run the TensorRT self-check: {reason}")
     bundle = Path(bundle)
@@ -49,7 +50,7 @@ def selfcheck(bundle: str | Path, precisions: tuple[str, ...] = ("fp32", "fp16")
     records = []
     with tempfile.TemporaryDirectory(prefix="tbps-selfcheck-") as scratch:
         for precision in precisions:
-            options = trt_build.TrtOptions(batch=tuple(batch), fp16=precision == "fp16")
+            options = trt_build.TrtOptions(batch=tuple(batch), fp16=precision == "fp16", device=device)
             profiles = options.resolve(manifest.max_text_length)
             for spec in TOWERS:
                 records.append(_check_one(bundle, manifest, spec, options, profiles, tokenizer, Path(scratch),
@@ -72,7 +73,7 @@ def _check_one(bundle: Path, manifest: Manifest, spec: TowerSpec, options: TrtOp
         return {**record, "ok": False, "error": str(e)}
     shapes = trt_build.profile_shapes(spec, manifest.sizes(), profiles)
     inputs = _opt_inputs(spec, shapes, tokenizer)
-    engine = trt_build.EngineRunner(plan.read_bytes())
+    engine = trt_build.EngineRunner(plan.read_bytes(), device=options.device)
     return {**record, "ok": True, **{k: entry[k] for k in ("gpu", "compute_capability", "tensorrt_version")},
             "build_seconds": entry["build_seconds"], "max_abs_diff": entry["parity"]["max_abs_diff"],
             "min_cosine": entry["parity"]["min_cosine"], "opt_shape": {k: v[1] for k, v in shapes.items()},

@@ -24,7 +24,7 @@ from tbps_export.quiet import quiet_loggers
 from tbps_export.towers import axis_sizes, build_tower
 from tbps_runtime.contract import IMAGE_TOWER, PARITY_ATOL, TEXT_TOWER, TOWERS, TowerSpec
 from tbps_runtime.errors import ExportError
-from tbps_runtime.tokenizer import tokenize
+from tbps_runtime.model.tokenizer import tokenize
 from tbps_train.model import TextBasedPersonSearch
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "Gallery": "tbps_runtime.gallery",
-    "load_gallery": "tbps_runtime.gallery",
+    "Encoder": "tbps_runtime.model.encoder",
+    "Gallery": "tbps_runtime.gallery.storage",
+    "load_gallery": "tbps_runtime.gallery.open",
     "Match": "tbps_runtime.search",
     "PersonSearch": "tbps_runtime.search",
     "TbpsError": "tbps_runtime.errors",

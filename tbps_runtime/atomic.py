@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -47,3 +48,8 @@ def _umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temp file and a rename."""
     return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """JSON (indented, newline-terminated) to ``path`` through a temp file and a rename."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

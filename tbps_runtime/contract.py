@@ -8,6 +8,7 @@ repeats a tensor name as a string literal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 OPSET = 18
 # Export validation, in the spirit of Hugging Face's exporters: embeddings are
@@ -42,6 +43,12 @@ class TowerSpec:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+    def check_feeds(self, feeds: Mapping[str, Any]) -> None:
+        """Refuse feeds not named exactly as this tower's inputs (a caller's bug: ``ValueError``)."""
+        expected = {spec.name for spec in self.inputs}
+        if set(feeds) != expected:
+            raise ValueError(f"{self.name} takes inputs {sorted(expected)}, got {sorted(feeds)}")
 
     @property
     def onnx_file(self) -> str:

@@ -5,39 +5,41 @@
     for match in search.rank("a woman in a red coat", gallery, k=5)[0]:
         print(match.rank, match.score, match.path)
 
-Safe to share between threads: onnxruntime sessions are thread-safe, and the
-rest (tokenizer, lazily created sessions, TensorRT contexts) is guarded by locks.
+Built on public primitives: an :class:`~tbps_runtime.model.encoder.Encoder`
+(towers in, embeddings out), the gallery formats (:mod:`tbps_runtime.gallery`)
+and the indexers (:mod:`tbps_runtime.indexing`). Safe to share between
+threads: onnxruntime sessions are thread-safe, the rest (tokenizer, lazily
+created sessions, TensorRT contexts) is guarded by the Encoder's locks, and
+search parameters are arguments of each call.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from tbps_runtime.backends import Backend, create_backend, files_for
-from tbps_runtime.bundle import Manifest, load_manifest, verify_files
-from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
-from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, QueryError
-from tbps_runtime.gallery import Gallery, GalleryEntry, PartialIndex, ShardInfo, load_gallery, write_gallery
-from tbps_runtime.images import normalize, read_image, resize_rgb
+from tbps_runtime.errors import BundleError, ConfigError, DataError
+from tbps_runtime.gallery.open import load_gallery
+from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
+from tbps_runtime.gallery.shards import ShardedGallery
+from tbps_runtime.gallery.storage import Gallery, PartialIndex, write_gallery
+from tbps_runtime.indexing.local import embed_into
+from tbps_runtime.model import attention
+from tbps_runtime.model.attention import Explanation
+from tbps_runtime.model.backends import Backend
+from tbps_runtime.model.bundle import Manifest
+from tbps_runtime.model.encoder import Encoder, ImageInput, check_queries
 from tbps_runtime.ranking import top_k_parts
-from tbps_runtime.tokenizer import load_tokenizer, tokenize
 
 if TYPE_CHECKING:
-    from tbps_runtime.ray_index import RayIndexer
-    from tbps_runtime.shards import ShardedGallery
+    from tbps_runtime.indexing.ray import RayIndexer
 
 logger = logging.getLogger(__name__)
-
-ImageInput = Union[str, Path, np.ndarray]  # a file, or an (H, W, 3) uint8 RGB crop
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,10 @@ class Match:
 
 
 class PersonSearch:
-    """A loaded bundle: both towers, its tokenizer and preprocessing."""
+    """A loaded bundle, for searching: embed, index, rank, explain. Built on an :class:`Encoder`."""
 
-    def __init__(self, directory: Path, manifest: Manifest, backend: Backend, tokenizer_json: str):
-        self.directory = directory
-        self.manifest = manifest
-        self.backend = backend
-        self._tokenizer = load_tokenizer(tokenizer_json, manifest.max_text_length)
-        self._tokenizer_lock = threading.Lock()
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
 
     @classmethod
     def from_bundle(cls, directory: str | Path, backend: str = "onnxruntime", threads: int | None = None,
@@ -76,21 +74,23 @@ class PersonSearch:
             providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
             device: the CUDA device of the TensorRT backend.
         """
-        directory = Path(directory)
-        manifest = load_manifest(directory)
-        _check_supported(directory, manifest)
-        verify_files(directory, manifest, [manifest.tokenizer, *files_for(backend, manifest)])
-        tokenizer_json = (directory / manifest.tokenizer).read_text(encoding="utf-8")
-        engine = create_backend(backend, directory, manifest, threads=threads, providers=providers, device=device)
-        return cls(directory, manifest, engine, tokenizer_json)
+        return cls(Encoder.from_bundle(directory, backend, threads=threads, providers=providers, device=device))
+
+    @property
+    def directory(self) -> Path:
+        return self.encoder.directory
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.encoder.manifest
+
+    @property
+    def backend(self) -> Backend:
+        return self.encoder.backend
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest.fingerprint
-
-    @property
-    def _empty(self) -> np.ndarray:
-        return np.zeros((0, self.manifest.num_slots, self.manifest.embed_dim), np.float32)
+        return self.encoder.fingerprint
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Captions -> (N, K, d) float32, every slot L2-normalised. Captions beyond the
@@ -99,17 +99,7 @@ class PersonSearch:
         Raises:
             QueryError: an empty or whitespace-only text.
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        check_queries(texts)
-        if not texts:
-            return self._empty
-        out = []
-        for start in range(0, len(texts), batch_size):
-            with self._tokenizer_lock:
-                input_ids, attention_mask = tokenize(self._tokenizer, texts[start:start + batch_size])  # (B, L)
-            ids_spec, mask_spec = TEXT_TOWER.inputs
-            out.append(self.backend.run(TEXT_TOWER, {ids_spec.name: input_ids, mask_spec.name: attention_mask}))
-        return np.concatenate(out)
+        return self.encoder.embed_texts(texts, batch_size)
 
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """Crops (paths or (H, W, 3) uint8 RGB arrays) -> (N, K, d) float32, every slot L2-normalised.
@@ -117,26 +107,7 @@ class PersonSearch:
         Raises:
             DataError: an unreadable image or a malformed array.
         """
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            images = [images]
-        images = list(images)
-        if not images:
-            return self._empty
-        out = []
-        for start in range(0, len(images), batch_size):
-            pixels = np.stack([self._load(image) for image in images[start:start + batch_size]])  # (B, H, W, 3)
-            out.append(self._embed_pixels(pixels))
-        return np.concatenate(out)
-
-    def _load(self, image: ImageInput) -> np.ndarray:
-        if not isinstance(image, np.ndarray):
-            image = read_image(image)
-        return resize_rgb(image, tuple(self.manifest.image_size))  # (H, W, 3) uint8
-
-    def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        (spec,) = IMAGE_TOWER.inputs
-        values = normalize(pixels, tuple(self.manifest.mean), tuple(self.manifest.std))  # (B, 3, H, W)
-        return self.backend.run(IMAGE_TOWER, {spec.name: values})
+        return self.encoder.embed_images(images, batch_size)
 
     def rank(self, queries: str | Sequence[str] | np.ndarray,
              gallery: Gallery | ShardedGallery | str | Path | np.ndarray, k: int = 10, *,
@@ -184,15 +155,13 @@ class PersonSearch:
                  for rank, (score, row) in enumerate(zip(row_scores, row_indices), start=1) if row >= 0]
                 for row_scores, row_indices in zip(scores, indices)]
 
-    def explain(self, query: str, images: Sequence[ImageInput]) -> Any:
+    def explain(self, query: str, images: Sequence[ImageInput]) -> Explanation:
         """The attention behind ``query``'s results (paper Fig. 4), from the bundle's explain graphs
-        (``tbps-export --explain``): a :class:`tbps_runtime.visualize.Explanation` with the query's
+        (``tbps-export --explain``): an :class:`~tbps_runtime.model.attention.Explanation` with the query's
         ``tokens``, ``token_weights`` (D + P, T) and, per image, ``maps`` (N, D, h, w) and
         ``heatmaps`` (N, h, w) = A_avg."""
-        from tbps_runtime.visualize import explain
-
         check_queries([query])
-        return explain(self, query, list(images))
+        return attention.explain(self.encoder, query, list(images))
 
     def _gallery_rows(self, gallery: Gallery | ShardedGallery | str | Path | np.ndarray
                       ) -> tuple[list[np.ndarray], list[GalleryEntry] | None]:
@@ -202,7 +171,7 @@ class PersonSearch:
         else:
             gallery.check_bundle(self.fingerprint, self.directory)
             parts, entries = gallery.parts, gallery.entries
-        expected = (self.manifest.num_slots, self.manifest.embed_dim)
+        expected = self.encoder.slot_shape
         for embeddings in parts:
             if embeddings.ndim != 3 or embeddings.shape[1:] != expected:
                 raise BundleError(f"the gallery's rows are {embeddings.shape[1:]}, this bundle's embeddings are "
@@ -222,31 +191,30 @@ class PersonSearch:
 
         Args:
             shard: when ``images`` are one block of a larger list
-                (:func:`tbps_runtime.shards.select_shard`), recorded in ``g.json``. A shard
+                (:func:`tbps_runtime.gallery.shards.select_shard`), recorded in ``g.json``. A shard
                 may be empty, or wholly unreadable: it is still written (with no rows), so
                 that the directory of shards stays complete.
-            distributed: embed with a Ray cluster (:class:`tbps_runtime.ray_index.RayIndexer`)
+            distributed: embed with a Ray cluster (:class:`tbps_runtime.indexing.ray.RayIndexer`)
                 instead of this process; the output is the same.
         """
         output = _check_output(output)
         paths = [os.path.abspath(p) for p in images]
         if not paths and shard is not None:
-            return write_gallery(output, self._empty, [], fingerprint=self.fingerprint, bundle=self.directory,
-                                 shard=shard)
+            return write_gallery(output, self.encoder.empty(), [], fingerprint=self.fingerprint,
+                                 bundle=self.directory, shard=shard)
         if not paths:
             raise DataError("no images to index")
         if identities is not None and len(identities) != len(paths):
             raise ConfigError(f"{len(identities)} identities for {len(paths)} images")
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-        shape = (self.manifest.num_slots, self.manifest.embed_dim)
-        partial = PartialIndex(output, paths, self.fingerprint, shape)
+        partial = PartialIndex(output, paths, self.fingerprint, self.encoder.slot_shape)
         if partial.done:
             logger.info("resuming %s: %d of %d images were already embedded", output, partial.done, len(paths))
         if distributed is not None:
-            distributed.embed_into(self, partial, paths, batch_size, strict, progress)
+            distributed.embed_into(self.encoder, partial, paths, batch_size, strict, progress)
         else:
-            self._embed_into(partial, paths, batch_size, strict, progress)
+            embed_into(self.encoder, partial, paths, batch_size, strict, progress)
         if len(partial.failures) == len(paths) and shard is None:
             partial.discard()
             raise DataError(f"none of the {len(paths)} images could be read (first: {partial.failures[0]}); "
@@ -257,46 +225,6 @@ class PersonSearch:
             logger.warning("%d of %d images could not be read and were skipped (listed under 'unreadable' "
                            "in %s)", len(gallery.unreadable), len(paths), output.with_suffix(".json"))
         return gallery
-
-    def _embed_into(self, partial: PartialIndex, paths: list[str], batch_size: int, strict: bool,
-                    progress: bool) -> None:
-        """Embed the images ``partial`` has not done yet, batch by batch, recording each batch."""
-        starts = range(partial.done, len(paths), batch_size)
-        with tqdm(total=len(paths), initial=partial.done, desc="index", unit="img", disable=not progress) as bar, \
-                ThreadPoolExecutor(max_workers=1) as reader:  # decode the next batch while this one runs
-            pending = reader.submit(self._read_batch, paths[starts[0]:starts[0] + batch_size]) if starts else None
-            for start in starts:
-                positions, pixels, failures = pending.result()
-                end = min(start + batch_size, len(paths))
-                if end < len(paths):
-                    pending = reader.submit(self._read_batch, paths[end:end + batch_size])
-                if failures and strict:
-                    raise self._strict_failure(partial, next(iter(failures.values())))
-                rows = self._embed_pixels(pixels) if positions else self._empty  # (b, K, d)
-                partial.record(end, [start + p for p in positions], rows,
-                               {start + p: message for p, message in failures.items()})
-                bar.update(end - start)
-
-    @staticmethod
-    def _strict_failure(partial: PartialIndex, message: str) -> DataError:
-        if not partial.done:
-            partial.discard()
-            return DataError(f"{message} (--strict makes unreadable images fatal)")
-        return DataError(f"{message} (--strict makes unreadable images fatal; the {partial.done} image(s) "
-                         "before its batch are kept: re-run to resume)")
-
-    def _read_batch(self, paths: Sequence[str]) -> tuple[list[int], np.ndarray, dict[int, str]]:
-        """Decode and resize a batch: (readable positions, (b, H, W, 3) uint8, {position: error})."""
-        positions, crops, failures = [], [], {}
-        for position, path in enumerate(paths):
-            try:
-                crops.append(self._load(path))
-                positions.append(position)
-            except (DataError, InputFileNotFoundError) as e:
-                failures[position] = str(e)
-        height, width = self.manifest.image_size
-        pixels = np.stack(crops) if crops else np.zeros((0, height, width, 3), np.uint8)
-        return positions, pixels, failures
 
 
 def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> str:
@@ -312,7 +240,7 @@ def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> s
 def _gallery_faiss(gallery: Any) -> Any:
     """The gallery's FAISS search (None without one), opened once per gallery object."""
     if not hasattr(gallery, "_faiss_search"):
-        from tbps_runtime.faiss_gallery import open_gallery_faiss
+        from tbps_runtime.gallery.faiss_gallery import open_gallery_faiss
 
         gallery._faiss_search = open_gallery_faiss(gallery)
     return gallery._faiss_search
@@ -324,15 +252,6 @@ def _match(rank: int, score: float, row: int, entries: list[GalleryEntry] | None
     return Match(rank, score, row, entries[row].path, entries[row].identity)
 
 
-def check_queries(texts: Sequence[Any]) -> None:
-    """Refuse what cannot be a query: a non-string, an empty or whitespace-only text."""
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise QueryError(f"query {i + 1} is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise QueryError(f"query {i + 1} is empty or only whitespace: describe the person to search for")
-
-
 def _check_output(output: str | Path) -> Path:
     output = Path(output)
     if output.suffix != ".npy":
@@ -341,14 +260,3 @@ def _check_output(output: str | Path) -> Path:
     if not output.parent.is_dir():
         raise ConfigError(f"the directory of {output} does not exist: create it first")
     return output
-
-
-def _check_supported(directory: Path, manifest: Manifest) -> None:
-    """Preprocessing this runtime implements; anything else would silently give wrong embeddings."""
-    supported = {"padding_side": "right", "resample": "bilinear", "channel_order": "RGB"}
-    for name, value in supported.items():
-        if getattr(manifest, name) != value:
-            raise BundleError(f"{directory} asks for {name}={getattr(manifest, name)!r}; this runtime "
-                              f"implements {value!r} only: upgrade tbps")
-    if len(manifest.image_size) != 2 or len(manifest.mean) != 3 or len(manifest.std) != 3:
-        raise BundleError(f"{directory}'s manifest has a malformed image_size/mean/std: re-export the bundle")

@@ -114,7 +114,7 @@ def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str |
 
 def _run_one(config: RunConfig, row: AblationRow, seed: int, dataset: str, root: str | Path,
              out_dir: Path, progress: bool) -> dict[str, Any]:
-    from tbps_runtime.tokenizer import load_tokenizer
+    from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
     from tbps_train.evaluate import evaluate

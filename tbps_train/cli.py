@@ -168,7 +168,7 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str | N
     coarse and fine slot, each group and all K; and the mean pairwise cosine
     of the decoder tokens' attention maps and embeddings (near 1 = collapsed).
     """
-    from tbps_runtime.tokenizer import load_tokenizer
+    from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
     from tbps_train.evaluate import evaluate

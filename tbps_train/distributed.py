@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from tbps_runtime.errors import ConfigError
-from tbps_runtime.shards import shard_bounds
+from tbps_runtime.gallery.shards import shard_bounds
 
 logger = logging.getLogger(__name__)
 

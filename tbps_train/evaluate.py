@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from tbps_runtime.metrics import retrieval_metrics
-from tbps_runtime.tokenizer import tokenize
+from tbps_runtime.model.tokenizer import tokenize
 from tbps_train.data.pipeline import CaptionTable, ImageStore
 from tbps_train.data.records import ImageRecord
 from tbps_train.model import TextBasedPersonSearch, normalize_slots

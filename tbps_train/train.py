@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from tbps_runtime.errors import CheckpointError, DataError
-from tbps_runtime.bundle import sha256_file
 from tbps_runtime.machine import cpu_model
-from tbps_runtime.tokenizer import load_tokenizer, tokenize
+from tbps_runtime.model.bundle import sha256_file
+from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_train.backbones import load_image_weights, resolve_image_weights
 from tbps_train.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tbps_train.config import RunConfig, apply_overrides

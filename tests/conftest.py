@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -24,6 +25,20 @@ def bundle(tmp_path_factory):
     from runtime_fakes import make_fake_bundle
 
     return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    """``fake_gpu(**machine)`` installs the stand-in tensorrt and cuda-python modules of
+    tests/runtime_fakes.py for one test; returns their record (``engines``, ``devices``)."""
+    from runtime_fakes import fake_gpu_modules
+
+    def install(**machine):
+        modules, record = fake_gpu_modules(**machine)
+        for name, module in modules.items():
+            monkeypatch.setitem(sys.modules, name, module)
+        return record
+    return install
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""A hand-made bundle for the runtime tests: tiny valid ONNX towers, a word-level tokenizer, a manifest.
+"""A hand-made bundle for the runtime tests: tiny valid ONNX towers, a word-level tokenizer, a manifest;
+and stand-in ``tensorrt``/``cuda`` modules that run "engines" (ONNX bytes) in onnxruntime.
 
 The towers make retrieval predictable. The image tower maps an image's mean
 normalised colour c (3,) to c @ W, split into K slots of d; the text tower sums
@@ -9,18 +10,23 @@ image, whatever the random W.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import shutil
+import types
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from tbps_runtime.bundle import Manifest, sha256_file, write_manifest
 from tbps_runtime.contract import EMBEDDINGS, IMAGE_TOWER, OPSET, TEXT_TOWER, TOKENIZER_FILE
-from tbps_runtime.images import IMAGENET_MEAN, IMAGENET_STD
+from tbps_runtime.model.bundle import Manifest, load_manifest, sha256_file, write_manifest
+from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255),
            "black": (0, 0, 0), "yellow": (255, 255, 0)}
@@ -116,3 +122,156 @@ def solid_image(path: Path, colour: str, size=(20, 10), fmt: str | None = None) 
     """A (H, W) = ``size`` image of one colour, e.g. ``solid_image(p, "red")``."""
     Image.new("RGB", (size[1], size[0]), COLOURS[colour]).save(path, format=fmt)
     return path
+
+
+# ---- stand-ins for tensorrt and cuda-python: the TensorRT code paths on a machine without either ----------
+
+
+class _DataType(IntEnum):
+    FLOAT = 0
+    INT64 = 1
+
+
+class _Mode(IntEnum):
+    INPUT = 0
+    OUTPUT = 1
+
+
+class _Stream:
+    """Like cuda-python's cudaStream_t: an object whose int() is the handle."""
+
+    def __int__(self):
+        return 12345
+
+
+class _Memory:
+    """Fake device memory: real host buffers, so memcpy is ctypes.memmove."""
+
+    def __init__(self):
+        self.blocks = {}
+
+    def malloc(self, nbytes):
+        buffer = ctypes.create_string_buffer(nbytes)
+        self.blocks[ctypes.addressof(buffer)] = buffer
+        return ctypes.addressof(buffer)
+
+
+class _Context:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses = engine, {}, {}
+
+    def set_input_shape(self, name, shape):
+        if shape[0] > self.engine.max_batch:
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        batch = next(iter(self.shapes.values()))[0]
+        return (batch, *self.engine.session.get_outputs()[0].shape[1:])
+
+    def set_tensor_address(self, name, pointer):
+        self.addresses[name] = pointer
+
+    def execute_async_v3(self, stream_handle):
+        assert isinstance(stream_handle, int)
+        feeds = {}
+        for name, shape in self.shapes.items():
+            dtype = np.float32 if self.engine.get_tensor_dtype(name) == _DataType.FLOAT else np.int64
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            feeds[name] = np.frombuffer(ctypes.string_at(self.addresses[name], nbytes), dtype).reshape(shape)
+        (out,) = self.engine.session.run(None, feeds)
+        out = np.ascontiguousarray(out, np.float32)
+        ctypes.memmove(self.addresses["embeddings"], out.ctypes.data, out.nbytes)
+        self.engine.runs.append({k: v.shape for k, v in feeds.items()})
+        return True
+
+
+class _Engine:
+    max_batch = 2  # the optimisation profile's largest batch
+
+    def __init__(self, onnx_bytes):
+        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        self.io = [i.name for i in self.session.get_inputs()] + ["embeddings"]
+        self.runs = []
+
+    num_io_tensors = property(lambda self: len(self.io))
+
+    def get_tensor_name(self, index):
+        return self.io[index]
+
+    def get_tensor_mode(self, name):
+        return _Mode.OUTPUT if name == "embeddings" else _Mode.INPUT
+
+    def get_tensor_dtype(self, name):
+        return _DataType.INT64 if name in ("input_ids", "attention_mask") else _DataType.FLOAT
+
+    def get_tensor_profile_shape(self, name, profile):
+        return [(1, 1), (2, 1), (self.max_batch, 64)]
+
+    def create_execution_context(self):
+        return _Context(self)
+
+
+def fake_gpu_modules(version="10.7.0.23", gpu="NVIDIA H100 80GB HBM3", capability=(9, 0)):
+    """Stand-in ``tensorrt`` and ``cuda.bindings.runtime`` modules (by ``sys.modules`` name) and a record of
+    what the code under test did with them: ``engines`` deserialized, CUDA ``devices`` selected."""
+    memory = _Memory()
+    record = types.SimpleNamespace(engines=[], devices=[])
+    engines = record.engines
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.TensorIOMode = _Mode
+    trt.nptype = lambda dtype: {_DataType.FLOAT: np.float32, _DataType.INT64: np.int64}[dtype]
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            if data == b"incompatible":
+                return None
+            engines.append(_Engine(data))
+            return engines[-1]
+
+    trt.Runtime = Runtime
+    rt = types.ModuleType("cuda.bindings.runtime")
+    rt.cudaError_t = IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorNoDevice": 100})
+    rt.cudaMemcpyKind = IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
+    ok = rt.cudaError_t.cudaSuccess
+    props = types.SimpleNamespace(name=gpu.encode() + b"\0\0", major=capability[0], minor=capability[1])
+
+    def set_device(device):
+        record.devices.append(device)
+        return (ok,)
+
+    rt.cudaSetDevice = set_device
+    rt.cudaGetDeviceProperties = lambda device: (ok, props)
+    rt.cudaGetErrorName = lambda err: (ok, b"cudaErrorNoDevice")
+    rt.cudaStreamCreate = lambda: (ok, _Stream())
+    rt.cudaStreamSynchronize = rt.cudaStreamDestroy = rt.cudaFree = lambda *args: (ok,)
+    rt.cudaMalloc = lambda nbytes: (ok, memory.malloc(nbytes))
+
+    def memcpy(dst, src, nbytes, kind, stream):
+        assert isinstance(stream, _Stream)
+        ctypes.memmove(dst, src, nbytes)
+        return (ok,)
+
+    rt.cudaMemcpyAsync = memcpy
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime, cuda.bindings = rt, bindings
+    return {"tensorrt": trt, "cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}, record
+
+
+def add_fake_plans(bundle, **facts):
+    """Plans that the fake TensorRT 'deserializes' (they are the ONNX bytes), recorded as the exporter does."""
+    manifest = load_manifest(bundle)
+    for tower in (IMAGE_TOWER, TEXT_TOWER):
+        shutil.copy(bundle / tower.onnx_file, bundle / tower.plan_file)
+        manifest.files[tower.plan_file] = sha256_file(bundle / tower.plan_file)
+        manifest.tensorrt[tower.name] = {"file": tower.plan_file, "precision": "fp32", "tensorrt_version": "10.7.0.23",
+                                         "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", **facts}
+    write_manifest(bundle, manifest)
+    return bundle

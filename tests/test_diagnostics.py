@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from tbps_runtime.metrics import retrieval_metrics
-from tbps_runtime.tokenizer import load_tokenizer
+from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
 from tbps_train.config import load_preset
-from tbps_runtime.tokenizer import tokenize
 from tbps_train.data.pipeline import CaptionTable, ImageStore
 from tbps_train.data.readers import read_split
 from tbps_train.evaluate import TokenSimilarity, embed_images, evaluate, mean_pairwise_cosine, slot_subsets

@@ -24,12 +24,12 @@ from tbps_export.cli import export_command
 from tbps_export.tensorrt_build import profile_shapes, unavailable_reason
 from tbps_export.towers import axis_sizes, build_tower
 from tbps_export.validate import CAPTIONS, LONG_CAPTION, check_graph, onnx_runner
-from tbps_runtime.bundle import load_manifest, sha256_file, verify_files
 from tbps_runtime.contract import (
     IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER, TOKENIZER_FILE, TOWERS,
 )
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError, InputFileNotFoundError
-from tbps_runtime.tokenizer import load_tokenizer, tokenize
+from tbps_runtime.model.bundle import load_manifest, sha256_file, verify_files
+from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_train.checkpoint import VERSION, load_checkpoint, model_from_checkpoint
 from cli_assertions import assert_user_error
 
@@ -379,9 +379,9 @@ def fake_tensorrt(monkeypatch):
                 "gpu": "none", "compute_capability": "0.0",
                 "profile": {name: dict(zip(("min", "opt", "max"), levels)) for name, levels in shapes.items()}}
 
-    monkeypatch.setattr(trt_build, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(trt_build, "unavailable_reason", lambda device=0: None)
     monkeypatch.setattr(trt_build, "build_engine", build_engine)
-    monkeypatch.setattr(trt_build, "EngineRunner", lambda plan: onnx_runner(plan.decode()))
+    monkeypatch.setattr(trt_build, "EngineRunner", lambda plan, device=0: onnx_runner(plan.decode()))
 
 
 def test_engines_are_checked_and_recorded(tiny_checkpoint, tmp_path, fast_export, fake_tensorrt):
@@ -401,7 +401,7 @@ def test_engines_are_checked_and_recorded(tiny_checkpoint, tmp_path, fast_export
 
 def test_an_engine_out_of_tolerance_leaves_the_onnx_bundle(tiny_checkpoint, tmp_path, fast_export,
                                                           fake_tensorrt, monkeypatch):
-    def drifting(plan):
+    def drifting(plan, device=0):
         run = onnx_runner(plan.decode())
         return lambda inputs: run(inputs) + np.float32(0.1)
 

@@ -1,6 +1,7 @@
-"""Project rules: layering of the three packages, and the README's commands."""
+"""Project rules: layering of the three packages (and of the runtime's parts), and the README's commands."""
 
 import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def test_runtime_never_loads_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_import_contracts_are_kept():
+    # pyproject.toml [tool.importlinter]: the package layers, no torch in the runtime, the runtime's parts
+    # importing downwards only, and no import cycles inside any package.
+    if importlib.util.find_spec("importlinter") is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+    lint_imports = "from importlinter.cli import lint_imports_command; lint_imports_command()"  # `lint-imports`
+    result = subprocess.run([sys.executable, "-c", lint_imports, "--no-cache"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "BROKEN" not in result.stdout
 
 
 def readme_commands():

@@ -1,24 +1,20 @@
 """Backends and bundle loading: onnxruntime options and provider fallback, TensorRT through fakes
 (and for real where a GPU and TensorRT exist), checksums, thread safety."""
 
-import ctypes
 import importlib.util
 import shutil
-import sys
-import types
 from concurrent.futures import ThreadPoolExecutor
-from enum import IntEnum
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from runtime_fakes import COLOURS, make_fake_bundle, solid_image
+from runtime_fakes import COLOURS, add_fake_plans, make_fake_bundle, solid_image
 
-from tbps_runtime.backends import (CPU_PROVIDER, OnnxRuntimeBackend, TensorRTBackend, check_engine_compatible,
-                                   compute_capability)
-from tbps_runtime.bundle import load_manifest, sha256_file, write_manifest
 from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
+from tbps_runtime.model.backends import CPU_PROVIDER, OnnxRuntimeBackend
+from tbps_runtime.model.bundle import load_manifest, sha256_file, write_manifest
+from tbps_runtime.model.tensorrt import TensorRTBackend, check_engine_compatible, compute_capability
 from tbps_runtime.search import PersonSearch
 
 
@@ -120,162 +116,26 @@ def test_embedding_from_several_threads_matches_serial(bundle, tmp_path):
             np.testing.assert_array_equal(run.result(), serial_texts)
 
 
+def test_the_encoders_primitives_make_what_the_api_makes(bundle, tmp_path):
+    from tbps_runtime import Encoder
+
+    encoder = Encoder.from_bundle(bundle, threads=1)
+    search = PersonSearch(encoder)
+    images = [solid_image(tmp_path / f"{c}.png", c) for c in ("red", "blue")]
+    positions, pixels, failures = encoder.read_batch([images[0], tmp_path / "gone.png", images[1]])
+    assert positions == [0, 2] and pixels.shape == (2, 16, 8, 3) and list(failures) == [1]
+    np.testing.assert_array_equal(encoder.embed_pixels(pixels), search.embed_images(images))
+    assert encoder.empty().shape == (0, *encoder.slot_shape) == (0, 3, 4)
+    input_ids, mask = encoder.tokenize(["red coat", "a person in blue"])
+    assert input_ids.shape == mask.shape == (2, 6)
+    assert encoder.tokens(input_ids[0, :int(mask[0].sum())]) == ["[CLS]", "red", "coat", "[SEP]"]
+
+
 # --- TensorRT: the backend's calls against fake tensorrt and cuda-python modules -----------------------
 
 
-class _DataType(IntEnum):
-    FLOAT = 0
-    INT64 = 1
-
-
-class _Mode(IntEnum):
-    INPUT = 0
-    OUTPUT = 1
-
-
-class _Stream:
-    """Like cuda-python's cudaStream_t: an object whose int() is the handle."""
-
-    def __int__(self):
-        return 12345
-
-
-class _Memory:
-    """Fake device memory: real host buffers, so memcpy is ctypes.memmove."""
-
-    def __init__(self):
-        self.blocks = {}
-
-    def malloc(self, nbytes):
-        buffer = ctypes.create_string_buffer(nbytes)
-        self.blocks[ctypes.addressof(buffer)] = buffer
-        return ctypes.addressof(buffer)
-
-
-class _Context:
-    def __init__(self, engine):
-        self.engine, self.shapes, self.addresses = engine, {}, {}
-
-    def set_input_shape(self, name, shape):
-        if shape[0] > self.engine.max_batch:
-            return False
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def get_tensor_shape(self, name):
-        batch = next(iter(self.shapes.values()))[0]
-        return (batch, *self.engine.session.get_outputs()[0].shape[1:])
-
-    def set_tensor_address(self, name, pointer):
-        self.addresses[name] = pointer
-
-    def execute_async_v3(self, stream_handle):
-        assert isinstance(stream_handle, int)
-        feeds = {}
-        for name, shape in self.shapes.items():
-            dtype = np.float32 if self.engine.get_tensor_dtype(name) == _DataType.FLOAT else np.int64
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            feeds[name] = np.frombuffer(ctypes.string_at(self.addresses[name], nbytes), dtype).reshape(shape)
-        (out,) = self.engine.session.run(None, feeds)
-        out = np.ascontiguousarray(out, np.float32)
-        ctypes.memmove(self.addresses["embeddings"], out.ctypes.data, out.nbytes)
-        self.engine.runs.append({k: v.shape for k, v in feeds.items()})
-        return True
-
-
-class _Engine:
-    max_batch = 2  # the optimisation profile's largest batch
-
-    def __init__(self, onnx_bytes):
-        self.session = ort.InferenceSession(onnx_bytes, providers=[CPU_PROVIDER])
-        self.io = [i.name for i in self.session.get_inputs()] + ["embeddings"]
-        self.runs = []
-
-    num_io_tensors = property(lambda self: len(self.io))
-
-    def get_tensor_name(self, index):
-        return self.io[index]
-
-    def get_tensor_mode(self, name):
-        return _Mode.OUTPUT if name == "embeddings" else _Mode.INPUT
-
-    def get_tensor_dtype(self, name):
-        return _DataType.INT64 if name in ("input_ids", "attention_mask") else _DataType.FLOAT
-
-    def get_tensor_profile_shape(self, name, profile):
-        return [(1, 1), (2, 1), (self.max_batch, 64)]
-
-    def create_execution_context(self):
-        return _Context(self)
-
-
-def fake_gpu_modules(version="10.7.0.23", gpu="NVIDIA H100 80GB HBM3", capability=(9, 0)):
-    memory, engines = _Memory(), []
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.TensorIOMode = _Mode
-    trt.nptype = lambda dtype: {_DataType.FLOAT: np.float32, _DataType.INT64: np.int64}[dtype]
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            if data == b"incompatible":
-                return None
-            engines.append(_Engine(data))
-            return engines[-1]
-
-    trt.Runtime = Runtime
-    rt = types.ModuleType("cuda.bindings.runtime")
-    rt.cudaError_t = IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorNoDevice": 100})
-    rt.cudaMemcpyKind = IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
-    ok = rt.cudaError_t.cudaSuccess
-    props = types.SimpleNamespace(name=gpu.encode() + b"\0\0", major=capability[0], minor=capability[1])
-    rt.cudaSetDevice = lambda device: (ok,)
-    rt.cudaGetDeviceProperties = lambda device: (ok, props)
-    rt.cudaGetErrorName = lambda err: (ok, b"cudaErrorNoDevice")
-    rt.cudaStreamCreate = lambda: (ok, _Stream())
-    rt.cudaStreamSynchronize = rt.cudaStreamDestroy = rt.cudaFree = lambda *args: (ok,)
-    rt.cudaMalloc = lambda nbytes: (ok, memory.malloc(nbytes))
-
-    def memcpy(dst, src, nbytes, kind, stream):
-        assert isinstance(stream, _Stream)
-        ctypes.memmove(dst, src, nbytes)
-        return (ok,)
-
-    rt.cudaMemcpyAsync = memcpy
-    cuda = types.ModuleType("cuda")
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime, cuda.bindings = rt, bindings
-    return {"tensorrt": trt, "cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}, engines
-
-
-def add_fake_plans(bundle, **facts):
-    """Plans that the fake TensorRT 'deserializes' (they are the ONNX bytes), recorded as the exporter does."""
-    manifest = load_manifest(bundle)
-    for tower in (IMAGE_TOWER, TEXT_TOWER):
-        shutil.copy(bundle / tower.onnx_file, bundle / tower.plan_file)
-        manifest.files[tower.plan_file] = sha256_file(bundle / tower.plan_file)
-        manifest.tensorrt[tower.name] = {"file": tower.plan_file, "precision": "fp32", "tensorrt_version": "10.7.0.23",
-                                         "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", **facts}
-    write_manifest(bundle, manifest)
-    return bundle
-
-
-@pytest.fixture()
-def fake_gpu(monkeypatch):
-    def install(**machine):
-        modules, engines = fake_gpu_modules(**machine)
-        for name, module in modules.items():
-            monkeypatch.setitem(sys.modules, name, module)
-        return engines
-    return install
-
-
 def test_tensorrt_backend_runs_the_name_based_api_and_matches_onnxruntime(own_bundle, fake_gpu, tmp_path):
-    engines = fake_gpu()
+    engines = fake_gpu().engines
     add_fake_plans(own_bundle)
     trt_search = PersonSearch.from_bundle(own_bundle, backend="tensorrt")
     assert isinstance(trt_search.backend, TensorRTBackend)
@@ -347,9 +207,9 @@ def _real_gpu_reason():
     if importlib.util.find_spec("cuda") is None:
         return "cuda-python is not installed"
     try:
-        from tbps_runtime.backends import _Cuda, _import_tensorrt
+        from tbps_runtime.model.tensorrt import CudaRuntime, import_tensorrt
 
-        _Cuda(_import_tensorrt()[1]).device(0)
+        CudaRuntime(import_tensorrt()[1]).device(0)
     except Exception as e:  # no driver, no device
         return f"no usable CUDA GPU: {e}"
     return None

@@ -12,11 +12,12 @@ import pytest
 from runtime_fakes import COLOURS, MAX_LENGTH, make_fake_bundle, solid_image
 from test_runtime_images import write_bad
 
-from tbps_runtime.bundle import load_manifest, sha256_file, write_manifest
 from tbps_runtime.cli.search import index_command, rank_command
-from tbps_runtime.images import collect_images
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
-from tbps_runtime.gallery import load_gallery, sidecar_path
+from tbps_runtime.gallery.open import load_gallery
+from tbps_runtime.gallery.storage import sidecar_path
+from tbps_runtime.model.bundle import load_manifest, sha256_file, write_manifest
+from tbps_runtime.model.images import collect_images
 from cli_assertions import assert_user_error, run
 
 
@@ -122,7 +123,7 @@ def test_collect_images_from_list_resolves_relative_paths(tmp_path):
 
 
 def test_interrupted_index_resumes(bundle, images, tmp_path, monkeypatch):
-    from tbps_runtime.backends import OnnxRuntimeBackend
+    from tbps_runtime.model.backends import OnnxRuntimeBackend
 
     real_run, calls = OnnxRuntimeBackend.run, []
 

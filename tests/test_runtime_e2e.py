@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tbps_runtime.cli.search import index_command, rank_command
-from tbps_runtime.gallery import load_gallery
+from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.metrics import retrieval_metrics
 from tbps_runtime.ranking import similarity
 from tbps_runtime.search import PersonSearch
@@ -70,7 +70,7 @@ def runtime_recall(results, query_ids, k):
 
 def test_runtime_ranks_the_test_split_exactly_as_pytorch_evaluates_it(search, gallery_path, records,
                                                                       tiny_checkpoint):
-    from tbps_runtime.tokenizer import load_tokenizer
+    from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.evaluate import evaluate
 
@@ -121,7 +121,7 @@ def test_rank_command_json_equals_the_api(gallery_path, records, search):
 
 def test_runtime_reproduces_pytorch(search, records, tiny_checkpoint):
     """Preprocessing, tokenizing and the ONNX towers against the training code's own evaluation path."""
-    from tbps_runtime.tokenizer import load_tokenizer
+    from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.pipeline import ImageStore
     from tbps_train.evaluate import embed_images, embed_texts

@@ -1,4 +1,4 @@
-"""tbps_runtime.faiss_index: FAISS search agrees with the exact Eq. 14 ``top_k``, and refuses
+"""tbps_runtime.gallery.faiss_index: FAISS search agrees with the exact Eq. 14 ``top_k``, and refuses
 what it cannot answer (another (K, d), a bad spec, a damaged file)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tbps_runtime.ranking import normalize_slots, top_k
 
 faiss = pytest.importorskip("faiss")
 
-from tbps_runtime.faiss_index import (  # noqa: E402
+from tbps_runtime.gallery.faiss_index import (  # noqa: E402
     build_faiss_index,
     index_shape,
     read_faiss_index,
@@ -42,7 +42,7 @@ def gallery() -> np.ndarray:
 
 
 def test_import_needs_no_faiss():
-    code = ("import sys; sys.modules['faiss'] = None; import tbps_runtime.faiss_index as f\n"
+    code = ("import sys; sys.modules['faiss'] = None; import tbps_runtime.gallery.faiss_index as f\n"
             "try:\n    f.require_faiss()\nexcept f.ConfigError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'tbps[faiss]'" in out

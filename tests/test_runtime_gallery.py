@@ -8,7 +8,9 @@ from runtime_fakes import COLOURS, solid_image
 
 from tbps_runtime.contract import IMAGE_TOWER
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
-from tbps_runtime.gallery import Gallery, GalleryEntry, PartialIndex, load_gallery, sidecar_path, write_gallery
+from tbps_runtime.gallery.open import load_gallery
+from tbps_runtime.gallery.records import GalleryEntry
+from tbps_runtime.gallery.storage import Gallery, PartialIndex, sidecar_path, write_gallery
 from tbps_runtime.ranking import normalize_slots
 from tbps_runtime.search import PersonSearch
 
@@ -161,7 +163,7 @@ def test_interrupted_index_resumes_without_redoing_finished_batches(bundle, imag
     fresh = PersonSearch.from_bundle(bundle, threads=1).index(images, tmp_path / "fresh.npy", batch_size=4)
     search = PersonSearch.from_bundle(bundle, threads=1)
     counting = CountingBackend(search.backend, stop_at=3)
-    search.backend = counting
+    search.encoder.backend = counting
     output = tmp_path / "g.npy"
     with pytest.raises(KeyboardInterrupt):
         search.index(images, output, batch_size=4)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tbps_runtime.errors import DataError, InputFileNotFoundError
-from tbps_runtime.images import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image, resize_rgb
+from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image, resize_rgb
 
 
 def pixels_of(path):

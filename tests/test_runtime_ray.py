@@ -10,7 +10,7 @@ from test_runtime_images import write_bad
 
 from cli_assertions import assert_user_error, run
 from tbps_runtime.cli.search import index_command
-from tbps_runtime.gallery import load_gallery
+from tbps_runtime.gallery.open import load_gallery
 
 # Ray Data warns about its own deprecated settings when its context is created: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -15,10 +15,11 @@ from test_runtime_images import write_bad
 from cli_assertions import SAMPLE_QUERIES, assert_user_error, index, rank_json, run
 from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.errors import ConfigError
-from tbps_runtime.gallery import load_gallery, sidecar_path
+from tbps_runtime.gallery.open import load_gallery
+from tbps_runtime.gallery.shards import ShardedGallery, parse_shard, shard_bounds
+from tbps_runtime.gallery.storage import sidecar_path
 from tbps_runtime.ranking import top_k, top_k_parts
 from tbps_runtime.search import PersonSearch
-from tbps_runtime.shards import ShardedGallery, parse_shard, shard_bounds
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
@@ -119,7 +120,7 @@ def test_a_shard_of_only_unreadable_images_is_still_written(bundle, tmp_path):
 
 
 def test_an_interrupted_shard_resumes(bundle, images, tmp_path, monkeypatch):
-    from tbps_runtime.backends import OnnxRuntimeBackend
+    from tbps_runtime.model.backends import OnnxRuntimeBackend
 
     real_run, calls = OnnxRuntimeBackend.run, []
 

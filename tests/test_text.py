@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError
-from tbps_runtime.tokenizer import load_tokenizer, tokenize
+from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_train.text import load_text_backbone, text_backbone_config, text_backbone_from_config
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tbps_runtime.errors import CheckpointError, InputFileNotFoundError
-from tbps_runtime.tokenizer import load_tokenizer
+from tbps_runtime.model.tokenizer import load_tokenizer
 from tbps_train.checkpoint import FORMAT, VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tbps_train.config import RunConfig, apply_overrides
 from tbps_train.data.readers import read_split

@@ -80,8 +80,8 @@ def test_rank_show_and_html_escape_a_hostile_query(gallery, tmp_path):
 
 
 def test_frames_are_green_for_hits_and_red_for_misses(test_records, tmp_path):
+    from tbps_runtime.report.draw import CROP_SIZE, HIT, MISS, TEXT_WIDTH, UNKNOWN, draw_results
     from tbps_runtime.search import Match
-    from tbps_runtime.visualize import CROP_SIZE, HIT, MISS, TEXT_WIDTH, UNKNOWN, draw_results
 
     hit, miss = test_records[0], next(r for r in test_records if r.person_id != test_records[0].person_id)
     matches = [Match(1, 5.0, 0, str(hit.image_path), hit.person_id),
@@ -117,9 +117,9 @@ def test_explain_maps_have_the_right_shapes_and_sum_as_attention(search, explain
 
 
 def test_padding_gets_no_text_attention(search):
-    from tbps_runtime.visualize import text_attention
+    from tbps_runtime.model.attention import text_attention
 
-    _, mask, attention = text_attention(search, ["red", "a man in a long grey coat with a black bag"])
+    _, mask, attention = text_attention(search.encoder, ["red", "a man in a long grey coat with a black bag"])
     assert attention.shape == (2, search.manifest.num_coarse + search.manifest.num_fine, mask.shape[1])
     assert mask[0].sum() < mask.shape[1]
     assert np.all(attention[0][:, mask[0] == 0] == 0)

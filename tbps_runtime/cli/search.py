@@ -17,9 +17,9 @@ from tbps_runtime.contract import BACKENDS
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError, QueryError
 
 if TYPE_CHECKING:  # the commands import the runtime when they run: `tbps --help` stays light
-    from tbps_runtime.gallery import Gallery
+    from tbps_runtime.gallery.shards import ShardedGallery
+    from tbps_runtime.gallery.storage import Gallery
     from tbps_runtime.search import Match, PersonSearch
-    from tbps_runtime.shards import ShardedGallery
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
     interrupted run resumes where it stopped when the same command is run again
     (per shard, with --shard).
     """
-    from tbps_runtime.images import collect_images
+    from tbps_runtime.gallery.shards import parse_shard, select_shard, shard_output
+    from tbps_runtime.model.images import collect_images
     from tbps_runtime.search import PersonSearch
-    from tbps_runtime.shards import parse_shard, select_shard, shard_output
 
     quiet = setup_logging(quiet)
     shard = parse_shard(shard_spec) if shard_spec is not None else None
@@ -79,7 +79,7 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
         if backend != "onnxruntime":
             raise ConfigError("--ray runs the image tower with onnxruntime in every actor: drop --backend "
                               f"{backend}")
-        from tbps_runtime.ray_index import RayIndexer, require_ray
+        from tbps_runtime.indexing.ray import RayIndexer, require_ray
 
         require_ray()  # before any work: a missing extra is one clear message
         distributed = RayIndexer(None if ray_address == "local" else ray_address, actors=ray_actors,
@@ -93,7 +93,7 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
                     info.start + len(paths) - 1, info.total)
     search = PersonSearch.from_bundle(bundle, backend=backend, threads=threads)
     if faiss_spec is not None:  # a missing faiss or a bad spec is refused before any indexing
-        from tbps_runtime.faiss_gallery import check_faiss_spec
+        from tbps_runtime.gallery.faiss_gallery import check_faiss_spec
 
         check_faiss_spec(faiss_spec, search.manifest.num_slots, search.manifest.embed_dim)
     started = time.perf_counter()
@@ -107,7 +107,7 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
     logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
                 len(paths) / max(seconds, 1e-9))
     if faiss_spec is not None:
-        from tbps_runtime.faiss_gallery import build_gallery_faiss
+        from tbps_runtime.gallery.faiss_gallery import build_gallery_faiss
 
         build_gallery_faiss(gallery, faiss_spec)
     click.echo(str(output))
@@ -146,8 +146,9 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
                  as_json: bool, show_path: str | None, html_path: str | None, exact: bool, nprobe: int | None,
                  rescore: int, explain: bool, backend: str, threads: int | None, quiet: bool) -> None:
     """Rank a gallery for text queries, best first: rank, score, path (the score is the paper's Eq. 14)."""
-    from tbps_runtime.gallery import load_gallery
-    from tbps_runtime.search import PersonSearch, check_queries, describe_search
+    from tbps_runtime.gallery.open import load_gallery
+    from tbps_runtime.model.encoder import check_queries
+    from tbps_runtime.search import PersonSearch, describe_search
 
     quiet = setup_logging(quiet)
     texts = list(queries) + (_read_queries(queries_file) if queries_file is not None else [])
@@ -178,11 +179,11 @@ def _write_pictures(search: PersonSearch, texts: list[str], results: list[list[M
         raise ConfigError("--explain draws into the pictures: add --show results.png and/or --html results.html")
     if not (show_path or html_path):
         return
-    from tbps_runtime import visualize
+    from tbps_runtime.report import draw
 
     explanations = ([search.explain(text, [m.path for m in matches]) for text, matches in zip(texts, results)]
                     if explain else None)
-    for path, write in ((show_path, visualize.draw_results), (html_path, visualize.write_html)):
+    for path, write in ((show_path, draw.draw_results), (html_path, draw.write_html)):
         if path:
             write(texts, results, path, explanations=explanations)
             logger.info("wrote %s", path)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tbps_runtime.images import normalize, read_image, resize_rgb
+from tbps_runtime.model.images import normalize, read_image, resize_rgb
 from tbps_train.data.records import ImageRecord
 
 logger = logging.getLogger(__name__)

@@ -3,6 +3,9 @@
 Written by ``tbps_export``, read and verified by the runtime. A client in any
 language can preprocess and run the towers from this file alone: image size,
 mean/std, tokenizer and max length, tensor names, dtypes and shapes, K/D/P/d.
+Before a backend loads a file, :func:`verify_files` checks it against the
+SHA-256 the manifest records, and :func:`check_supported` refuses
+preprocessing this runtime does not implement.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tbps_runtime.atomic import atomic_write
+from tbps_runtime.atomic import write_json_atomic
 from tbps_runtime.contract import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, TOWERS, TowerSpec
 from tbps_runtime.errors import BundleError, InputFileNotFoundError
 
@@ -75,12 +78,6 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON to ``path`` via a temp file in the same directory, then rename."""
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
-
-
 def load_manifest(directory: str | Path) -> Manifest:
     """Parse and check a bundle's manifest (not yet its files: see :func:`verify_files`)."""
     directory = Path(directory)
@@ -120,3 +117,14 @@ def verify_files(directory: str | Path, manifest: Manifest, names: list[str] | N
         if sha256_file(path) != manifest.files[name]:
             raise BundleError(f"bundle file {path} was modified: its SHA-256 differs from the manifest's; "
                               "re-export the bundle")
+
+
+def check_supported(directory: str | Path, manifest: Manifest) -> None:
+    """Preprocessing this runtime implements; anything else would silently give wrong embeddings."""
+    supported = {"padding_side": "right", "resample": "bilinear", "channel_order": "RGB"}
+    for name, value in supported.items():
+        if getattr(manifest, name) != value:
+            raise BundleError(f"{directory} asks for {name}={getattr(manifest, name)!r}; this runtime "
+                              f"implements {value!r} only: upgrade tbps")
+    if len(manifest.image_size) != 2 or len(manifest.mean) != 3 or len(manifest.std) != 3:
+        raise BundleError(f"{directory}'s manifest has a malformed image_size/mean/std: re-export the bundle")

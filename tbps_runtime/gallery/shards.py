@@ -9,7 +9,7 @@ shards 0..N-1 in order hold exactly the rows of the unsharded gallery.
 
 With ``-o DIR/`` (or an existing directory) shard I of N is written to
 ``DIR/shard-I-of-N.npy`` + ``.json``. Each sidecar records which shard it is
-(:class:`~tbps_runtime.gallery.ShardInfo`: index, count, total images, its
+(:class:`~tbps_runtime.gallery.records.ShardInfo`: index, count, total images, its
 first position and a hash of the whole list), so a directory of shards is
 checked before it is ranked: one bundle, one image list, every index from 0 to
 N-1 exactly once. Shards are identified by their sidecars, not their names.
@@ -19,7 +19,7 @@ each shard stays memory-mapped, is scored on its own, and the per-shard top k
 are merged (:func:`tbps_runtime.ranking.top_k_parts`), so results, scores and
 tie order (lower global row first) are those of the unsharded gallery.
 Each shard may carry its own FAISS index (``tbps-index --shard I/N --faiss
-SPEC``); :mod:`tbps_runtime.faiss_gallery` merges their top k the same way.
+SPEC``); :mod:`tbps_runtime.gallery.faiss_gallery` merges their top k the same way.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Sequence
 import numpy as np
 
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
-from tbps_runtime.gallery import Gallery, GalleryEntry, ShardInfo, check_same_bundle, load_gallery, sidecar_path
+from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
+from tbps_runtime.gallery.storage import Gallery, check_same_bundle, load_gallery_file, sidecar_path
 
 _SHARD_SYNTAX = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -81,7 +82,7 @@ def select_shard(paths: Sequence[str | Path], identities: Sequence[int | str | N
                  count: int) -> tuple[list[str], list[int | str | None] | None, ShardInfo]:
     """The images (absolute paths, as the indexer stores them) and identities of shard ``index`` of
     ``count``, and the :class:`ShardInfo` its sidecar records. ``paths`` must be in the order the
-    unsharded index would use (what :func:`tbps_runtime.images.collect_images` returns)."""
+    unsharded index would use (what :func:`tbps_runtime.model.images.collect_images` returns)."""
     absolute = [os.path.abspath(p) for p in paths]
     start, stop = shard_bounds(len(absolute), index, count)
     info = ShardInfo(index, count, len(absolute), start, image_list_hash(absolute, identities))
@@ -161,7 +162,7 @@ def load_shard_directory(directory: str | Path, mmap: bool = True) -> ShardedGal
     if not files:
         raise InputFileNotFoundError(f"{directory} holds no shard galleries{busy}: tbps-index --shard I/N "
                                      f"-o {directory}/ writes shard-I-of-N.npy there")
-    shards = [load_gallery(file, mmap=mmap) for file in files]
+    shards = [load_gallery_file(file, mmap=mmap) for file in files]
     for shard in shards:
         if shard.shard is None:
             raise BundleError(f"{shard.path} in the shard directory {directory} is not a shard (its "

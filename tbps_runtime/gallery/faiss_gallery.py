@@ -10,7 +10,7 @@ searches each and merges the per-shard top k by score, ties to the lower
 global row, exactly as the exact path merges shards. If only some shards have
 an index, ranking is exact (with a warning) rather than half approximate.
 
-The index maths is in :mod:`tbps_runtime.faiss_index`; faiss is imported only when used.
+The index maths is in :mod:`tbps_runtime.gallery.faiss_index`; faiss is imported only when used.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tbps_runtime.errors import BundleError, ConfigError
-from tbps_runtime.gallery import Gallery, record_faiss
+from tbps_runtime.gallery.storage import Gallery, record_faiss
 from tbps_runtime.ranking import merge_top_k
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def check_faiss_spec(spec: str, slots: int, dim: int) -> None:
     Raises:
         ConfigError: faiss missing, or a spec FAISS cannot parse.
     """
-    from tbps_runtime.faiss_index import require_faiss
+    from tbps_runtime.gallery.faiss_index import require_faiss
 
     faiss = require_faiss()
     try:
@@ -56,7 +56,7 @@ def faiss_path_for(gallery_path: str | Path) -> Path:
 def build_gallery_faiss(gallery: Gallery, spec: str, seed: int = 0) -> Gallery:
     """Build the FAISS index of ``gallery`` (a file on disk), write it beside it and record it in its
     ``g.json``; returns the gallery reloaded with the record."""
-    from tbps_runtime.faiss_index import build_faiss_index, write_faiss_index
+    from tbps_runtime.gallery.faiss_index import build_faiss_index, write_faiss_index
 
     path = faiss_path_for(gallery.path)
     index = build_faiss_index(gallery.embeddings, spec, seed=seed)
@@ -84,7 +84,7 @@ class FaissSearch:
         With ``rescore`` N, the best max(N, k) candidates are scored again exactly (Eq. 14)
         from the gallery's row blocks ``parts`` and the best k of them kept.
         """
-        from tbps_runtime.faiss_index import rescore_exactly, search_faiss
+        from tbps_runtime.gallery.faiss_index import rescore_exactly, search_faiss
 
         candidates = max(k, rescore)
         scores, rows, offset = [], [], 0
@@ -117,7 +117,7 @@ def open_gallery_faiss(gallery: Any) -> FaissSearch | None:
         logger.warning("only %d of %d shards have a FAISS index: ranking exactly (build one for every shard "
                        "with tbps-index --faiss)", len(recorded), len(shards))
         return None
-    from tbps_runtime.faiss_index import read_faiss_index
+    from tbps_runtime.gallery.faiss_index import read_faiss_index
 
     indexes, paths = [], []
     for shard in shards:
@@ -131,4 +131,4 @@ def open_gallery_faiss(gallery: Any) -> FaissSearch | None:
                               "rebuild it with tbps-index --faiss SPEC, or rank with --exact")
         indexes.append(index)
         paths.append(path)
-    return FaissSearch(indexes, [len(s) for s in shards], [s.faiss["spec"] for s in shards], paths)
+    return FaissSearch(indexes, [len(s) for s in shards], [s.faiss.spec for s in shards], paths)

@@ -5,7 +5,7 @@ actors (``map_batches`` with a class and an ``ActorPoolStrategy`` of
 ``--ray-actors`` actors), each holding the bundle's image tower
 in onnxruntime, decodes and embeds batches of it; the driver gathers the rows
 in list order into the same resumable partial index the local indexer uses
-(:class:`~tbps_runtime.gallery.PartialIndex`) and writes the same gallery
+(:class:`~tbps_runtime.gallery.storage.PartialIndex`) and writes the same gallery
 atomically. Unreadable images are skipped and listed, or fatal with
 ``--strict``, exactly as locally.
 
@@ -23,10 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from tbps_runtime.errors import ConfigError
+from tbps_runtime.model.encoder import Encoder
 
 if TYPE_CHECKING:
-    from tbps_runtime.gallery import PartialIndex
-    from tbps_runtime.search import PersonSearch
+    from tbps_runtime.gallery.storage import PartialIndex
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +51,14 @@ class EmbedImagesActor:
     """
 
     def __init__(self, bundle: str, threads: int):
-        from tbps_runtime.search import PersonSearch
-
-        self.search = PersonSearch.from_bundle(bundle, threads=threads)
+        self.encoder = Encoder.from_bundle(bundle, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
-        positions, pixels, failures = self.search._read_batch(paths)
-        manifest = self.search.manifest
-        rows = np.zeros((len(paths), manifest.num_slots, manifest.embed_dim), np.float32)  # (b, K, d)
+        positions, pixels, failures = self.encoder.read_batch(paths)
+        rows = np.zeros((len(paths), *self.encoder.slot_shape), np.float32)  # (b, K, d)
         if positions:
-            rows[np.asarray(positions)] = self.search._embed_pixels(pixels)
+            rows[np.asarray(positions)] = self.encoder.embed_pixels(pixels)
         errors = np.array([failures.get(i, "") for i in range(len(paths))], dtype=object)
         return {"position": np.asarray(batch["position"], np.int64), "embedding": rows, "error": errors}
 
@@ -84,7 +81,7 @@ class RayIndexer:
         self.actors = actors
         self.threads = threads
 
-    def embed_into(self, search: PersonSearch, partial: PartialIndex, paths: Sequence[str], batch_size: int,
+    def embed_into(self, encoder: Encoder, partial: PartialIndex, paths: Sequence[str], batch_size: int,
                    strict: bool, progress: bool) -> None:
         """Embed ``paths[partial.done:]`` into ``partial``, in list order, recording each batch as it arrives."""
         ray = require_ray()
@@ -99,7 +96,7 @@ class RayIndexer:
         saved_level = ray_data_logger.level
         ray_data_logger.setLevel(logging.ERROR)
         try:
-            self._run(ray, search, partial, paths, batch_size, strict, progress)
+            self._run(ray, encoder, partial, paths, batch_size, strict, progress)
         finally:
             context.execution_options.preserve_order, context.enable_progress_bars = saved
             ray_data_logger.setLevel(saved_level)
@@ -119,13 +116,13 @@ class RayIndexer:
         logger.info("Ray: %s", "connected to " + self.address if self.address else "started locally")
         return True
 
-    def _run(self, ray: Any, search: PersonSearch, partial: PartialIndex, paths: Sequence[str], batch_size: int,
+    def _run(self, ray: Any, encoder: Encoder, partial: PartialIndex, paths: Sequence[str], batch_size: int,
              strict: bool, progress: bool) -> None:
         if partial.done >= len(paths):
             return
         items = [{"position": i, "path": paths[i]} for i in range(partial.done, len(paths))]
         dataset = ray.data.from_items(items).map_batches(
-            EmbedImagesActor, fn_constructor_kwargs={"bundle": str(search.directory.resolve()),
+            EmbedImagesActor, fn_constructor_kwargs={"bundle": str(encoder.directory.resolve()),
                                                      "threads": self.threads},
             batch_size=batch_size, batch_format="numpy", num_cpus=self.threads,
             compute=ray.data.ActorPoolStrategy(size=self.actors))
@@ -141,7 +138,7 @@ class RayIndexer:
                 errors = [str(e) for e in batch["error"]]
                 failures = {int(p): e for p, e in zip(positions, errors) if e}
                 if failures and strict:
-                    raise search._strict_failure(partial, failures[min(failures)])
+                    raise partial.strict_failure(failures[min(failures)])
                 readable = np.array([not e for e in errors])
                 partial.record(int(positions[-1]) + 1, positions[readable].tolist(),
                                np.asarray(batch["embedding"], np.float32)[readable], failures)

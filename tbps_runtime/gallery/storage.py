@@ -6,14 +6,17 @@ that bundle's directory (``tbps-rank``'s default), one entry per row (image
 path, optional identity) and the images that could not be read.
 
 Indexing is resumable: rows go into a memory-mapped ``.g.npy.partial.npy``
-and progress into ``.g.npy.partial.json`` after every batch; the final pair is
-written atomically (temp file + rename) and the partial files removed.
+and progress into ``.g.npy.partial.json`` after every batch (:class:`PartialIndex`);
+the final pair is written atomically (temp file + rename) and the partial files removed.
 
 A gallery may also be one shard of a larger one (``tbps-index --shard I/N``):
-its ``g.json`` then holds a ``shard`` record (:class:`ShardInfo`), and a
-directory of such shards loads as one :class:`~tbps_runtime.shards.ShardedGallery`
-(see :mod:`tbps_runtime.shards`). A FAISS index built beside the gallery
-(``tbps-index --faiss SPEC``) is recorded under ``faiss`` (file name and spec).
+its ``g.json`` then holds a ``shard`` record (:class:`~tbps_runtime.gallery.records.ShardInfo`),
+and a directory of such shards loads as one
+:class:`~tbps_runtime.gallery.shards.ShardedGallery`. A FAISS index built
+beside the gallery (``tbps-index --faiss SPEC``) is recorded under ``faiss``
+(:class:`~tbps_runtime.gallery.records.FaissRecord`). This module reads one
+gallery file; :func:`tbps_runtime.gallery.open.load_gallery` opens whatever is
+at a path, file or shard directory.
 """
 
 from __future__ import annotations
@@ -24,58 +27,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from tbps_runtime.atomic import atomic_path, atomic_write
-from tbps_runtime.bundle import write_json_atomic
+from tbps_runtime.atomic import atomic_path, atomic_write, write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
-from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
-
-if TYPE_CHECKING:
-    from tbps_runtime.shards import ShardedGallery
+from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
+from tbps_runtime.gallery.records import FaissRecord, GalleryEntry, ShardInfo
 
 logger = logging.getLogger(__name__)
 
 _COPY_ROWS = 16384  # rows per block when compacting a partial gallery
-
-
-@dataclass(frozen=True)
-class GalleryEntry:
-    """One gallery row: the image it came from and, when known, the person's identity."""
-
-    path: str
-    identity: int | str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path} if self.identity is None else {"path": self.path, "identity": self.identity}
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """Which part of a larger image list a shard gallery holds: the ``index``-th (0-based) of ``count``
-    contiguous blocks of the ``total`` images of the sorted list whose hash is ``list_hash``;
-    its first image is at position ``start`` of that list."""
-
-    index: int
-    count: int
-    total: int
-    start: int
-    list_hash: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "count": self.count, "total": self.total, "start": self.start,
-                "list_hash": self.list_hash}
-
-    @classmethod
-    def from_json(cls, record: Any) -> ShardInfo | None:
-        """The record of a sidecar, or None when it is malformed."""
-        names = ("index", "count", "total", "start")
-        if not isinstance(record, dict) or not all(isinstance(record.get(n), int) for n in names) \
-                or not isinstance(record.get("list_hash"), str):
-            return None
-        return cls(*(record[n] for n in names), record["list_hash"])
 
 
 @dataclass
@@ -90,7 +53,7 @@ class Gallery:
     unreadable: list[dict[str, str]] = field(default_factory=list)
     path: Path | None = None
     shard: ShardInfo | None = None  # set when this gallery is one shard of a larger one
-    faiss: dict[str, str] | None = None  # {"file": name beside g.npy, "spec": FAISS factory string}
+    faiss: FaissRecord | None = None  # the FAISS index beside g.npy, if one was built
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -108,7 +71,7 @@ class Gallery:
     @property
     def faiss_path(self) -> Path | None:
         """The FAISS index recorded in ``g.json``, if any."""
-        return None if self.faiss is None or self.path is None else self.path.with_name(self.faiss["file"])
+        return None if self.faiss is None or self.path is None else self.path.with_name(self.faiss.file)
 
     def check_bundle(self, fingerprint: str, bundle: str | Path | None = None) -> None:
         """Refuse a bundle other than the one whose image tower made these rows."""
@@ -140,26 +103,15 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def load_gallery(path: str | Path, mmap: bool = True) -> Gallery | ShardedGallery:
+def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
     """Read and validate ``g.npy`` and its ``g.json``; rows are memory-mapped unless ``mmap=False``.
-
-    ``path`` may also be a directory of shard galleries (``tbps-index --shard``):
-    that gives a :class:`~tbps_runtime.shards.ShardedGallery`, which ranks as
-    the one gallery of all its shards' images.
-
-    Returns:
-        A :class:`Gallery`, or a :class:`~tbps_runtime.shards.ShardedGallery` for a directory.
 
     Raises:
         InputFileNotFoundError: no such file.
         BundleError: no ``g.json`` beside it, or the two disagree, or the array
-            is not (N, K, d) float32; for a directory, shards that do not make one gallery.
+            is not (N, K, d) float32.
     """
     path = Path(path)
-    if path.is_dir():
-        from tbps_runtime.shards import load_shard_directory  # shards builds on this module
-
-        return load_shard_directory(path, mmap=mmap)
     if path.suffix == ".json":
         raise ConfigError(f"pass the gallery's .npy file, not its {path.name}")
     if not path.is_file():
@@ -168,15 +120,15 @@ def load_gallery(path: str | Path, mmap: bool = True) -> Gallery | ShardedGaller
     embeddings = _read_array(path, mmap)
     _check_consistent(path, embeddings, meta)
     entries = [GalleryEntry(e["path"], e.get("identity")) for e in meta["entries"]]
-    shard = None
+    shard = faiss = None
     if meta.get("shard") is not None:
         shard = ShardInfo.from_json(meta["shard"])
         if shard is None:
             raise BundleError(f"{sidecar_path(path)} has a malformed shard record; re-index with tbps-index --shard")
-    faiss = meta.get("faiss")
-    if faiss is not None and not (isinstance(faiss, dict) and isinstance(faiss.get("file"), str)
-                                  and isinstance(faiss.get("spec"), str)):
-        raise BundleError(f"{sidecar_path(path)} has a malformed faiss record; re-index with tbps-index --faiss")
+    if meta.get("faiss") is not None:
+        faiss = FaissRecord.from_json(meta["faiss"])
+        if faiss is None:
+            raise BundleError(f"{sidecar_path(path)} has a malformed faiss record; re-index with tbps-index --faiss")
     return Gallery(embeddings, entries, meta["fingerprint"], meta.get("bundle"),
                    list(meta.get("unreadable", [])), path, shard, faiss)
 
@@ -192,7 +144,7 @@ def write_gallery(path: str | Path, embeddings: np.ndarray, entries: Sequence[Ga
                          f"{embeddings.dtype} and {len(entries)} entries")
     atomic_write(path, lambda stream: np.save(stream, embeddings))
     _write_sidecar(path, embeddings.shape, entries, fingerprint, bundle, unreadable, shard)
-    return load_gallery(path)
+    return load_gallery_file(path)
 
 
 def record_faiss(path: str | Path, file_name: str, spec: str) -> Gallery:
@@ -200,9 +152,9 @@ def record_faiss(path: str | Path, file_name: str, spec: str) -> Gallery:
     atomically; the index file must be written first, so the record never names a missing file."""
     path = Path(path)
     meta = _read_sidecar(path)
-    meta["faiss"] = {"file": file_name, "spec": spec}
+    meta["faiss"] = FaissRecord(file_name, spec).to_json()
     write_json_atomic(sidecar_path(path), meta)
-    return load_gallery(path)
+    return load_gallery_file(path)
 
 
 def _write_sidecar(path: Path, shape: tuple[int, ...], entries: Sequence[GalleryEntry], fingerprint: str,
@@ -328,6 +280,15 @@ class PartialIndex:
         self.rows_path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
 
+    def strict_failure(self, message: str) -> DataError:
+        """The error that ends a ``strict`` run at an unreadable image (``message``): before any
+        batch was recorded the partial files are discarded, after one they are kept to resume."""
+        if not self.done:
+            self.discard()
+            return DataError(f"{message} (--strict makes unreadable images fatal)")
+        return DataError(f"{message} (--strict makes unreadable images fatal; the {self.done} image(s) "
+                         "before its batch are kept: re-run to resume)")
+
     def finish(self, entries: Sequence[GalleryEntry], bundle: str | Path | None,
                shard: ShardInfo | None = None) -> Gallery:
         """Write the final ``g.npy`` + ``g.json`` from the readable rows and remove the partial files."""
@@ -344,7 +305,7 @@ class PartialIndex:
                        self.fingerprint, bundle, unreadable, shard)
         self.rows_path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
-        return load_gallery(self.output)
+        return load_gallery_file(self.output)
 
     def _compact(self, ok: np.ndarray) -> None:
         if not len(ok):  # a shard whose images were all unreadable: a 0-row array cannot be memory-mapped

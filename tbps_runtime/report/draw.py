@@ -1,14 +1,15 @@
-"""Results people can look at: a PNG grid and an HTML page of ranked crops, and attention maps.
+"""Results people can look at: a PNG grid and an HTML page of ranked crops, with attention maps.
 
 Pillow only (no matplotlib: this is the runtime). Each query is one row: the
 query's text, then its top-k crops with rank and score; when the identities of
 the query and of the gallery rows are known, hits are framed green and misses
 red (grey when unknown), as in the paper's Fig. 3.
 
-With an :class:`Explanation` (from the bundle's ``*.explain.onnx`` graphs,
-``tbps-export --explain``), each crop gets the image tower's averaged decoder
-attention A_avg as a heat map (Fig. 4a), and the query's tokens are shaded by
-the text tower's decoder attention (Fig. 4b).
+With an :class:`~tbps_runtime.model.attention.Explanation` (from
+:meth:`~tbps_runtime.search.PersonSearch.explain`: the bundle's
+``*.explain.onnx`` graphs, ``tbps-export --explain``), each crop gets the image
+tower's averaged decoder attention A_avg as a heat map (Fig. 4a), and the
+query's tokens are shaded by the text tower's decoder attention (Fig. 4b).
 
 The HTML page is one self-contained file: crops are embedded as base64 PNG data
 URIs, and every string it prints goes through :func:`html.escape`.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -27,90 +27,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tbps_runtime.atomic import atomic_write
-from tbps_runtime.bundle import verify_files
-from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER, TowerSpec
-from tbps_runtime.errors import BundleError, DataError, InputFileNotFoundError
-from tbps_runtime.images import normalize, read_image, resize_rgb
-from tbps_runtime.tokenizer import tokenize
+from tbps_runtime.errors import DataError, InputFileNotFoundError
+from tbps_runtime.model.images import read_image, resize_rgb
 
 if TYPE_CHECKING:
-    from tbps_runtime.search import Match, PersonSearch
+    from tbps_runtime.model.attention import Explanation
+    from tbps_runtime.search import Match
 
 HIT, MISS, UNKNOWN = (40, 170, 60), (215, 40, 40), (150, 150, 150)
 CROP_SIZE = (240, 96)  # (H, W) of a drawn crop: small crops are upscaled (bilinear)
 TEXT_WIDTH = 300  # the query column, px
 _SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
-
-
-@dataclass
-class Explanation:
-    """The attention behind one query's results.
-
-    tokens: the query's T tokens (as the tokenizer split it, special tokens included).
-    token_weights: (D + P, T): each decoder token's attention over the query's
-        tokens (first D rows: the shared tokens, last P: the fine text tokens); rows sum to 1.
-    maps: (N, D, h, w): each shared token's attention over each image's feature map; sums to 1 over (h, w).
-    """
-
-    tokens: list[str]
-    token_weights: np.ndarray
-    maps: np.ndarray
-
-    @property
-    def heatmaps(self) -> np.ndarray:
-        """(N, h, w): A_avg, the attention averaged over the D shared tokens (Eq. 5, Fig. 4a)."""
-        return self.maps.mean(axis=1)
-
-
-# ---- computing the attention ------------------------------------------------
-
-def _session(search: PersonSearch, spec: TowerSpec) -> Any:
-    """An onnxruntime session of an explain graph of ``search``'s bundle, created once (checksum verified)."""
-    sessions = search.__dict__.setdefault("_explain_sessions", {})
-    if spec.name not in sessions:
-        if spec.name not in search.manifest.towers or spec.onnx_file not in search.manifest.files:
-            raise BundleError(f"{search.directory} has no {spec.onnx_file}: re-export it with "
-                              "tbps-export --ckpt m.pt --explain --force")
-        verify_files(search.directory, search.manifest, [spec.onnx_file])
-        import onnxruntime as ort
-
-        options = getattr(search.backend, "options", None)
-        sessions[spec.name] = ort.InferenceSession(str(search.directory / spec.onnx_file), sess_options=options,
-                                                   providers=["CPUExecutionProvider"])
-    return sessions[spec.name]
-
-
-def text_attention(search: PersonSearch, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Captions -> (input_ids, attention_mask) (B, L) and decoder attention (B, D + P, L); padding gets 0."""
-    with search._tokenizer_lock:
-        input_ids, attention_mask = tokenize(search._tokenizer, list(texts))
-    ids_spec, mask_spec = TEXT_EXPLAIN_TOWER.inputs
-    _, attention = _session(search, TEXT_EXPLAIN_TOWER).run(
-        [t.name for t in TEXT_EXPLAIN_TOWER.outputs], {ids_spec.name: input_ids, mask_spec.name: attention_mask})
-    return input_ids, attention_mask, np.asarray(attention, np.float32)
-
-
-def image_attention(search: PersonSearch, images: Sequence[Any]) -> np.ndarray:
-    """Crops (paths or (H, W, 3) uint8 arrays) -> decoder attention (N, D, h, w)."""
-    (spec,) = IMAGE_EXPLAIN_TOWER.inputs
-    pixels = np.stack([search._load(image) for image in images])  # (N, H, W, 3)
-    values = normalize(pixels, tuple(search.manifest.mean), tuple(search.manifest.std))  # (N, 3, H, W)
-    _, attention = _session(search, IMAGE_EXPLAIN_TOWER).run(
-        [t.name for t in IMAGE_EXPLAIN_TOWER.outputs], {spec.name: values})
-    return np.asarray(attention, np.float32)
-
-
-def explain(search: PersonSearch, query: str, images: Sequence[Any]) -> Explanation:
-    """The text attention of ``query`` and the image attention of each of ``images``."""
-    input_ids, mask, attention = text_attention(search, [query])  # (1, L), (1, L), (1, D + P, L)
-    length = int(mask[0].sum())
-    tokens = [search._tokenizer.id_to_token(int(i)) or "?" for i in input_ids[0, :length]]
-    if len(images):
-        maps = image_attention(search, images)
-    else:  # (0, D, h, w), the shape the manifest records
-        maps = np.zeros((0, *search.manifest.towers[IMAGE_EXPLAIN_TOWER.name]["outputs"][-1]["shape"][1:]),
-                        np.float32)
-    return Explanation(tokens, attention[0, :, :length], maps)
 
 
 # ---- drawing -----------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Where the towers run: onnxruntime (default, any machine) or TensorRT engines (NVIDIA GPUs).
+
+Both honour one small interface, :class:`Backend`: feed a tower's inputs by
+the contract's tensor names, get its (B, K, d) float32 ``embeddings`` back.
+The TensorRT backend is :mod:`tbps_runtime.model.tensorrt`; tensorrt and
+cuda-python are imported only when it is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from tbps_runtime.contract import BACKENDS, EMBEDDINGS, TOWERS, TowerSpec
+from tbps_runtime.errors import BundleError, ConfigError
+from tbps_runtime.model.bundle import Manifest
+from tbps_runtime.model.tensorrt import TensorRTBackend, plan_entry
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class Backend(Protocol):
+    """Runs one tower: ``feeds`` maps each of ``tower.inputs``' names to an array; returns (B, K, d) float32."""
+
+    def run(self, tower: TowerSpec, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def files_for(backend: str, manifest: Manifest) -> list[str]:
+    """The bundle files a backend loads (their checksums are verified before loading)."""
+    if backend == "onnxruntime":
+        return [tower.onnx_file for tower in TOWERS]
+    if backend == "tensorrt":
+        return [plan_entry(manifest, tower).get("file", tower.plan_file) for tower in TOWERS]
+    raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def create_backend(backend: str, directory: str | Path, manifest: Manifest, *, threads: int | None = None,
+                   providers: Sequence[str] | None = None, device: int = 0) -> Backend:
+    """A backend by name: ``"onnxruntime"`` (``threads``, ``providers``) or ``"tensorrt"`` (``device``)."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    if backend == "onnxruntime":
+        return OnnxRuntimeBackend(directory, manifest, threads=threads, providers=providers)
+    if backend == "tensorrt":
+        return TensorRTBackend(directory, manifest, device=device)
+    raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+class OnnxRuntimeBackend:
+    """The towers' ONNX graphs in onnxruntime sessions (created at first use; sessions are thread-safe).
+
+    Args:
+        threads: intra-op threads per session (default: onnxruntime's, all cores).
+        providers: execution providers in priority order (default: the CPU). When a
+            non-CPU provider is asked for, a session that silently fell back to the
+            CPU (onnxruntime-gpu without a working CUDA does that) is refused.
+    """
+
+    def __init__(self, directory: str | Path, manifest: Manifest, *, threads: int | None = None,
+                 providers: Sequence[str] | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.directory = Path(directory)
+        self.providers = list(providers) if providers else [CPU_PROVIDER]
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise ConfigError(f"onnxruntime here has no {', '.join(missing)} (it has {', '.join(available)}); "
+                              "for CUDA/TensorRT install onnxruntime-gpu (pip install 'tbps[gpu]')")
+        self.options = ort.SessionOptions()
+        self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.options.log_severity_level = 3  # errors only: warnings would clutter the commands' stderr
+        if threads is not None:
+            self.options.intra_op_num_threads = threads
+            self.options.inter_op_num_threads = 1
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def session(self, tower: TowerSpec) -> Any:
+        """The tower's ``InferenceSession``, created once."""
+        with self._lock:
+            if tower.name not in self._sessions:
+                self._sessions[tower.name] = self._create(tower)
+            return self._sessions[tower.name]
+
+    def _create(self, tower: TowerSpec) -> Any:
+        path = self.directory / tower.onnx_file
+        try:
+            session = self._ort.InferenceSession(str(path), sess_options=self.options, providers=self.providers)
+        except Exception as e:  # onnxruntime's errors derive from Exception only
+            raise BundleError(f"onnxruntime cannot load {path}: {e}; re-export the bundle") from e
+        active = session.get_providers()
+        fell_back = [p for p in self.providers if p != CPU_PROVIDER and p not in active]
+        if fell_back:
+            raise ConfigError(f"onnxruntime fell back to {', '.join(active)} for {tower.name}: "
+                              f"{', '.join(fell_back)} could not start (check the CUDA/cuDNN/TensorRT libraries "
+                              "that onnxruntime-gpu needs), or drop the GPU providers to run on the CPU")
+        names = {i.name for i in session.get_inputs()}
+        if names != {spec.name for spec in tower.inputs}:
+            raise BundleError(f"{path} takes inputs {sorted(names)}, the contract says "
+                              f"{[s.name for s in tower.inputs]}: re-export the bundle")
+        return session
+
+    def run(self, tower: TowerSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        tower.check_feeds(feeds)
+        session = self.session(tower)
+        (embeddings,) = session.run([EMBEDDINGS.name], feeds)
+        return np.asarray(embeddings, dtype=np.float32)  # (B, K, d)

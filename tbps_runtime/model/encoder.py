@@ -1,0 +1,193 @@
+"""The towers in, embeddings out: a loaded bundle's backend, tokenizer and preprocessing.
+
+    encoder = Encoder.from_bundle("m.bundle")
+    texts = encoder.embed_texts(["a woman in a red coat"])     # (1, K, d)
+    crops = encoder.embed_images(["a.jpg", "b.jpg"])           # (2, K, d)
+
+Everything that embeds is built on an :class:`Encoder`: the public API
+(:class:`tbps_runtime.search.PersonSearch`), the Ray actors that index a
+gallery, and the attention maps (:mod:`tbps_runtime.model.attention`).
+
+Safe to share between threads: onnxruntime sessions are thread-safe, the
+tokenizer runs under a lock, and lazily created sessions (and TensorRT
+contexts) are created under locks.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER, TowerSpec
+from tbps_runtime.errors import DataError, InputFileNotFoundError, QueryError
+from tbps_runtime.model.backends import Backend, create_backend, files_for
+from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, verify_files
+from tbps_runtime.model.images import normalize, read_image, resize_rgb
+from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
+
+ImageInput = Union[str, Path, np.ndarray]  # a file, or an (H, W, 3) uint8 RGB crop
+
+
+class Encoder:
+    """A loaded bundle: both towers on one backend, its tokenizer and its preprocessing."""
+
+    def __init__(self, directory: Path, manifest: Manifest, backend: Backend, tokenizer_json: str):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.backend = backend
+        self._tokenizer = load_tokenizer(tokenizer_json, manifest.max_text_length)
+        self._tokenizer_lock = threading.Lock()  # concurrent calls into one Tokenizer fail ("Already borrowed")
+        self._sessions: dict[str, Any] = {}
+        self._sessions_lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(cls, directory: str | Path, backend: str = "onnxruntime", threads: int | None = None,
+                    providers: Sequence[str] | None = None, device: int = 0) -> Encoder:
+        """Load a bundle once, after checking the SHA-256 of every file the backend will read.
+
+        Args:
+            directory: the bundle (made by ``tbps-export``).
+            backend: ``"onnxruntime"`` or ``"tensorrt"``.
+            threads: onnxruntime intra-op threads (default: all cores).
+            providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
+            device: the CUDA device of the TensorRT backend.
+        """
+        directory = Path(directory)
+        manifest = load_manifest(directory)
+        check_supported(directory, manifest)
+        verify_files(directory, manifest, [manifest.tokenizer, *files_for(backend, manifest)])
+        tokenizer_json = (directory / manifest.tokenizer).read_text(encoding="utf-8")
+        engine = create_backend(backend, directory, manifest, threads=threads, providers=providers, device=device)
+        return cls(directory, manifest, engine, tokenizer_json)
+
+    @property
+    def fingerprint(self) -> str:
+        """The bundle's weights; a gallery records the fingerprint of the bundle that embedded it."""
+        return self.manifest.fingerprint
+
+    @property
+    def slot_shape(self) -> tuple[int, int]:
+        """(K, d): the shape of one embedding."""
+        return self.manifest.num_slots, self.manifest.embed_dim
+
+    def empty(self) -> np.ndarray:
+        """(0, K, d) float32: the embeddings of no input."""
+        return np.zeros((0, *self.slot_shape), np.float32)
+
+    # ---- text --------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Captions -> ``input_ids`` and ``attention_mask``, both (B, L) int64 (L: the batch's longest)."""
+        with self._tokenizer_lock:
+            return tokenize(self._tokenizer, list(texts))
+
+    def tokens(self, input_ids: Sequence[int]) -> list[str]:
+        """Token ids -> the tokenizer's tokens (``"?"`` for an id it does not know)."""
+        with self._tokenizer_lock:
+            return [self._tokenizer.id_to_token(int(i)) or "?" for i in input_ids]
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Captions -> (N, K, d) float32, every slot L2-normalised. Captions beyond the
+        bundle's max length are truncated (with a logged warning).
+
+        Raises:
+            QueryError: an empty or whitespace-only text.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        check_queries(texts)
+        if not texts:
+            return self.empty()
+        out = []
+        ids_spec, mask_spec = TEXT_TOWER.inputs
+        for start in range(0, len(texts), batch_size):
+            input_ids, attention_mask = self.tokenize(texts[start:start + batch_size])  # (B, L)
+            out.append(self.backend.run(TEXT_TOWER, {ids_spec.name: input_ids, mask_spec.name: attention_mask}))
+        return np.concatenate(out)
+
+    # ---- images ------------------------------------------------------------------------
+
+    def load_image(self, image: ImageInput) -> np.ndarray:
+        """A crop (a path or an (h, w, 3) uint8 RGB array) -> (H, W, 3) uint8 at the bundle's image size.
+
+        Raises:
+            InputFileNotFoundError: no such file.
+            DataError: an unreadable image or a malformed array.
+        """
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        return resize_rgb(image, tuple(self.manifest.image_size))  # (H, W, 3) uint8
+
+    def read_batch(self, paths: Sequence[str | Path]) -> tuple[list[int], np.ndarray, dict[int, str]]:
+        """Decode and resize a batch of image files, keeping going past unreadable ones:
+        (readable positions, (b, H, W, 3) uint8 of those, {position: error message} of the others)."""
+        positions, crops, failures = [], [], {}
+        for position, path in enumerate(paths):
+            try:
+                crops.append(self.load_image(path))
+                positions.append(position)
+            except (DataError, InputFileNotFoundError) as e:
+                failures[position] = str(e)
+        height, width = self.manifest.image_size
+        pixels = np.stack(crops) if crops else np.zeros((0, height, width, 3), np.uint8)
+        return positions, pixels, failures
+
+    def pixel_values(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> the image tower's input, (B, 3, H, W) float32 normalised by the bundle's mean/std."""
+        return normalize(pixels, tuple(self.manifest.mean), tuple(self.manifest.std))
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 crops at the bundle's image size -> (B, K, d) float32."""
+        (spec,) = IMAGE_TOWER.inputs
+        return self.backend.run(IMAGE_TOWER, {spec.name: self.pixel_values(pixels)})
+
+    def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
+        """Crops (paths or (H, W, 3) uint8 RGB arrays) -> (N, K, d) float32, every slot L2-normalised.
+
+        Raises:
+            DataError: an unreadable image or a malformed array.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        images = list(images)
+        if not images:
+            return self.empty()
+        out = []
+        for start in range(0, len(images), batch_size):
+            pixels = np.stack([self.load_image(image) for image in images[start:start + batch_size]])  # (B, H, W, 3)
+            out.append(self.embed_pixels(pixels))
+        return np.concatenate(out)
+
+    # ---- the bundle's other graphs -----------------------------------------------------
+
+    def onnx_session(self, spec: TowerSpec) -> Any:
+        """An onnxruntime session (CPU) of one of the bundle's other ONNX graphs, e.g. an explain graph;
+        created once, after checking the file's SHA-256, with the backend's session options.
+
+        Raises:
+            BundleError: the manifest records no such file, or the file was modified.
+        """
+        with self._sessions_lock:
+            if spec.name not in self._sessions:
+                verify_files(self.directory, self.manifest, [spec.onnx_file])
+                import onnxruntime as ort
+
+                options = getattr(self.backend, "options", None)
+                self._sessions[spec.name] = ort.InferenceSession(
+                    str(self.directory / spec.onnx_file), sess_options=options, providers=["CPUExecutionProvider"])
+            return self._sessions[spec.name]
+
+
+def check_queries(texts: Sequence[Any]) -> None:
+    """Refuse what cannot be a query: a non-string, an empty or whitespace-only text.
+
+    Raises:
+        QueryError: naming the query (1-based) and what is wrong with it.
+    """
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise QueryError(f"query {i + 1} is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise QueryError(f"query {i + 1} is empty or only whitespace: describe the person to search for")

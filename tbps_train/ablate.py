@@ -93,8 +93,12 @@ def row_config(base: RunConfig, row: AblationRow, seed: int) -> RunConfig:
 
 
 def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str | Path,
-                 rows: list[AblationRow], seeds: list[int], progress: bool = True) -> list[dict[str, Any]]:
-    """Train and evaluate every (row, seed); finished runs are reused. Returns this call's run records."""
+                 rows: list[AblationRow], seeds: list[int], progress: bool = True,
+                 meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate every (row, seed); finished runs are reused. Returns this call's run records.
+
+    ``meta`` (the settings that hold for every run) goes into ablation.json, rebuilt after each run.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -108,7 +112,7 @@ def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str |
             record = _run_one(row_config(base, row, seed), row, seed, dataset, root, out_dir, progress)
             atomic_write_text(result_path, json.dumps(record, indent=2))
             records.append(record)
-            write_summary(out_dir)
+            write_summary(out_dir, meta)
     return records
 
 

@@ -14,6 +14,8 @@ from tbps_runtime.cli.support import (
     user_errors_exit_2,
 )
 from tbps_runtime.errors import ConfigError
+from tbps_runtime.machine import cpu_model
+from tbps_train.ablate import ROWS as ABLATION_ROWS
 from tbps_train.config import DEFAULT_IDS, PRESETS, RunConfig, apply_overrides, load_preset
 
 logger = logging.getLogger(__name__)
@@ -202,8 +204,8 @@ def _metrics_line(metrics: dict[str, float], label: str) -> str:
 @output_option("Directory for the runs' checkpoints and ablation.json.", required=False, file_okay=False,
                default="runs/ablation", aliases=("--out-dir",))
 @click.option("--rows", "row_spec", default="table2", show_default=True,
-              help="table2, extra (Table 3, Table 4, D = 2/6), diag (one setting changed each), all, "
-              "or comma-separated row names.")
+              help="table2, extra (Table 3, Table 4, D = 2/6), diag (the full model with one setting changed "
+                   "each), all, or comma-separated row names: " + ", ".join(row.slug for row in ABLATION_ROWS) + ".")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
 @user_errors_exit_2
 def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, threads, image_backbone,
@@ -226,7 +228,8 @@ def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, 
     if seed is not None or not seed_list:
         raise ConfigError("give tbps-ablate its seeds as --seeds 0,1,2")
     config = _config_from(preset, epochs, batch_size, lr, None, device, image_backbone, text_backbone)
-    run_ablation(config, dataset, root, output, select_rows(row_spec), seed_list, progress=not quiet)
-    document = write_summary(output, {"dataset": dataset, "preset": preset, "selection": "last epoch",
-                                       "test_evaluated": "once per run, at the end"})
+    meta = {"dataset": dataset, "preset": preset, "selection": "last epoch",
+            "test_evaluated": "once per run, at the end", "machine": cpu_model()}
+    run_ablation(config, dataset, root, output, select_rows(row_spec), seed_list, progress=not quiet, meta=meta)
+    document = write_summary(output, meta)
     click.echo(markdown_table(document["summary"]))

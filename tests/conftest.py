@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny model, and a tiny trained checkpoint built once per session."""
+"""Shared fixtures: a tiny model; a tiny trained checkpoint, its exported bundle and that bundle's
+int8 version, each built once per session; the hand-built fake bundle of tests/runtime_fakes.py.
+
+The session bundles are shared by every module that reads them: a test that writes into a
+bundle directory copies it to its own ``tmp_path`` first (``shutil.copytree``)."""
 
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ def tiny_text_backbone():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """The hand-built bundle of tests/runtime_fakes.py (colour-coded towers), one per test module.
-    Modules that need a really exported bundle define their own ``bundle``."""
+def fake_bundle(tmp_path_factory):
+    """The hand-built bundle of tests/runtime_fakes.py (colour-coded towers), one per test module:
+    not an export of any checkpoint (``exported_bundle`` is one)."""
     from runtime_fakes import make_fake_bundle
 
     return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
@@ -88,3 +92,28 @@ def learned_checkpoint(tmp_path_factory, easy_root, tiny_config):
     path = tmp_path_factory.mktemp("learned") / "m.pt"
     train(config, "cuhk-pedes", easy_root, path, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tmp_path_factory, tiny_checkpoint):
+    """``tiny_checkpoint`` exported once, with the explain graphs (``explain=True``), to ``.../m.bundle``.
+    Read-only: copy it before writing into it."""
+    from tbps_export import export_bundle
+
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("export") / "m.bundle", explain=True)
+
+
+@pytest.fixture(scope="session")
+def calibration_crops(synth_root):
+    """24 training crops of ``synth_root``: the int8 image tower's calibration images."""
+    from tbps_train.data.readers import read_split
+
+    return [r.image_path for r in read_split("cuhk-pedes", synth_root, "train")][:24]
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(exported_bundle, calibration_crops):
+    """``exported_bundle`` quantized (int8 text and image towers), beside it as ``m.int8.bundle``. Read-only."""
+    from tbps_export.quantize import quantize_bundle
+
+    return quantize_bundle(exported_bundle, calibration=calibration_crops)

@@ -1,8 +1,11 @@
 """The exporter: ONNX towers that reproduce PyTorch, a complete manifest, and every bad input.
 
-The tiny checkpoint is exported once per module; tests of failure paths that
-need a finished export swap the (slow) torch.onnx step for a copy of that
-module's graphs, so they exercise validation, staging and the CLI in seconds.
+Most tests read ``exported_bundle``, the session's one export of the tiny checkpoint
+(tests/conftest.py; exported with the explain graphs, which leave the default graphs as
+they are). Tests of other exports (the default options and output path, failure paths,
+--force, the TensorRT stand-ins) swap the (slow) torch.onnx step for a copy of that
+bundle's graphs, so they exercise validation, staging and the CLI in seconds; a test
+that writes over a bundle writes over a copy of it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tbps_export.tensorrt_build import profile_shapes, unavailable_reason
 from tbps_export.towers import axis_sizes, build_tower
 from tbps_export.validate import CAPTIONS, LONG_CAPTION, check_graph, onnx_runner
 from tbps_runtime.contract import (
-    IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER, TOKENIZER_FILE, TOWERS,
+    EXPLAIN_TOWERS, IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER, TOKENIZER_FILE, TOWERS,
 )
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError, InputFileNotFoundError
 from tbps_runtime.model.bundle import load_manifest, sha256_file, verify_files
@@ -40,15 +43,6 @@ IDS, MASK = TEXT_TOWER.inputs
 # ---- fixtures ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def bundle(tiny_checkpoint, tmp_path_factory):
-    checkpoint = tmp_path_factory.mktemp("export") / "m.pt"
-    shutil.copy(tiny_checkpoint, checkpoint)
-    path = export_bundle(checkpoint)
-    assert path == checkpoint.with_suffix(".bundle")
-    return path
-
-
-@pytest.fixture(scope="module")
 def model(tiny_checkpoint):
     return model_from_checkpoint(load_checkpoint(tiny_checkpoint))[0]
 
@@ -59,10 +53,10 @@ def tokenizer(model, tiny_checkpoint):
 
 
 @pytest.fixture
-def fast_export(bundle, monkeypatch):
-    """Replace torch.onnx export by a copy of the module's graphs (same checkpoint, same weights)."""
+def fast_export(exported_bundle, monkeypatch):
+    """Replace torch.onnx export by a copy of the session's graphs (same checkpoint, same weights)."""
     def copy_tower(spec, model, path):
-        shutil.copy(bundle / spec.onnx_file, path)
+        shutil.copy(exported_bundle / spec.onnx_file, path)
         return path
 
     monkeypatch.setattr(bundle_writer, "export_tower", copy_tower)
@@ -88,14 +82,27 @@ def invoke(args):
 
 # ---- the bundle ----------------------------------------------------------------
 
-def test_bundle_holds_the_contract_files(bundle):
-    names = {p.name for p in bundle.iterdir()}
-    assert names == {MANIFEST_FILE, TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
-    assert_nothing_left(bundle.parent, bundle.name)
+def test_bundle_holds_the_contract_files(exported_bundle):
+    names = {p.name for p in exported_bundle.iterdir()}  # exported with explain=True
+    assert names == {MANIFEST_FILE, TOKENIZER_FILE, *(t.onnx_file for t in (*TOWERS, *EXPLAIN_TOWERS))}
+    assert_nothing_left(exported_bundle.parent, exported_bundle.name)
 
 
-def test_manifest_is_complete(bundle, model, tiny_checkpoint):
-    manifest = load_manifest(bundle)
+def test_default_export_goes_beside_the_checkpoint_without_explain_graphs(tiny_checkpoint, tmp_path, fast_export):
+    checkpoint = tmp_path / "m.pt"
+    shutil.copy(tiny_checkpoint, checkpoint)
+    path = export_bundle(checkpoint)
+    assert path == checkpoint.with_suffix(".bundle")
+    assert {p.name for p in path.iterdir()} == {MANIFEST_FILE, TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
+    manifest = load_manifest(path)
+    assert set(manifest.files) == {TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
+    assert set(manifest.towers) == {t.name for t in TOWERS}
+    verify_files(path, manifest)
+    assert_nothing_left(tmp_path, path.name)
+
+
+def test_manifest_is_complete(exported_bundle, model, tiny_checkpoint):
+    manifest = load_manifest(exported_bundle)
     cfg = model.config
     assert (manifest.num_slots, manifest.num_coarse, manifest.num_fine, manifest.embed_dim) == (
         cfg.num_slots, cfg.num_coarse, cfg.num_fine, cfg.embed_dim)
@@ -116,22 +123,22 @@ def test_manifest_is_complete(bundle, model, tiny_checkpoint):
     assert manifest.tensorrt == {}
 
 
-def test_checksums_match_the_files(bundle):
-    manifest = load_manifest(bundle)
-    assert set(manifest.files) == {TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
-    verify_files(bundle, manifest)
+def test_checksums_match_the_files(exported_bundle):
+    manifest = load_manifest(exported_bundle)
+    assert set(manifest.files) == {TOKENIZER_FILE, *(t.onnx_file for t in (*TOWERS, *EXPLAIN_TOWERS))}
+    verify_files(exported_bundle, manifest)
     for name, digest in manifest.files.items():
-        assert sha256_file(bundle / name) == digest
+        assert sha256_file(exported_bundle / name) == digest
 
 
-def test_tokenizer_is_the_checkpoints(bundle, tiny_checkpoint):
-    assert (bundle / TOKENIZER_FILE).read_text() == load_checkpoint(tiny_checkpoint)["tokenizer_json"]
+def test_tokenizer_is_the_checkpoints(exported_bundle, tiny_checkpoint):
+    assert (exported_bundle / TOKENIZER_FILE).read_text() == load_checkpoint(tiny_checkpoint)["tokenizer_json"]
 
 
-def test_graphs_are_single_files_with_the_contract_io(bundle, tmp_path):
+def test_graphs_are_single_files_with_the_contract_io(exported_bundle, tmp_path):
     for spec in TOWERS:
         alone = tmp_path / spec.onnx_file
-        shutil.copy(bundle / spec.onnx_file, alone)  # no neighbour files: weights must be inside
+        shutil.copy(exported_bundle / spec.onnx_file, alone)  # no neighbour files: weights must be inside
         graph = onnx.load(str(alone)).graph
         assert [i.name for i in graph.input] == [t.name for t in spec.inputs]
         assert [o.name for o in graph.output] == [t.name for t in spec.outputs]
@@ -139,8 +146,8 @@ def test_graphs_are_single_files_with_the_contract_io(bundle, tmp_path):
         assert batch.dim_param and not batch.dim_value
 
 
-def test_graph_check_lists_every_contract_difference(bundle, model, tmp_path):
-    graph = onnx.load(str(bundle / TEXT_TOWER.onnx_file))
+def test_graph_check_lists_every_contract_difference(exported_bundle, model, tmp_path):
+    graph = onnx.load(str(exported_bundle / TEXT_TOWER.onnx_file))
     graph.graph.input[1].type.tensor_type.shape.dim[1].dim_value = 7  # sequence baked in
     graph.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
     bad = tmp_path / TEXT_TOWER.onnx_file
@@ -148,7 +155,7 @@ def test_graph_check_lists_every_contract_difference(bundle, model, tmp_path):
     failures = check_graph(bad, TEXT_TOWER, axis_sizes(model))
     assert any("attention_mask axis 'sequence' is fixed at 7" in f for f in failures), failures
     assert any("embeddings is double, the contract says float32" in f for f in failures), failures
-    assert check_graph(bundle / TEXT_TOWER.onnx_file, TEXT_TOWER, axis_sizes(model)) == []
+    assert check_graph(exported_bundle / TEXT_TOWER.onnx_file, TEXT_TOWER, axis_sizes(model)) == []
 
 
 def test_fingerprint_covers_embedding_weights_only(model):
@@ -164,10 +171,10 @@ def test_fingerprint_covers_embedding_weights_only(model):
 # ---- parity, on shapes other than the export sample ----------------------------
 
 @pytest.mark.parametrize("batch", [1, 3, 5])
-def test_image_tower_matches_pytorch(bundle, model, batch):
+def test_image_tower_matches_pytorch(exported_bundle, model, batch):
     height, width = model.config.image_size
     inputs = {PIXELS.name: np.random.default_rng(batch).standard_normal((batch, 3, height, width), np.float32)}
-    got = session(bundle, IMAGE_TOWER).run(None, inputs)[0]
+    got = session(exported_bundle, IMAGE_TOWER).run(None, inputs)[0]
     assert got.shape == (batch, model.config.num_slots, model.config.embed_dim) and got.dtype == np.float32
     np.testing.assert_allclose(got, torch_embeddings(model, IMAGE_TOWER, inputs), atol=PARITY_ATOL, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-5)
@@ -184,8 +191,8 @@ def caption_batches(tokenizer, max_length):
     yield "five with a max-length one", *tokenize(tokenizer, [*CAPTIONS[:4], LONG_CAPTION])
 
 
-def test_text_tower_matches_pytorch(bundle, model, tokenizer):
-    text = session(bundle, TEXT_TOWER)
+def test_text_tower_matches_pytorch(exported_bundle, model, tokenizer):
+    text = session(exported_bundle, TEXT_TOWER)
     for label, ids, mask in caption_batches(tokenizer, model.config.max_text_length):
         inputs = {IDS.name: ids, MASK.name: mask}
         got = text.run(None, inputs)[0]
@@ -195,8 +202,8 @@ def test_text_tower_matches_pytorch(bundle, model, tokenizer):
         np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-5, err_msg=label)
 
 
-def test_padding_does_not_change_a_captions_embedding(bundle, tokenizer):
-    text = session(bundle, TEXT_TOWER)
+def test_padding_does_not_change_a_captions_embedding(exported_bundle, tokenizer):
+    text = session(exported_bundle, TEXT_TOWER)
     alone = text.run(None, dict(zip((IDS.name, MASK.name), tokenize(tokenizer, [CAPTIONS[1]]))))[0]
     padded = text.run(None, dict(zip((IDS.name, MASK.name), tokenize(tokenizer, [CAPTIONS[1], LONG_CAPTION]))))[0]
     np.testing.assert_allclose(padded[0], alone[0], atol=PARITY_ATOL)
@@ -248,7 +255,8 @@ def test_newer_checkpoint_version(tiny_checkpoint, tmp_path):
     assert not newer.with_suffix(".bundle").exists()
 
 
-def test_existing_output_is_refused_without_force(bundle, tiny_checkpoint, tmp_path, fast_export):
+def test_existing_output_is_refused_without_force(exported_bundle, tiny_checkpoint, tmp_path, fast_export):
+    bundle = shutil.copytree(exported_bundle, tmp_path / "m.bundle")  # a copy: the session's is shared
     before = sha256_file(bundle / MANIFEST_FILE)
     with pytest.raises(BundleError, match="--force"):
         export_bundle(tiny_checkpoint, bundle)
@@ -261,9 +269,9 @@ def test_existing_output_is_refused_without_force(bundle, tiny_checkpoint, tmp_p
     assert (stranger / "keep.txt").read_text() == "mine"
 
 
-def test_force_replaces_a_bundle(bundle, tiny_checkpoint, tmp_path, fast_export):
+def test_force_replaces_a_bundle(exported_bundle, tiny_checkpoint, tmp_path, fast_export):
     output = tmp_path / "b"
-    shutil.copytree(bundle, output)
+    shutil.copytree(exported_bundle, output)
     (output / "stale.plan").write_bytes(b"old")
     result = invoke(["--ckpt", tiny_checkpoint, "-o", output, "--force"])
     assert result.exit_code == 0, result.output
@@ -285,9 +293,9 @@ def test_failed_parity_fails_the_export(tiny_checkpoint, tmp_path, fast_export):
     assert not output.exists()
 
 
-def test_perturbed_graph_fails_parity(bundle, tiny_checkpoint, tmp_path, monkeypatch):
+def test_perturbed_graph_fails_parity(exported_bundle, tiny_checkpoint, tmp_path, monkeypatch):
     def perturbed(spec, model, path):  # one weight of the exported image graph nudged by 1e-2
-        graph = onnx.load(str(bundle / spec.onnx_file))
+        graph = onnx.load(str(exported_bundle / spec.onnx_file))
         if spec == IMAGE_TOWER:
             weight = max(graph.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
             array = onnx.numpy_helper.to_array(weight) + np.float32(1e-2)
@@ -343,13 +351,13 @@ def test_trt_profiles_come_from_the_contract(model):
     assert ExportOptions.from_kwargs({"trt_seq": None}).trt_seq == (1, 32, None)
 
 
-def test_fp16_graph_keeps_float32_io_and_stays_close(bundle, model, tokenizer, tmp_path):
+def test_fp16_graph_keeps_float32_io_and_stays_close(exported_bundle, model, tokenizer, tmp_path):
     height, width = model.config.image_size
     pixels = np.random.default_rng(0).standard_normal((3, 3, height, width), np.float32)
     feeds = {IMAGE_TOWER.name: {PIXELS.name: pixels},
              TEXT_TOWER.name: dict(zip((IDS.name, MASK.name), tokenize(tokenizer, [*CAPTIONS, LONG_CAPTION])))}
     for spec in TOWERS:
-        converted = to_mixed_precision(bundle / spec.onnx_file, tmp_path / f"{spec.name}.fp16.onnx")
+        converted = to_mixed_precision(exported_bundle / spec.onnx_file, tmp_path / f"{spec.name}.fp16.onnx")
         graph = onnx.load(str(converted)).graph
         io_types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]}
         assert io_types == {t.name: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
@@ -360,7 +368,7 @@ def test_fp16_graph_keeps_float32_io_and_stays_close(bundle, model, tokenizer, t
         for node in graph.node:  # softmax/normalisation read float32 (a Cast to FLOAT feeds them)
             if node.op_type in kept:
                 assert _produced_dtype(graph, node.input[0]) != onnx.TensorProto.FLOAT16, node.name
-        reference = session(bundle, spec).run(None, feeds[spec.name])[0]
+        reference = session(exported_bundle, spec).run(None, feeds[spec.name])[0]
         got = ort.InferenceSession(str(converted), providers=["CPUExecutionProvider"]).run(None, feeds[spec.name])[0]
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, reference, atol=5e-3, rtol=0)
@@ -421,6 +429,6 @@ def _produced_dtype(graph, name):
     return None
 
 
-def test_manifest_json_is_plain(bundle):
-    data = json.loads((bundle / MANIFEST_FILE).read_text())
+def test_manifest_json_is_plain(exported_bundle):
+    data = json.loads((exported_bundle / MANIFEST_FILE).read_text())
     assert data["format"] == "tbps-bundle" and isinstance(data["parity"]["image_tower"]["cases"], list)

@@ -1,4 +1,7 @@
-"""int8 bundles (tbps_export.quantize, tbps-export --int8): made, loadable, close to float32, labelled."""
+"""int8 bundles (tbps_export.quantize, tbps-export --int8): made, loadable, close to float32, labelled.
+
+``exported_bundle`` (float32) and ``int8_bundle`` (quantized from it, calibrated on the 24
+``calibration_crops``) are the session's, from tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -8,40 +11,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tbps_export import export_bundle
 from tbps_export.cli import export_command
 from tbps_export.quantize import INT8_MIN_COSINE, calibration_paths, int8_output, quantize_bundle
 from tbps_runtime.errors import ExportError
 from tbps_runtime.search import PersonSearch
-from tbps_train.data.readers import read_split
 
 CAPTIONS = ["a man in a black jacket and blue jeans", "a woman with a red bag", "white shoes"]
-
-
-@pytest.fixture(scope="module")
-def float_bundle(tmp_path_factory, tiny_checkpoint):
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("q") / "m.bundle")
-
-
-@pytest.fixture(scope="module")
-def crops(synth_root):
-    return [r.image_path for r in read_split("cuhk-pedes", synth_root, "train")][:24]
-
-
-@pytest.fixture(scope="module")
-def int8_bundle(float_bundle, crops):
-    return quantize_bundle(float_bundle, calibration=crops)
 
 
 def _slot_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def test_int8_bundle_is_written_beside_and_labelled(float_bundle, int8_bundle):
-    assert int8_bundle == float_bundle.with_name("m.int8.bundle") == int8_output(float_bundle)
+def test_int8_bundle_is_written_beside_and_labelled(exported_bundle, int8_bundle):
+    assert int8_bundle == exported_bundle.with_name("m.int8.bundle") == int8_output(exported_bundle)
     manifest = json.loads((int8_bundle / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
-    assert json.loads((float_bundle / "manifest.json").read_text())["precision"] == "float32"
+    assert json.loads((exported_bundle / "manifest.json").read_text())["precision"] == "float32"
     quantization = manifest["source"]["quantization"]
     assert quantization["text_tower"]["method"] == "dynamic"
     assert quantization["image_tower"]["method"] == "static QDQ"
@@ -53,10 +39,10 @@ def test_int8_bundle_is_written_beside_and_labelled(float_bundle, int8_bundle):
     assert "image_tower" in manifest["parity"] and manifest["tensorrt"] == {}
 
 
-def test_int8_bundle_runs_in_onnxruntime_close_to_float32(float_bundle, int8_bundle, crops):
-    reference, quantized = PersonSearch.from_bundle(float_bundle), PersonSearch.from_bundle(int8_bundle)
+def test_int8_bundle_runs_in_onnxruntime_close_to_float32(exported_bundle, int8_bundle, calibration_crops):
+    reference, quantized = PersonSearch.from_bundle(exported_bundle), PersonSearch.from_bundle(int8_bundle)
     assert quantized.fingerprint == reference.fingerprint  # same weights, another precision
-    for embed in (lambda s: s.embed_texts(CAPTIONS), lambda s: s.embed_images(crops[:6])):
+    for embed in (lambda s: s.embed_texts(CAPTIONS), lambda s: s.embed_images(calibration_crops[:6])):
         a, b = embed(reference), embed(quantized)  # (N, K, d) each
         assert a.shape == b.shape and b.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(b, axis=-1), 1.0, atol=1e-4)
@@ -64,17 +50,17 @@ def test_int8_bundle_runs_in_onnxruntime_close_to_float32(float_bundle, int8_bun
     assert quantized.embed_texts([]).shape == (0, *reference.embed_texts(CAPTIONS).shape[1:])
 
 
-def test_without_calibration_the_image_tower_stays_float32(float_bundle, tmp_path):
-    out = quantize_bundle(float_bundle, tmp_path / "t.bundle")
+def test_without_calibration_the_image_tower_stays_float32(exported_bundle, tmp_path):
+    out = quantize_bundle(exported_bundle, tmp_path / "t.bundle")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["quantization"]["image_tower"]["method"] == "none"
     assert "calibration" in manifest["source"]["quantization"]["image_tower"]["why"]
-    assert (out / "image_tower.onnx").read_bytes() == (float_bundle / "image_tower.onnx").read_bytes()
+    assert (out / "image_tower.onnx").read_bytes() == (exported_bundle / "image_tower.onnx").read_bytes()
 
 
-def test_refuses_existing_output_and_int8_input(float_bundle, int8_bundle):
-    with pytest.raises(Exception, match="already exists"):
-        quantize_bundle(float_bundle)
+def test_refuses_existing_output_and_int8_input(exported_bundle, int8_bundle):
+    with pytest.raises(Exception, match="already exists"):  # int8_bundle is there
+        quantize_bundle(exported_bundle)
     with pytest.raises(ExportError, match="int8 bundle"):
         quantize_bundle(int8_bundle, int8_bundle.with_name("again.bundle"))
 

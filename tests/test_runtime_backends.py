@@ -31,8 +31,8 @@ def image_feeds(batch=3, seed=0):
 # --- onnxruntime -----------------------------------------------------------------------------------
 
 
-def test_onnxruntime_options_and_output(bundle):
-    backend = OnnxRuntimeBackend(bundle, load_manifest(bundle), threads=2)
+def test_onnxruntime_options_and_output(fake_bundle):
+    backend = OnnxRuntimeBackend(fake_bundle, load_manifest(fake_bundle), threads=2)
     assert backend.options.intra_op_num_threads == 2
     assert backend.options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     out = backend.run(IMAGE_TOWER, image_feeds())
@@ -43,16 +43,16 @@ def test_onnxruntime_options_and_output(bundle):
         backend.run(TEXT_TOWER, image_feeds())
 
 
-def test_unavailable_provider_is_refused(bundle):
+def test_unavailable_provider_is_refused(fake_bundle):
     with pytest.raises(ConfigError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
-        OnnxRuntimeBackend(bundle, load_manifest(bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])
+        OnnxRuntimeBackend(fake_bundle, load_manifest(fake_bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
-def test_silent_cpu_fallback_is_refused(bundle, monkeypatch):
+def test_silent_cpu_fallback_is_refused(fake_bundle, monkeypatch):
     # onnxruntime-gpu without a working CUDA lists the CUDA provider, then runs the session on the CPU.
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU_PROVIDER])
-    backend = OnnxRuntimeBackend(bundle, load_manifest(bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])
+    backend = OnnxRuntimeBackend(fake_bundle, load_manifest(fake_bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])
     with pytest.raises(ConfigError, match="fell back to CPUExecutionProvider"):
         backend.run(IMAGE_TOWER, image_feeds())
 
@@ -84,13 +84,13 @@ def test_damaged_bundles_are_refused(own_bundle, damage, message):
         PersonSearch.from_bundle(own_bundle)
 
 
-def test_missing_bundle_and_unknown_backend(tmp_path, bundle):
+def test_missing_bundle_and_unknown_backend(tmp_path, fake_bundle):
     with pytest.raises(InputFileNotFoundError):
         PersonSearch.from_bundle(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="unknown backend"):
-        PersonSearch.from_bundle(bundle, backend="pytorch")
+        PersonSearch.from_bundle(fake_bundle, backend="pytorch")
     with pytest.raises(ConfigError, match="threads"):
-        PersonSearch.from_bundle(bundle, threads=0)
+        PersonSearch.from_bundle(fake_bundle, threads=0)
 
 
 def test_preprocessing_the_runtime_does_not_implement_is_refused(own_bundle):
@@ -101,12 +101,12 @@ def test_preprocessing_the_runtime_does_not_implement_is_refused(own_bundle):
         PersonSearch.from_bundle(own_bundle)
 
 
-def test_embedding_from_several_threads_matches_serial(bundle, tmp_path):
-    search = PersonSearch.from_bundle(bundle, threads=1)
+def test_embedding_from_several_threads_matches_serial(fake_bundle, tmp_path):
+    search = PersonSearch.from_bundle(fake_bundle, threads=1)
     images = [solid_image(tmp_path / f"{c}.png", c) for c in COLOURS]
     texts = [f"a person in {c}" for c in COLOURS] * 3
     serial_images, serial_texts = search.embed_images(images), search.embed_texts(texts)
-    fresh = PersonSearch.from_bundle(bundle, threads=1)  # sessions created lazily, concurrently
+    fresh = PersonSearch.from_bundle(fake_bundle, threads=1)  # sessions created lazily, concurrently
     with ThreadPoolExecutor(8) as pool:
         image_runs = [pool.submit(fresh.embed_images, images) for _ in range(8)]
         text_runs = [pool.submit(fresh.embed_texts, texts) for _ in range(8)]
@@ -116,10 +116,10 @@ def test_embedding_from_several_threads_matches_serial(bundle, tmp_path):
             np.testing.assert_array_equal(run.result(), serial_texts)
 
 
-def test_the_encoders_primitives_make_what_the_api_makes(bundle, tmp_path):
+def test_the_encoders_primitives_make_what_the_api_makes(fake_bundle, tmp_path):
     from tbps_runtime import Encoder
 
-    encoder = Encoder.from_bundle(bundle, threads=1)
+    encoder = Encoder.from_bundle(fake_bundle, threads=1)
     search = PersonSearch(encoder)
     images = [solid_image(tmp_path / f"{c}.png", c) for c in ("red", "blue")]
     positions, pixels, failures = encoder.read_batch([images[0], tmp_path / "gone.png", images[1]])

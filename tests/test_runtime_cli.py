@@ -33,9 +33,9 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gallery(bundle, images, tmp_path_factory):
+def gallery(fake_bundle, images, tmp_path_factory):
     output = tmp_path_factory.mktemp("out") / "g.npy"
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", output, "--batch-size", 3])
+    result = run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", output, "--batch-size", 3])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(output)
     assert "indexed 7 image(s)" in result.stderr
@@ -96,21 +96,21 @@ def test_a_query_far_beyond_the_max_length_warns_on_stderr(gallery):
     assert f"longer than {MAX_LENGTH} tokens were truncated" in result.stderr
 
 
-def test_index_from_a_list_with_identities_and_unreadable_images(bundle, images, tmp_path):
+def test_index_from_a_list_with_identities_and_unreadable_images(fake_bundle, images, tmp_path):
     bad = [write_bad(tmp_path, kind) for kind in ("corrupt", "empty", "truncated", "text")]
     listing = tmp_path / "list.txt"
     lines = [f"{images / '0_red.png'}\t7", "# a comment", "", f"{bad[0].name}\t3", f"{images / '2_blue.png'}\tp-2"]
     lines += [f"{p.name}" for p in bad[1:]] + ["missing.png\t1"]
     listing.write_text("\n".join(lines) + "\n")
     output = tmp_path / "g.npy"
-    result = run(index_command, ["--bundle", bundle, "--images", listing, "-o", output])
+    result = run(index_command, ["--bundle", fake_bundle, "--images", listing, "-o", output])
     assert result.exit_code == 0, result.output
     assert "5 of 7 images could not be read and were skipped" in result.stderr
     loaded = load_gallery(output)
     assert [(e.path.rsplit("/", 1)[1], e.identity) for e in loaded.entries] == [("0_red.png", 7),
                                                                                ("2_blue.png", "p-2")]
     assert [u["path"] for u in loaded.unreadable] == [str(p) for p in bad] + [str(tmp_path / "missing.png")]
-    strict = run(index_command, ["--bundle", bundle, "--images", listing, "-o", tmp_path / "s.npy", "--strict",
+    strict = run(index_command, ["--bundle", fake_bundle, "--images", listing, "-o", tmp_path / "s.npy", "--strict",
                                  "--quiet"])
     assert_user_error(strict, "corrupt.jpg", "--strict")
     assert not (tmp_path / "s.npy").exists() and not (tmp_path / "s.json").exists()
@@ -122,7 +122,7 @@ def test_collect_images_from_list_resolves_relative_paths(tmp_path):
     assert paths == [tmp_path / "a.jpg", tmp_path / "sub/b.png"] and identities == [None, 12]
 
 
-def test_interrupted_index_resumes(bundle, images, tmp_path, monkeypatch):
+def test_interrupted_index_resumes(fake_bundle, images, tmp_path, monkeypatch):
     from tbps_runtime.model.backends import OnnxRuntimeBackend
 
     real_run, calls = OnnxRuntimeBackend.run, []
@@ -134,7 +134,7 @@ def test_interrupted_index_resumes(bundle, images, tmp_path, monkeypatch):
         return real_run(self, tower, feeds)
 
     output = tmp_path / "g.npy"
-    args = ["--bundle", bundle, "--images", images, "-o", output, "--batch-size", 2]
+    args = ["--bundle", fake_bundle, "--images", images, "-o", output, "--batch-size", 2]
     monkeypatch.setattr(OnnxRuntimeBackend, "run", interrupted_run)
     result = run(index_command, args)
     assert result.exit_code == 130 and "run the same command again to resume" in result.stderr
@@ -200,13 +200,13 @@ def test_a_gallery_built_with_another_bundle(gallery, tmp_path):
                       "fingerprint", "re-index")
 
 
-def test_the_recorded_bundle_is_gone(bundle, images, tmp_path):
-    moved = shutil.copytree(bundle, tmp_path / "b")
+def test_the_recorded_bundle_is_gone(fake_bundle, images, tmp_path):
+    moved = shutil.copytree(fake_bundle, tmp_path / "b")
     output = tmp_path / "g.npy"
     assert run(index_command, ["--bundle", moved, "--images", images, "-o", output, "--quiet"]).exit_code == 0
     shutil.rmtree(moved)
     assert_user_error(run(rank_command, ["--gallery", output, "--query", "red"]), "pass --bundle")
-    assert run(rank_command, ["--gallery", output, "--query", "red", "--bundle", bundle]).exit_code == 0
+    assert run(rank_command, ["--gallery", output, "--query", "red", "--bundle", fake_bundle]).exit_code == 0
 
 
 @pytest.mark.parametrize("damage, fragment", [
@@ -214,8 +214,8 @@ def test_the_recorded_bundle_is_gone(bundle, images, tmp_path):
     (lambda b: (b / IMAGE_TOWER.onnx_file).unlink(), "bundle file missing"),
     (lambda b: (b / "tokenizer.json").unlink(), "bundle file missing"),
 ])
-def test_missing_or_modified_bundle_files(gallery, bundle, images, tmp_path, damage, fragment):
-    broken = shutil.copytree(bundle, tmp_path / "b")
+def test_missing_or_modified_bundle_files(gallery, fake_bundle, images, tmp_path, damage, fragment):
+    broken = shutil.copytree(fake_bundle, tmp_path / "b")
     damage(broken)
     assert_user_error(run(rank_command, ["--gallery", gallery, "--bundle", broken, "--query", "red"]), fragment)
     assert_user_error(run(index_command, ["--bundle", broken, "--images", images, "-o", tmp_path / "g.npy"]),
@@ -223,7 +223,7 @@ def test_missing_or_modified_bundle_files(gallery, bundle, images, tmp_path, dam
     assert not (tmp_path / "g.npy").exists()
 
 
-def test_index_bad_arguments(bundle, images, tmp_path):
+def test_index_bad_arguments(fake_bundle, images, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [
@@ -235,15 +235,15 @@ def test_index_bad_arguments(bundle, images, tmp_path):
         (["--images", images, "--backend", "tensorrt"], "no TensorRT engine"),
     ]
     for extra, fragment in cases:
-        args = {"--bundle": bundle, "--images": images, "-o": tmp_path / "g.npy"}
+        args = {"--bundle": fake_bundle, "--images": images, "-o": tmp_path / "g.npy"}
         args.update(dict(zip(extra[::2], extra[1::2])))
         assert_user_error(run(index_command, [x for pair in args.items() for x in pair] + ["--quiet"]), fragment)
     assert not list(tmp_path.glob("*.npy"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_tensorrt_backend_needs_tensorrt(gallery, tmp_path, bundle):
-    with_plans = shutil.copytree(bundle, tmp_path / "b")
+def test_tensorrt_backend_needs_tensorrt(gallery, tmp_path, fake_bundle):
+    with_plans = shutil.copytree(fake_bundle, tmp_path / "b")
     manifest = load_manifest(with_plans)
     for tower in (IMAGE_TOWER, TEXT_TOWER):
         (with_plans / tower.plan_file).write_bytes(b"plan")
@@ -256,13 +256,13 @@ def test_tensorrt_backend_needs_tensorrt(gallery, tmp_path, bundle):
     assert_user_error(result, "needs TensorRT", "tbps[trt]")
 
 
-def test_commands_never_import_torch(bundle, images, tmp_path):
+def test_commands_never_import_torch(fake_bundle, images, tmp_path):
     """A full index + rank in a fresh interpreter loads neither torch nor the training/export packages."""
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from tbps_runtime.cli.search import index_command, rank_command\n"
-        f"r = CliRunner().invoke(index_command, ['--bundle', {str(bundle)!r}, '--images', {str(images)!r}, "
+        f"r = CliRunner().invoke(index_command, ['--bundle', {str(fake_bundle)!r}, '--images', {str(images)!r}, "
         f"'-o', {str(tmp_path / 'g.npy')!r}, '--quiet'])\n"
         "assert r.exit_code == 0, r.output\n"
         f"r = CliRunner().invoke(rank_command, ['--gallery', {str(tmp_path / 'g.npy')!r}, '--query', 'red'])\n"

@@ -1,7 +1,7 @@
 """End to end on a real exported bundle: the tiny trained model, its synthetic test split.
 
-checkpoint -> tbps_export.export_bundle -> tbps-index -> tbps-rank, and the runtime
-against PyTorch on the same images and captions.
+checkpoint -> tbps_export.export_bundle (the session's ``exported_bundle``) -> tbps-index -> tbps-rank,
+and the runtime against PyTorch on the same images and captions.
 """
 
 import json
@@ -21,13 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_checkpoint, tmp_path_factory):
-    from tbps_export import export_bundle
-
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("export") / "tiny.bundle")
-
-
-@pytest.fixture(scope="module")
 def records(synth_root):
     from tbps_train.data.readers import read_split
 
@@ -35,20 +28,21 @@ def records(synth_root):
 
 
 @pytest.fixture(scope="module")
-def gallery_path(bundle, records, tmp_path_factory):
+def gallery_path(exported_bundle, records, tmp_path_factory):
     folder = tmp_path_factory.mktemp("index")
     listing = folder / "test.txt"
     listing.write_text("".join(f"{r.image_path}\t{r.person_id}\n" for r in records))
     output = folder / "g.npy"
-    result = CliRunner().invoke(index_command, ["--bundle", str(bundle), "--images", str(listing), "-o", str(output),
-                                                "--batch-size", "7", "--quiet"], catch_exceptions=False)
+    result = CliRunner().invoke(index_command, ["--bundle", str(exported_bundle), "--images", str(listing),
+                                                "-o", str(output), "--batch-size", "7", "--quiet"],
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return output
 
 
 @pytest.fixture(scope="module")
-def search(bundle):
-    return PersonSearch.from_bundle(bundle, threads=2)
+def search(exported_bundle):
+    return PersonSearch.from_bundle(exported_bundle, threads=2)
 
 
 def captions_of(records):
@@ -56,11 +50,11 @@ def captions_of(records):
     return [c for c, _ in pairs], np.array([i for _, i in pairs])
 
 
-def test_index_records_every_image_with_its_identity(gallery_path, records, bundle):
+def test_index_records_every_image_with_its_identity(gallery_path, records, exported_bundle):
     gallery = load_gallery(gallery_path)
     assert [e.path for e in gallery.entries] == [str(r.image_path) for r in records]
     assert [e.identity for e in gallery.entries] == [r.person_id for r in records]
-    assert gallery.unreadable == [] and gallery.bundle == str(bundle.resolve())
+    assert gallery.unreadable == [] and gallery.bundle == str(exported_bundle.resolve())
 
 
 def runtime_recall(results, query_ids, k):

@@ -29,9 +29,9 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def with_faiss(bundle, images, tmp_path_factory):
+def with_faiss(fake_bundle, images, tmp_path_factory):
     output = tmp_path_factory.mktemp("faiss") / "g.npy"
-    index(bundle, images, output, "--faiss", "Flat")
+    index(fake_bundle, images, output, "--faiss", "Flat")
     return output
 
 
@@ -53,48 +53,48 @@ def test_flat_index_is_recorded_and_ranks_as_exact(with_faiss):
     assert len(approximate[0]) == 12
 
 
-def test_sharded_galleries_have_one_index_per_shard(bundle, images, with_faiss, tmp_path):
+def test_sharded_galleries_have_one_index_per_shard(fake_bundle, images, with_faiss, tmp_path):
     for i in range(3):
-        index(bundle, images, f"{tmp_path}/", "--shard", f"{i}/3", "--faiss", "Flat")
+        index(fake_bundle, images, f"{tmp_path}/", "--shard", f"{i}/3", "--faiss", "Flat")
     assert sorted(p.name for p in tmp_path.glob("*.faiss")) == [f"shard-{i}-of-3.faiss" for i in range(3)]
     expected, _ = rank_json(with_faiss, "-k", 5, "--exact")
     got, log = rank_json(tmp_path, "-k", 5)
     same_ranking(got, expected)
     assert "search: FAISS Flat (3 shard indexes)" in log
     # Only some shards with an index: exact, with a warning.
-    index(bundle, images, tmp_path / "shard-0-of-3.npy", "--shard", "0/3")  # re-indexed without --faiss
+    index(fake_bundle, images, tmp_path / "shard-0-of-3.npy", "--shard", "0/3")  # re-indexed without --faiss
     got, log = rank_json(tmp_path, "-k", 5)
     same_ranking(got, expected)
     assert "only 2 of 3 shards have a FAISS index" in log and "search: exact" in log
 
 
-def test_reindexing_without_faiss_drops_the_record(bundle, images, tmp_path):
+def test_reindexing_without_faiss_drops_the_record(fake_bundle, images, tmp_path):
     output = tmp_path / "g.npy"
-    index(bundle, images, output, "--faiss", "Flat")
-    index(bundle, images, output)
+    index(fake_bundle, images, output, "--faiss", "Flat")
+    index(fake_bundle, images, output)
     assert "faiss" not in json.loads(sidecar_path(output).read_text())
     assert "search: exact" in rank_json(output, "-k", 1)[1]
 
 
-def test_ivf_index_and_nprobe(bundle, images, tmp_path):
+def test_ivf_index_and_nprobe(fake_bundle, images, tmp_path):
     output = tmp_path / "g.npy"
-    index(bundle, images, output, "--faiss", "IVF2,Flat")
+    index(fake_bundle, images, output, "--faiss", "IVF2,Flat")
     got, log = rank_json(output, "-k", 3, "--nprobe", 2)  # every list visited: exact
     same_ranking(got, rank_json(output, "-k", 3, "--exact")[0])
     assert "FAISS IVF2,Flat" in log
 
 
-def test_rescore_ranks_as_exact(bundle, images, tmp_path):
+def test_rescore_ranks_as_exact(fake_bundle, images, tmp_path):
     output = tmp_path / "g.npy"
-    index(bundle, images, output, "--faiss", "IVF2,Flat")
+    index(fake_bundle, images, output, "--faiss", "IVF2,Flat")
     got, log = rank_json(output, "-k", 3, "--nprobe", 2, "--rescore", 24)
     same_ranking(got, rank_json(output, "-k", 3, "--exact")[0])
     assert "best 24 rescored exactly" in log
 
 
-def test_faiss_misuse(bundle, images, with_faiss, tmp_path, monkeypatch):
+def test_faiss_misuse(fake_bundle, images, with_faiss, tmp_path, monkeypatch):
     plain = tmp_path / "plain.npy"
-    index(bundle, images, plain)
+    index(fake_bundle, images, plain)
     assert_user_error(run(rank_command, ["--gallery", plain, "--query", "red", "--nprobe", 4]),
                       "nprobe applies to a FAISS index", "tbps-index --faiss")
     assert_user_error(run(rank_command, ["--gallery", with_faiss, "--query", "red", "--exact", "--nprobe", 4]),
@@ -110,11 +110,11 @@ def test_faiss_misuse(bundle, images, with_faiss, tmp_path, monkeypatch):
     assert_user_error(run(rank_command, ["--gallery", broken / "g.npy", "--query", "red"]),
                       "g.faiss, which is missing", "--exact")
     assert run(rank_command, ["--gallery", broken / "g.npy", "--query", "red", "--exact"]).exit_code == 0
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", tmp_path / "x.npy", "--faiss",
+    result = run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", tmp_path / "x.npy", "--faiss",
                                  "NotAnIndex"])
     assert_user_error(result, "NotAnIndex")
     monkeypatch.setitem(sys.modules, "faiss", None)
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", tmp_path / "y.npy", "--faiss",
+    result = run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", tmp_path / "y.npy", "--faiss",
                                  "Flat"])
     assert_user_error(result, "tbps[faiss]")
     assert not (tmp_path / "y.npy").exists()

@@ -133,8 +133,8 @@ def test_partial_index_resumes_only_the_same_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def search(bundle):
-    return PersonSearch.from_bundle(bundle, threads=1)
+def search(fake_bundle):
+    return PersonSearch.from_bundle(fake_bundle, threads=1)
 
 
 @pytest.fixture()
@@ -159,9 +159,9 @@ class CountingBackend:
         return self.inner.run(tower, feeds)
 
 
-def test_interrupted_index_resumes_without_redoing_finished_batches(bundle, images, tmp_path):
-    fresh = PersonSearch.from_bundle(bundle, threads=1).index(images, tmp_path / "fresh.npy", batch_size=4)
-    search = PersonSearch.from_bundle(bundle, threads=1)
+def test_interrupted_index_resumes_without_redoing_finished_batches(fake_bundle, images, tmp_path):
+    fresh = PersonSearch.from_bundle(fake_bundle, threads=1).index(images, tmp_path / "fresh.npy", batch_size=4)
+    search = PersonSearch.from_bundle(fake_bundle, threads=1)
     counting = CountingBackend(search.backend, stop_at=3)
     search.encoder.backend = counting
     output = tmp_path / "g.npy"

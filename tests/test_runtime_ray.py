@@ -36,8 +36,8 @@ def local_ray():
     ray.shutdown()
 
 
-def test_a_ray_built_gallery_equals_the_local_one(local_ray, bundle, images, tmp_path):
-    args = ["--bundle", bundle, "--images", images, "--batch-size", 4, "--quiet"]
+def test_a_ray_built_gallery_equals_the_local_one(local_ray, fake_bundle, images, tmp_path):
+    args = ["--bundle", fake_bundle, "--images", images, "--batch-size", 4, "--quiet"]
     assert run(index_command, args + ["-o", tmp_path / "local.npy"]).exit_code == 0
     result = run(index_command, args + ["-o", tmp_path / "ray.npy", "--ray", "--ray-actors", 2])
     assert result.exit_code == 0, result.output
@@ -62,14 +62,14 @@ def test_a_ray_built_gallery_equals_the_local_one(local_ray, bundle, images, tmp
     assert shard.entries == local.entries[len(local) - len(shard):] and shard.shard.start == 8
 
 
-def test_without_ray_one_message_names_the_extra(bundle, images, tmp_path, monkeypatch):
+def test_without_ray_one_message_names_the_extra(fake_bundle, images, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", tmp_path / "g.npy", "--ray"])
+    result = run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", tmp_path / "g.npy", "--ray"])
     assert_user_error(result, "--ray needs Ray Data", "tbps[ray]")
     assert not list(tmp_path.iterdir())
 
 
-def test_ray_runs_onnxruntime_only(bundle, images, tmp_path):
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", tmp_path / "g.npy", "--ray",
+def test_ray_runs_onnxruntime_only(fake_bundle, images, tmp_path):
+    result = run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", tmp_path / "g.npy", "--ray",
                                  "--backend", "tensorrt"])
     assert_user_error(result, "--ray", "onnxruntime")

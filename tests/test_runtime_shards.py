@@ -35,17 +35,17 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single(bundle, images, tmp_path_factory):
+def single(fake_bundle, images, tmp_path_factory):
     output = tmp_path_factory.mktemp("single") / "g.npy"
-    index(bundle, images, output)
+    index(fake_bundle, images, output)
     return output
 
 
 @pytest.fixture(scope="module")
-def shards(bundle, images, tmp_path_factory):
+def shards(fake_bundle, images, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sharded") / "gallery"
     for i in range(3):
-        index(bundle, images, f"{directory}/", "--shard", f"{i}/3", "--batch-size", 2)
+        index(fake_bundle, images, f"{directory}/", "--shard", f"{i}/3", "--batch-size", 2)
     return directory
 
 
@@ -86,15 +86,15 @@ def test_a_shard_directory_is_the_unsharded_gallery(shards, single):
     assert reds == sorted(reds)  # three identical red crops: lower global row first
 
 
-def test_user_named_shard_files_and_an_empty_shard(bundle, images, tmp_path):
+def test_user_named_shard_files_and_an_empty_shard(fake_bundle, images, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
     for colour in ("red", "blue"):
         solid_image(small / f"{colour}.png", colour)
     (tmp_path / "parts").mkdir()
-    index(bundle, small, tmp_path / "parts" / "b.npy", "--shard", "1/3")
-    index(bundle, small, tmp_path / "parts" / "a.npy", "--shard", "0/3")
-    index(bundle, small, tmp_path / "parts" / "c.npy", "--shard", "2/3")  # 2 images in 3 shards: empty
+    index(fake_bundle, small, tmp_path / "parts" / "b.npy", "--shard", "1/3")
+    index(fake_bundle, small, tmp_path / "parts" / "a.npy", "--shard", "0/3")
+    index(fake_bundle, small, tmp_path / "parts" / "c.npy", "--shard", "2/3")  # 2 images in 3 shards: empty
     assert len(load_gallery(tmp_path / "parts" / "c.npy")) == 0
     sharded = load_gallery(tmp_path / "parts")
     assert [e.path.rsplit("/", 1)[1] for e in sharded.entries] == ["blue.png", "red.png"]
@@ -102,24 +102,24 @@ def test_user_named_shard_files_and_an_empty_shard(bundle, images, tmp_path):
     assert got[0][0]["path"].endswith("red.png") and len(got[0]) == 2
 
 
-def test_a_shard_of_only_unreadable_images_is_still_written(bundle, tmp_path):
+def test_a_shard_of_only_unreadable_images_is_still_written(fake_bundle, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     shutil.move(write_bad(tmp_path, "truncated"), folder / "a_truncated.jpg")
     solid_image(folder / "b_red.png", "red")
-    index(bundle, folder, f"{tmp_path}/out/", "--shard", "0/2")  # its one image is unreadable: 0 rows
-    index(bundle, folder, f"{tmp_path}/out/", "--shard", "1/2")
+    index(fake_bundle, folder, f"{tmp_path}/out/", "--shard", "0/2")  # its one image is unreadable: 0 rows
+    index(fake_bundle, folder, f"{tmp_path}/out/", "--shard", "1/2")
     empty = load_gallery(tmp_path / "out" / "shard-0-of-2.npy")
     assert len(empty) == 0 and [u["path"] for u in empty.unreadable] == [str(folder / "a_truncated.jpg")]
     whole = load_gallery(tmp_path / "out")
     assert [e.path for e in whole.entries] == [str(folder / "b_red.png")] and len(whole.unreadable) == 1
-    strict = run(index_command, ["--bundle", bundle, "--images", folder, "-o", f"{tmp_path}/strict/",
+    strict = run(index_command, ["--bundle", fake_bundle, "--images", folder, "-o", f"{tmp_path}/strict/",
                                  "--shard", "0/2", "--strict", "--quiet"])
     assert_user_error(strict, "a_truncated.jpg", "--strict")
     assert not list((tmp_path / "strict").iterdir())
 
 
-def test_an_interrupted_shard_resumes(bundle, images, tmp_path, monkeypatch):
+def test_an_interrupted_shard_resumes(fake_bundle, images, tmp_path, monkeypatch):
     from tbps_runtime.model.backends import OnnxRuntimeBackend
 
     real_run, calls = OnnxRuntimeBackend.run, []
@@ -130,7 +130,7 @@ def test_an_interrupted_shard_resumes(bundle, images, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_run(self, tower, feeds)
 
-    args = ["--bundle", bundle, "--images", images, "-o", f"{tmp_path}/", "--shard", "0/2", "--batch-size", 1]
+    args = ["--bundle", fake_bundle, "--images", images, "-o", f"{tmp_path}/", "--shard", "0/2", "--batch-size", 1]
     monkeypatch.setattr(OnnxRuntimeBackend, "run", interrupted_run)
     assert run(index_command, args).exit_code == 130
     assert not (tmp_path / "shard-0-of-2.npy").exists() and (tmp_path / ".shard-0-of-2.npy.partial.npy").exists()
@@ -150,8 +150,8 @@ def test_an_interrupted_shard_resumes(bundle, images, tmp_path, monkeypatch):
     ("1-3", "--shard takes I/N"), ("a/b", "--shard takes I/N"), ("3/3", "must be 0..2"), ("0/0", "at least 1"),
     ("-1/3", "--shard takes I/N"),
 ])
-def test_bad_shard_specs(bundle, images, tmp_path, spec, fragment):
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", f"{tmp_path}/", "--shard", spec])
+def test_bad_shard_specs(fake_bundle, images, tmp_path, spec, fragment):
+    result = run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", f"{tmp_path}/", "--shard", spec])
     assert_user_error(result, fragment)
     assert not list(tmp_path.iterdir())
 
@@ -168,10 +168,10 @@ def test_parse_shard_and_bounds():
             assert [g if g[0] < g[1] else None for g in got] == expected
 
 
-def test_a_directory_output_needs_shard(bundle, images, tmp_path):
-    assert_user_error(run(index_command, ["--bundle", bundle, "--images", images, "-o", tmp_path]),
+def test_a_directory_output_needs_shard(fake_bundle, images, tmp_path):
+    assert_user_error(run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", tmp_path]),
                       "is a directory", "--shard")
-    result = run(index_command, ["--bundle", bundle, "--images", images, "-o", tmp_path / "gallery",
+    result = run(index_command, ["--bundle", fake_bundle, "--images", images, "-o", tmp_path / "gallery",
                                  "--shard", "0/2"])
     assert_user_error(result, "gallery/ (trailing slash)")
     assert not list(tmp_path.iterdir())
@@ -207,24 +207,24 @@ def test_an_empty_directory(tmp_path):
     assert_user_error(rank_error(tmp_path / "empty"), "holds no shard galleries")
 
 
-def test_shards_of_another_bundle(bundle, images, shards, tmp_path):
+def test_shards_of_another_bundle(fake_bundle, images, shards, tmp_path):
     other = make_fake_bundle(tmp_path / "other", seed=1)
     target = copy_shards(shards, tmp_path, keep=(0, 2))
     index(other, images, f"{target}/", "--shard", "1/3")
     assert_user_error(rank_error(target), "different bundles", "fingerprint")
 
 
-def test_shards_of_another_image_list(bundle, images, shards, tmp_path):
+def test_shards_of_another_image_list(fake_bundle, images, shards, tmp_path):
     fewer = tmp_path / "fewer"
     shutil.copytree(images, fewer)
     next(fewer.glob("*_white.png")).unlink()
     target = copy_shards(shards, tmp_path, keep=(0, 2))
-    index(bundle, fewer, f"{target}/", "--shard", "1/3")
+    index(fake_bundle, fewer, f"{target}/", "--shard", "1/3")
     assert_user_error(rank_error(target), "different image lists", "list of 11 images", "list of 12 images")
     # The same images in another number of shards do not mix either.
     (tmp_path / "x").mkdir()
     target2 = copy_shards(shards, tmp_path / "x", keep=(0, 1))
-    index(bundle, images, target2 / "other.npy", "--shard", "2/4")
+    index(fake_bundle, images, target2 / "other.npy", "--shard", "2/4")
     assert_user_error(rank_error(target2), "different image lists", "shard 2 of 4")
 
 

@@ -30,21 +30,21 @@ REASON = unavailable_reason()
 # ---- the exporter's check runs the runtime's engine class (stand-in TensorRT, any machine) -------------
 
 
-def test_engine_runner_is_the_runtimes_engine_on_the_given_device(bundle, fake_gpu):
+def test_engine_runner_is_the_runtimes_engine_on_the_given_device(fake_bundle, fake_gpu):
     gpu = fake_gpu()
-    runner = EngineRunner((bundle / IMAGE_TOWER.onnx_file).read_bytes(), device=3)
+    runner = EngineRunner((fake_bundle / IMAGE_TOWER.onnx_file).read_bytes(), device=3)
     assert isinstance(runner.engine, TensorRTEngine) and gpu.devices == [3]
     (spec,) = IMAGE_TOWER.inputs
     inputs = {spec.name: np.random.default_rng(0).normal(size=(5, 3, 16, 8)).astype(np.float32)}
     got = runner(inputs)  # 5 rows through a profile of at most 2: split as the runtime splits
     assert got.dtype == np.float32 and set(gpu.devices) == {3}
-    np.testing.assert_allclose(got, onnx_runner(bundle / IMAGE_TOWER.onnx_file)(inputs), atol=1e-6)
+    np.testing.assert_allclose(got, onnx_runner(fake_bundle / IMAGE_TOWER.onnx_file)(inputs), atol=1e-6)
     assert [run[spec.name][0] for run in gpu.engines[0].runs] == [2, 2, 1]
     with pytest.raises(ExportError, match="could not deserialize"):
         EngineRunner(b"incompatible")
 
 
-def test_checked_engine_build_uses_the_options_device(bundle, fake_gpu, monkeypatch, tmp_path):
+def test_checked_engine_build_uses_the_options_device(fake_bundle, fake_gpu, monkeypatch, tmp_path):
     from tbps_export import tensorrt_build as trt_build
 
     gpu = fake_gpu()
@@ -54,12 +54,12 @@ def test_checked_engine_build_uses_the_options_device(bundle, fake_gpu, monkeypa
         return {"file": plan_path.name, "precision": options.precision, **device_facts(options.device)}
 
     monkeypatch.setattr(trt_build, "build_engine", build_engine)
-    manifest = load_manifest(bundle)
+    manifest = load_manifest(fake_bundle)
     options = TrtOptions(batch=(1, 2, 4), sequence=(1, 8, None), device=1)
     profiles = options.resolve(manifest.max_text_length)
-    tokenizer = load_tokenizer((bundle / manifest.tokenizer).read_text(), manifest.max_text_length)
+    tokenizer = load_tokenizer((fake_bundle / manifest.tokenizer).read_text(), manifest.max_text_length)
     cases = parity_cases(IMAGE_TOWER, tuple(manifest.image_size), tokenizer, manifest.max_text_length)
-    entry = build_checked_engine(bundle / IMAGE_TOWER.onnx_file, IMAGE_TOWER, manifest.sizes(), options, profiles,
+    entry = build_checked_engine(fake_bundle / IMAGE_TOWER.onnx_file, IMAGE_TOWER, manifest.sizes(), options, profiles,
                                  tmp_path / IMAGE_TOWER.plan_file, cases, tmp_path)
     assert set(gpu.devices) == {1}
     assert entry["parity"]["max_abs_diff"] < 1e-5 and entry["parity"]["cases"]
@@ -129,11 +129,9 @@ def test_reloaded_engines_match_onnxruntime(trt_bundle):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(REASON is not None, reason=str(REASON))
-def test_selfcheck_runs(tiny_checkpoint, tmp_path):
-    from tbps_export import export_bundle
+def test_selfcheck_runs(exported_bundle):
     from tbps_export.trt_selfcheck import selfcheck
 
-    bundle = export_bundle(tiny_checkpoint, tmp_path / "b")
-    records = selfcheck(bundle, ("fp32",), batch=(1, 2, 4), iterations=3)
+    records = selfcheck(exported_bundle, ("fp32",), batch=(1, 2, 4), iterations=3)  # reads it, builds in a temp dir
     assert [r["tower"] for r in records] == ["image_tower", "text_tower"]
     assert all(r["ok"] and r["tensorrt_ms"] > 0 for r in records), records

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html.parser
-import time
 
 import numpy as np
 import pytest
@@ -14,17 +13,10 @@ HOSTILE = '<script>alert(1)</script> a man in a "red" shirt & blue jeans'
 
 
 @pytest.fixture(scope="module")
-def explain_bundle(tiny_checkpoint, tmp_path_factory):
-    from tbps_export import export_bundle
-
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("explain") / "m.bundle", explain=True)
-
-
-@pytest.fixture(scope="module")
-def search(explain_bundle):
+def search(exported_bundle):
     from tbps_runtime.search import PersonSearch
 
-    return PersonSearch.from_bundle(explain_bundle, threads=1)
+    return PersonSearch.from_bundle(exported_bundle, threads=1)  # exported with the explain graphs
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +91,7 @@ def test_frames_are_green_for_hits_and_red_for_misses(test_records, tmp_path):
     assert tuple(image[mid + row_h, x0 + 1]) == UNKNOWN  # identity of the second query unknown
 
 
-def test_explain_maps_have_the_right_shapes_and_sum_as_attention(search, explain_bundle, test_records):
+def test_explain_maps_have_the_right_shapes_and_sum_as_attention(search, test_records):
     from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER
 
     manifest = search.manifest
@@ -157,8 +149,6 @@ def test_quickstart_runs_the_whole_chain_and_reuses_it(tmp_path):
     with Image.open(work / "results.png") as image:
         assert image.format == "PNG"
     stamps = {name: (work / name).stat().st_mtime_ns for name in made}
-    started = time.perf_counter()
     again = CliRunner().invoke(quickstart_command, args)
     assert again.exit_code == 0, again.output
-    assert time.perf_counter() - started < 10
     assert {name: (work / name).stat().st_mtime_ns for name in made} == stamps  # nothing redone

@@ -38,3 +38,8 @@ class ExportError(TbpsError, ValueError):
 
 class QueryError(TbpsError, ValueError):
     """A search query that cannot be embedded (empty, whitespace only, not text)."""
+
+
+class OutputError(TbpsError):
+    """An output that must not be written: another run is writing it, it is not tbps's to replace,
+    it is an input of the same command, or it does not fit on its disk."""

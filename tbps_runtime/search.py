@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -27,19 +28,21 @@ from tbps_runtime.errors import BundleError, ConfigError, DataError
 from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
 from tbps_runtime.gallery.shards import ShardedGallery
-from tbps_runtime.gallery.storage import Gallery, PartialIndex, write_gallery
+from tbps_runtime.gallery.storage import Gallery, PartialIndex, check_gallery_output, write_gallery
 from tbps_runtime.indexing.local import embed_into
 from tbps_runtime.model import attention
 from tbps_runtime.model.attention import Explanation
 from tbps_runtime.model.backends import Backend
 from tbps_runtime.model.bundle import Manifest
 from tbps_runtime.model.encoder import Encoder, ImageInput, check_queries
+from tbps_runtime.outputs import disk_errors, output_lock
 from tbps_runtime.ranking import top_k_parts
 
 if TYPE_CHECKING:
     from tbps_runtime.indexing.ray import RayIndexer
 
 logger = logging.getLogger(__name__)
+_FAISS_OPEN = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -181,13 +184,17 @@ class PersonSearch:
     def index(self, images: Sequence[str | Path], output: str | Path, *,
               identities: Sequence[int | str | None] | None = None, batch_size: int = 32,
               strict: bool = False, progress: bool = False, shard: ShardInfo | None = None,
-              distributed: RayIndexer | None = None) -> Gallery:
+              distributed: RayIndexer | None = None, force: bool = False) -> Gallery:
         """Embed image files into ``output`` (``g.npy`` + ``g.json``), resumably.
 
         Unreadable images are skipped and listed in ``g.json`` (``strict``: the first
         one raises :class:`DataError`). An interrupted run resumes where it stopped
         when called again with the same images and bundle; the output appears
-        only when complete.
+        only when complete. One run at a time writes an output: a run holds the
+        output's lock (:func:`tbps_runtime.outputs.output_lock`) throughout, and
+        another one, in this process or another, is refused with an
+        :class:`~tbps_runtime.errors.OutputError`; so is an output whose disk
+        cannot hold its rows.
 
         Args:
             shard: when ``images`` are one block of a larger list
@@ -196,8 +203,18 @@ class PersonSearch:
                 that the directory of shards stays complete.
             distributed: embed with a Ray cluster (:class:`tbps_runtime.indexing.ray.RayIndexer`)
                 instead of this process; the output is the same.
+            force: replace ``output`` and the ``.json`` beside it even when they are not a tbps
+                gallery (by default such files are refused:
+                :func:`tbps_runtime.gallery.storage.check_gallery_output`).
         """
         output = _check_output(output)
+        with output_lock(output, "indexing into"), disk_errors(output, resumable=True):
+            check_gallery_output(output, force)
+            return self._index(images, output, identities, batch_size, strict, progress, shard, distributed)
+
+    def _index(self, images: Sequence[str | Path], output: Path, identities: Sequence[int | str | None] | None,
+               batch_size: int, strict: bool, progress: bool, shard: ShardInfo | None,
+               distributed: RayIndexer | None) -> Gallery:
         paths = [os.path.abspath(p) for p in images]
         if not paths and shard is not None:
             return write_gallery(output, self.encoder.empty(), [], fingerprint=self.fingerprint,
@@ -238,11 +255,12 @@ def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> s
 
 
 def _gallery_faiss(gallery: Any) -> Any:
-    """The gallery's FAISS search (None without one), opened once per gallery object."""
-    if not hasattr(gallery, "_faiss_search"):
-        from tbps_runtime.gallery.faiss_gallery import open_gallery_faiss
+    """The gallery's FAISS search (None without one), opened once per gallery object (by one thread)."""
+    with _FAISS_OPEN:
+        if not hasattr(gallery, "_faiss_search"):
+            from tbps_runtime.gallery.faiss_gallery import open_gallery_faiss
 
-        gallery._faiss_search = open_gallery_faiss(gallery)
+            gallery._faiss_search = open_gallery_faiss(gallery)
     return gallery._faiss_search
 
 

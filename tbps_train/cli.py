@@ -40,7 +40,9 @@ def _quiet_libraries() -> None:
 @click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=3), help="Number of identities.")
 @click.option("--images-per-id", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing dataset at --out; only one tbps synth wrote (with its .tbps-synth.json "
+                   "and nothing else) is ever replaced.")
 @quiet_option()
 @user_errors_exit_2
 def synth_command(output: str, ids: int, images_per_id: int, seed: int, overwrite: bool, quiet: bool) -> None:

@@ -95,9 +95,13 @@ def test_refuses_non_empty_out_unless_overwrite(tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="exists and is not empty.*overwrite=True"):
         generate(out, ids=3, images_per_id=1, progress=False)
+    with pytest.raises(DataError, match="not a dataset written by tbps synth"):  # only its own datasets
+        generate(out, ids=3, images_per_id=1, progress=False, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
-    generate(out, ids=3, images_per_id=1, progress=False, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "reid_raw.json").is_file()
+    (out / "keep.txt").unlink()
+    generate(out, ids=3, images_per_id=1, progress=False)
+    generate(out, ids=3, images_per_id=1, seed=1, progress=False, overwrite=True)
+    assert json.loads((out / "synth.json").read_text())["seed"] == 1 and (out / synth.MARKER).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 

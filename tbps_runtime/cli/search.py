@@ -53,20 +53,25 @@ _threads_option = click.option("--threads", type=click.IntRange(min=1),
               help="Also build a FAISS index (pip install 'tbps[faiss]') of the gallery with this factory "
                    "string, e.g. Flat or IVF1024,PQ64; written beside it (g.faiss; with --shard one per shard) and "
                    "used by tbps-rank.")
+@click.option("--force", is_flag=True,
+              help="Replace the output's .npy/.json/.faiss even when they are not a tbps gallery (by default "
+                   "such files, e.g. a bundle's manifest.json, are refused).")
 @_threads_option
 @quiet_option("No progress bar; warnings only.")
 @user_errors_exit_2
 def index_command(bundle: str, images: str, output: str, shard_spec: str | None, ray_address: str | None,
                   ray_actors: int, backend: str, batch_size: int, strict: bool, faiss_spec: str | None,
-                  threads: int | None, quiet: bool) -> None:
+                  force: bool, threads: int | None, quiet: bool) -> None:
     """Embed a gallery of person crops into g.npy + g.json.
 
     Unreadable images are skipped and listed in g.json (--strict: fatal). An
     interrupted run resumes where it stopped when the same command is run again
-    (per shard, with --shard).
+    (per shard, with --shard). One run at a time writes a gallery: another run
+    with the same -o is refused.
     """
     from tbps_runtime.gallery.shards import parse_shard, select_shard, shard_output
     from tbps_runtime.model.images import collect_images
+    from tbps_runtime.outputs import output_lock
     from tbps_runtime.search import PersonSearch
 
     quiet = setup_logging(quiet)
@@ -91,26 +96,50 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
         output = str(shard_output(output, *shard))
         logger.info("shard %d of %d: images %d..%d of %d", info.index, info.count, info.start,
                     info.start + len(paths) - 1, info.total)
-    search = PersonSearch.from_bundle(bundle, backend=backend, threads=threads)
-    if faiss_spec is not None:  # a missing faiss or a bad spec is refused before any indexing
-        from tbps_runtime.gallery.faiss_gallery import check_faiss_spec
+    with output_lock(output, "indexing into"):  # held until the FAISS index too is written
+        _check_index_outputs(output, images, bundle, faiss_spec, force)
+        search = PersonSearch.from_bundle(bundle, backend=backend, threads=threads)
+        if faiss_spec is not None:  # a missing faiss or a bad spec is refused before any indexing
+            from tbps_runtime.gallery.faiss_gallery import check_faiss_spec
 
-        check_faiss_spec(faiss_spec, search.manifest.num_slots, search.manifest.embed_dim)
-    started = time.perf_counter()
-    try:
-        gallery = search.index(paths, output, identities=identities, batch_size=batch_size, strict=strict,
-                               progress=not quiet, shard=info, distributed=distributed)
-    except KeyboardInterrupt:
-        logger.warning("finished batches are kept: run the same command again to resume")
-        raise
-    seconds = time.perf_counter() - started
-    logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
-                len(paths) / max(seconds, 1e-9))
-    if faiss_spec is not None:
-        from tbps_runtime.gallery.faiss_gallery import build_gallery_faiss
+            check_faiss_spec(faiss_spec, search.manifest.num_slots, search.manifest.embed_dim)
+        started = time.perf_counter()
+        try:
+            gallery = search.index(paths, output, identities=identities, batch_size=batch_size, strict=strict,
+                                   progress=not quiet, shard=info, distributed=distributed, force=force)
+        except KeyboardInterrupt:
+            logger.warning("finished batches are kept: run the same command again to resume")
+            raise
+        seconds = time.perf_counter() - started
+        logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
+                    len(paths) / max(seconds, 1e-9))
+        if faiss_spec is not None:
+            from tbps_runtime.gallery.faiss_gallery import build_gallery_faiss
 
-        build_gallery_faiss(gallery, faiss_spec)
+            build_gallery_faiss(gallery, faiss_spec, force=force)
     click.echo(str(output))
+
+
+def _check_index_outputs(output: str, images: str, bundle: str, faiss_spec: str | None, force: bool) -> None:
+    """Refuse, before any work, outputs that are inputs (the list file, the bundle's files) or that are not
+    tbps's to replace (a manifest.json beside -o X.npy), unless --force."""
+    from tbps_runtime.gallery.faiss_gallery import check_faiss_output, faiss_path_for
+    from tbps_runtime.gallery.storage import check_gallery_output, sidecar_path
+    from tbps_runtime.outputs import check_outputs
+
+    check_outputs({"-o": output, "the description beside -o,": sidecar_path(output),
+                   "the FAISS index beside -o,": faiss_path_for(output) if faiss_spec else None},
+                  {"the image list (--images)": [images] if Path(images).is_file() else [],
+                   "a file of the bundle (--bundle)": _files_in(bundle)})
+    check_gallery_output(output, force)
+    if faiss_spec is not None:
+        check_faiss_output(output, force)
+
+
+def _files_in(directory: str | Path) -> list[Path]:
+    """The files directly in ``directory`` (none when it is not one)."""
+    directory = Path(directory)
+    return [p for p in directory.iterdir() if p.is_file()] if directory.is_dir() else []
 
 
 @click.command(cls=TbpsCommand)
@@ -160,7 +189,11 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     results = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore)
     logger.info("search: %s%s", describe_search(gallery, exact),
                 f", best {max(k, rescore)} rescored exactly" if rescore and not exact else "")  # after ranking: an error stays the only line
-    _write_pictures(search, texts, results, show_path, html_path, explain)
+    inputs = {"the gallery being ranked (--gallery)": _gallery_files(gallery),
+              "a file of the bundle (--bundle)": _files_in(search.directory),
+              "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
+              "a crop in the results": [m.path for matches in results for m in matches if m.path]}
+    _write_pictures(search, texts, results, show_path, html_path, explain, inputs)
     single = len(queries) == 1 and queries_file is None
     if as_json:
         documents = [[m.to_json() for m in matches] for matches in results]
@@ -173,13 +206,17 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
 
 
 def _write_pictures(search: PersonSearch, texts: list[str], results: list[list[Match]], show_path: str | None,
-                    html_path: str | None, explain: bool) -> None:
-    """--show / --html / --explain: draw the results (and their attention) for people to look at."""
+                    html_path: str | None, explain: bool, inputs: dict[str, list]) -> None:
+    """--show / --html / --explain: draw the results (and their attention) for people to look at;
+    never over one of the command's ``inputs``."""
     if explain and not (show_path or html_path):
         raise ConfigError("--explain draws into the pictures: add --show results.png and/or --html results.html")
     if not (show_path or html_path):
         return
+    from tbps_runtime.outputs import check_outputs
     from tbps_runtime.report import draw
+
+    check_outputs({"--show": show_path, "--html": html_path}, inputs)
 
     explanations = ([search.explain(text, [m.path for m in matches]) for text, matches in zip(texts, results)]
                     if explain else None)
@@ -204,6 +241,14 @@ def _read_queries(path: str) -> list[str]:
     if not texts:
         raise QueryError(f"{path} holds no queries (one per line)")
     return texts
+
+
+def _gallery_files(gallery: Gallery | ShardedGallery) -> list[Path]:
+    """The files a gallery is read from: each (shard's) .npy, its .json and its FAISS index."""
+    files = []
+    for part in getattr(gallery, "shards", None) or [gallery]:
+        files += [p for p in (part.path, part.sidecar, part.faiss_path) if p is not None]
+    return files
 
 
 def _bundle_of(gallery: Gallery | ShardedGallery, bundle: str | None) -> str:

@@ -15,14 +15,16 @@ The index maths is in :mod:`tbps_runtime.gallery.faiss_index`; faiss is imported
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tbps_runtime.errors import BundleError, ConfigError
-from tbps_runtime.gallery.storage import Gallery, record_faiss
+from tbps_runtime.errors import BundleError, ConfigError, OutputError
+from tbps_runtime.gallery.storage import Gallery, record_faiss, sidecar_path
+from tbps_runtime.outputs import output_lock
 from tbps_runtime.ranking import merge_top_k
 
 logger = logging.getLogger(__name__)
@@ -53,16 +55,43 @@ def faiss_path_for(gallery_path: str | Path) -> Path:
     return Path(gallery_path).with_suffix(".faiss")
 
 
-def build_gallery_faiss(gallery: Gallery, spec: str, seed: int = 0) -> Gallery:
+def check_faiss_output(gallery_path: str | Path, force: bool = False) -> None:
+    """Refuse to write ``g.faiss`` over a file that is not a FAISS index of tbps's (written with the
+    tbps trailer, or recorded in the gallery's ``g.json``), unless ``force``.
+
+    Raises:
+        OutputError: naming the file and the two ways out.
+    """
+    from tbps_runtime.gallery.faiss_index import is_tbps_faiss_file
+
+    path = faiss_path_for(gallery_path)
+    if force or not path.exists() or is_tbps_faiss_file(path) or _recorded_faiss(gallery_path) == path.name:
+        return
+    raise OutputError(f"{path} exists and is not a FAISS index tbps wrote, and --faiss would replace it: move it, "
+                      "or pass --force to replace it")
+
+
+def _recorded_faiss(gallery_path: str | Path) -> str | None:
+    try:
+        record = json.loads(sidecar_path(gallery_path).read_text(encoding="utf-8")).get("faiss")
+        return record.get("file") if isinstance(record, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def build_gallery_faiss(gallery: Gallery, spec: str, seed: int = 0, force: bool = False) -> Gallery:
     """Build the FAISS index of ``gallery`` (a file on disk), write it beside it and record it in its
-    ``g.json``; returns the gallery reloaded with the record."""
+    ``g.json``; returns the gallery reloaded with the record. Holds the gallery's lock
+    (:func:`tbps_runtime.outputs.output_lock`) while it writes; ``force``: see :func:`check_faiss_output`."""
     from tbps_runtime.gallery.faiss_index import build_faiss_index, write_faiss_index
 
     path = faiss_path_for(gallery.path)
-    index = build_faiss_index(gallery.embeddings, spec, seed=seed)
-    write_faiss_index(index, path)
-    logger.info("built FAISS index %s (%s) over %d row(s)", path, spec, len(gallery))
-    return record_faiss(gallery.path, path.name, spec)
+    with output_lock(gallery.path, "indexing into"):
+        check_faiss_output(gallery.path, force)
+        index = build_faiss_index(gallery.embeddings, spec, seed=seed)
+        write_faiss_index(index, path)
+        logger.info("built FAISS index %s (%s) over %d row(s)", path, spec, len(gallery))
+        return record_faiss(gallery.path, path.name, spec)
 
 
 class FaissSearch:

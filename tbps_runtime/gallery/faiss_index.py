@@ -107,7 +107,8 @@ def search_faiss(index: Any, queries: np.ndarray, k: int, nprobe: int | None = N
     an approximate index may find fewer than ``min(k, ntotal)`` rows for a query
     (e.g. IVF with a small ``nprobe``): the missing places hold row ``-1`` and
     score ``-inf``, at the end. Which of several rows tied at the k-th score is
-    returned is FAISS's choice.
+    returned is FAISS's choice. ``nprobe``/``ef_search`` reach FAISS as search
+    parameters of this call: the index is never modified, so threads may share it.
 
     Args:
         index: from :func:`build_faiss_index` or :func:`read_faiss_index` (or any FAISS
@@ -137,21 +138,22 @@ def search_faiss(index: Any, queries: np.ndarray, k: int, nprobe: int | None = N
     if keep == 0 or len(queries) == 0:
         return np.zeros((len(queries), keep), np.float32), np.zeros((len(queries), keep), np.int64)
     flat = np.ascontiguousarray(normalize_slots(queries).reshape(len(queries), -1))
-    restore = []  # per-call parameters are set on the index and put back afterwards
-    try:
-        for option, value, kind, find, attribute in (("nprobe", nprobe, "IVF", _ivf_or_none, "nprobe"),
-                                                     ("ef_search", ef_search, "HNSW", _hnsw_or_none, "efSearch")):
-            if value is None:
-                continue
-            target = find(faiss, index)
-            if target is None:
-                raise ConfigError(f"{option} applies to {kind} indexes; this one ({_describe(index)}) has none: "
-                                  f"leave {option} out")
-            _set(target, attribute, _positive(option, value), restore)
+    for option, value, kind, find in (("nprobe", nprobe, "IVF", _ivf_or_none),
+                                      ("ef_search", ef_search, "HNSW", _hnsw_or_none)):
+        if value is not None and find(faiss, index) is None:
+            raise ConfigError(f"{option} applies to {kind} indexes; this one ({_describe(index)}) has none: "
+                              f"leave {option} out")
+    if nprobe is None and ef_search is None:
         scores, rows = index.search(flat, keep)
-    finally:
-        for obj, name, value in reversed(restore):
-            setattr(obj, name, value)
+    else:  # per-call parameters: the shared index is never modified, so threads may search it at once
+        nprobe = None if nprobe is None else _positive("nprobe", nprobe)
+        ef_search = None if ef_search is None else _positive("ef_search", ef_search)
+        alive: list = []  # the nested SWIG parameter objects must outlive the search
+        params = _search_parameters(faiss, index, nprobe, ef_search, alive)
+        if params is None:
+            raise ConfigError(f"this FAISS index ({_describe(index)}, {type(faiss.downcast_index(index)).__name__}) "
+                              "takes no per-call nprobe/ef_search: leave them out")
+        scores, rows = index.search(flat, keep, params=params)
     scores = np.asarray(scores, np.float32)
     rows = np.asarray(rows, np.int64)
     scores[rows < 0] = -np.inf  # FAISS pads a short result with id -1 and -FLT_MAX
@@ -236,6 +238,19 @@ def read_faiss_index(path: str | Path) -> Any:
         if shape is not None:
             _tag(index, (int(shape[0]), int(shape[1])), trailer.get("spec"))
     return index
+
+
+def is_tbps_faiss_file(path: str | Path) -> bool:
+    """Whether ``path`` ends with the trailer :func:`write_faiss_index` writes (damaged or not)."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, 2)
+            if stream.tell() < 16:
+                return False
+            stream.seek(-8, 2)
+            return stream.read(8) == _MAGIC
+    except OSError:
+        return False
 
 
 def index_shape(index: Any) -> tuple[int, int] | None:
@@ -345,9 +360,36 @@ def _hnsw_or_none(faiss: Any, index: Any) -> Any:
     return None
 
 
-def _set(obj: Any, name: str, value: int, restore: list) -> None:
-    restore.append((obj, name, getattr(obj, name)))
-    setattr(obj, name, value)
+def _search_parameters(faiss: Any, index: Any, nprobe: int | None, ef_search: int | None, alive: list) -> Any:
+    """FAISS ``SearchParameters`` giving ``index`` (through the wrappers the factory makes: pre-transforms,
+    id maps, refinement) this ``nprobe`` (IVF) / ``efSearch`` (HNSW) for one call; None when nothing
+    inside takes them. Every object made is appended to ``alive``: FAISS keeps only raw pointers to the
+    nested ones."""
+    index = faiss.downcast_index(index)
+    params = None
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = _search_parameters(faiss, index.index, nprobe, ef_search, alive)
+        if inner is not None:
+            params = faiss.SearchParametersPreTransform()
+            params.index_params = inner
+    elif isinstance(index, faiss.IndexRefine):
+        inner = _search_parameters(faiss, index.base_index, nprobe, ef_search, alive)
+        if inner is not None:
+            params = faiss.IndexRefineSearchParameters()
+            params.base_index_params, params.k_factor = inner, index.k_factor
+    elif isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return _search_parameters(faiss, index.index, nprobe, ef_search, alive)
+    elif isinstance(index, faiss.IndexIVF) and nprobe is not None:
+        params = faiss.SearchParametersIVF()
+        params.nprobe, params.max_codes = nprobe, index.max_codes
+    elif isinstance(index, faiss.IndexHNSW) and ef_search is not None:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef_search
+        params.check_relative_distance = index.hnsw.check_relative_distance
+        params.bounded_queue = index.hnsw.search_bounded_queue
+    if params is not None:
+        alive.append(params)
+    return params
 
 
 def _positive(name: str, value: int) -> int:

@@ -33,8 +33,9 @@ import numpy as np
 
 from tbps_runtime.atomic import atomic_path, atomic_write, write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
-from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
+from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, OutputError
 from tbps_runtime.gallery.records import FaissRecord, GalleryEntry, ShardInfo
+from tbps_runtime.outputs import ensure_space, output_lock, reserve, unallocated_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,36 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def is_gallery_sidecar(path: str | Path) -> bool:
+    """Whether ``path`` is a ``g.json`` tbps wrote (a JSON object with the gallery format tag)."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == GALLERY_FORMAT
+
+
+def check_gallery_output(output: str | Path, force: bool = False) -> None:
+    """Refuse to index into ``output`` (``g.npy``) when it, or the ``g.json`` its description would
+    replace, exists and is not part of a tbps gallery (a bundle's ``manifest.json``, a dataset's
+    ``reid_raw.json``), unless ``force``.
+
+    Raises:
+        OutputError: naming the file and the two ways out.
+    """
+    output = Path(output)
+    sidecar = sidecar_path(output)
+    if force or is_gallery_sidecar(sidecar):
+        return
+    if sidecar.exists():
+        raise OutputError(f"{sidecar} is not a tbps gallery description (no '{GALLERY_FORMAT}' format tag), and "
+                          f"indexing into {output.name} would replace it with one: pick another -o, or pass "
+                          "--force to replace it")
+    if output.exists():
+        raise OutputError(f"{output} exists and is not a tbps gallery (no {sidecar.name} beside it): pick "
+                          "another -o, or pass --force to replace it")
+
+
 def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
     """Read and validate ``g.npy`` and its ``g.json``; rows are memory-mapped unless ``mmap=False``.
 
@@ -136,15 +167,18 @@ def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
 def write_gallery(path: str | Path, embeddings: np.ndarray, entries: Sequence[GalleryEntry], *,
                   fingerprint: str, bundle: str | Path | None = None,
                   unreadable: Sequence[dict[str, str]] = (), shard: ShardInfo | None = None) -> Gallery:
-    """Write ``g.npy`` + ``g.json`` atomically (each via a temp file and a rename; the JSON last)."""
+    """Write ``g.npy`` + ``g.json`` atomically (each via a temp file and a rename; the JSON last), holding
+    the gallery's lock (:func:`tbps_runtime.outputs.output_lock`): two writers never mix their files."""
     path = Path(path)
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 3 or embeddings.dtype != np.float32 or len(embeddings) != len(entries):
         raise ValueError(f"a gallery is (N, K, d) float32 with one entry per row, got {embeddings.shape} "
                          f"{embeddings.dtype} and {len(entries)} entries")
-    atomic_write(path, lambda stream: np.save(stream, embeddings))
-    _write_sidecar(path, embeddings.shape, entries, fingerprint, bundle, unreadable, shard)
-    return load_gallery_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(path):
+        atomic_write(path, lambda stream: np.save(stream, embeddings))
+        _write_sidecar(path, embeddings.shape, entries, fingerprint, bundle, unreadable, shard)
+        return load_gallery_file(path)
 
 
 def record_faiss(path: str | Path, file_name: str, spec: str) -> Gallery:
@@ -244,17 +278,20 @@ class PartialIndex:
         if state is not None and state.get("key") == self.key and self.rows_path.is_file():
             try:
                 rows = np.lib.format.open_memmap(self.rows_path, mode="r+")
-                if rows.shape == (self.count, *shape) and rows.dtype == np.float32:
-                    self.done = int(state["done"])
-                    self.failures = {int(k): v for k, v in state["failures"].items()}
-                    return rows
-            except (ValueError, OSError) as e:
+                done, failures = int(state["done"]), {int(k): v for k, v in state["failures"].items()}
+            except (ValueError, OSError, AttributeError, TypeError) as e:
                 logger.warning("ignoring unreadable partial index %s (%s): starting over", self.rows_path, e)
+            else:
+                if rows.shape == (self.count, *shape) and rows.dtype == np.float32:
+                    _reserve_rows(self.rows_path, f"the gallery {self.output}")  # a sparse file's holes
+                    self.done, self.failures = done, failures
+                    return rows
+                del rows
         elif state is not None:
             logger.info("partial index %s is from another run (other images or bundle): starting over",
                         self.state_path)
         self.state_path.unlink(missing_ok=True)
-        return np.lib.format.open_memmap(self.rows_path, mode="w+", dtype=np.float32, shape=(self.count, *shape))
+        return _create_rows(self.rows_path, (self.count, *shape), f"the gallery {self.output}")
 
     def _read_state(self) -> dict[str, Any] | None:
         try:
@@ -312,11 +349,33 @@ class PartialIndex:
             atomic_write(self.output, lambda stream: np.save(stream, np.zeros((0, *self.shape), np.float32)))
             return
         with atomic_path(self.output, suffix=".tmp.npy") as temp:
-            out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=(len(ok), *self.shape))
+            out = _create_rows(temp, (len(ok), *self.shape), f"the gallery {self.output}")
             for start in range(0, len(ok), _COPY_ROWS):
                 out[start:start + _COPY_ROWS] = self.rows[ok[start:start + _COPY_ROWS]]
             out.flush()
             del out
+
+
+def _create_rows(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A new (N, K, d) float32 ``.npy`` memory map at ``path``, its disk blocks allocated up front: writing
+    through a map onto a full disk kills the process (SIGBUS), so a full disk is refused here instead."""
+    header = 4096  # an upper bound of the .npy header
+    ensure_space(path.parent, int(np.prod(shape)) * 4 + header, what)
+    try:
+        rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        _reserve_rows(path, what)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def _reserve_rows(path: Path, what: str) -> None:
+    """Allocate the holes of the sparse ``.npy`` at ``path`` (after checking they fit)."""
+    missing = unallocated_bytes(path)
+    if missing:
+        ensure_space(path.parent, missing, what)
+        reserve(path, path.stat().st_size, what)
 
 
 def _run_key(paths: Sequence[str], fingerprint: str, shape: tuple[int, int]) -> str:

@@ -35,8 +35,16 @@ from tqdm import tqdm
 from tbps_train.config import DEFAULT_IDS
 from tbps_runtime.errors import ConfigError, DataError
 
-__all__ = ["PALETTE", "SynthConfig", "generate"]
+__all__ = ["MARKER", "PALETTE", "SynthConfig", "generate"]
 log = logging.getLogger(__name__)
+
+# What generate() writes, and all that overwrite=True will delete: a directory holding anything else
+# (or no marker) is refused.
+MARKER = ".tbps-synth.json"
+_MARKER_FORMAT = "tbps-synth"
+_OWN_FILES = {MARKER, "reid_raw.json", "synth.json"}
+_OWN_DIRS = {"imgs", "imgs/SYNTH"}
+_OWN_IMAGE = re.compile(r"imgs/SYNTH/\d{5,}_\d{2,}\.png")
 
 RGB = tuple[int, int, int]
 # The shared garment palette, most distinct first: palette_size keeps a prefix.
@@ -503,14 +511,54 @@ def _check_args(ids, images_per_id, image_size, splits) -> None:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file: pass a directory path for the dataset")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out} exists and is not empty: pick a new directory or pass overwrite=True")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out} exists and is not empty: pick a new directory or pass overwrite=True")
+        _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace ``out`` unless it is a dataset this module wrote, holding only the files it writes.
+
+    Raises:
+        DataError: no marker, or a file (or link) it did not write, named.
+    """
+    try:
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = None
+    if not isinstance(marker, dict) or marker.get("format") != _MARKER_FORMAT:
+        raise DataError(f"{out} is not a dataset written by tbps synth (no {MARKER} in it): not replacing it; "
+                        "pick another directory, or remove it yourself")
+    foreign = _foreign_entry(out)
+    if foreign is not None:
+        raise DataError(f"{out} holds {foreign}, which tbps synth did not write: not replacing it; move it out, "
+                        "or pick another directory")
+
+
+def _foreign_entry(out: Path) -> str | None:
+    """The first entry under ``out`` that :func:`generate` does not write (links count as foreign), or None."""
+    for directory, dirs, files in os.walk(out):
+        subdirectories = set(dirs)
+        for name in sorted(dirs) + sorted(files):
+            path = Path(directory) / name
+            relative = path.relative_to(out).as_posix()
+            if name in subdirectories:
+                own = relative in _OWN_DIRS
+            else:
+                own = path.is_file() and (relative in _OWN_FILES or _OWN_IMAGE.fullmatch(relative) is not None)
+            if path.is_symlink() or not own:
+                return relative + ("/" if name in subdirectories else "")
+    return None
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``, replacing an old ``out`` only after it is complete."""
+    """Rename the finished ``tmp`` to ``out``, replacing an old ``out`` only after it is complete
+    (and only if it still holds nothing but a dataset this module wrote)."""
     old = None
+    if out.is_dir() and any(out.iterdir()):
+        _check_replaceable(out)
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "d")
@@ -541,7 +589,9 @@ def generate(
     ``image_size`` and two captions each; identities are split into
     train/val/test by the ``splits`` fractions. The same arguments give
     byte-identical files. ``out`` is written atomically; an existing non-empty
-    ``out`` is refused unless ``overwrite``.
+    ``out`` is refused unless ``overwrite``, and even then unless it is a
+    dataset written here (its ``.tbps-synth.json`` marker and only the files
+    written here): nothing else is ever deleted.
     """
     cfg = config or SynthConfig()
     _check_args(ids, images_per_id, image_size, splits)
@@ -564,6 +614,7 @@ def generate(
         settings = dict(ids=ids, images_per_id=images_per_id, seed=seed, image_size=list(image_size),
                         splits=list(splits), config=dataclasses.asdict(cfg))
         (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+        (tmp / MARKER).write_text(json.dumps({"format": _MARKER_FORMAT, "version": 1}) + "\n")
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

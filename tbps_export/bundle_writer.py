@@ -35,6 +35,7 @@ from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, Expor
 from tbps_runtime.model.bundle import Manifest, sha256_file, write_manifest
 from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
 from tbps_runtime.model.tokenizer import load_tokenizer
+from tbps_runtime.outputs import check_writable
 from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
 from tbps_train.config import ModelConfig
 from tbps_train.model import TextBasedPersonSearch
@@ -85,6 +86,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     if fp16 and not trt:
         raise ConfigError("--fp16 selects the precision of TensorRT engines: add --trt")
     _refuse_existing(output, force)
+    check_writable(output / MANIFEST_FILE, "the bundle")  # a directory we can create and write, before exporting
     payload = _load_checkpoint(checkpoint)
     model, _ = model_from_checkpoint(payload)
     trt_options = _trt_options(settings, fp16, model.config) if trt else None

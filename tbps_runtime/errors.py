@@ -43,3 +43,8 @@ class QueryError(TbpsError, ValueError):
 class OutputError(TbpsError):
     """An output that must not be written: another run is writing it, it is not tbps's to replace,
     it is an input of the same command, or it does not fit on its disk."""
+
+
+class UnsafePathError(DataError):
+    """A file name read from a file (a manifest, a gallery's ``g.json``, a dataset's annotations)
+    that would lead outside the directory it is relative to: absolute, or climbing with ``..``."""

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -82,6 +83,9 @@ def _acquire(path: Path, output: str | Path, what: str) -> int:
         logger.debug("no fcntl on this platform: %s is not locked", output)
         return -1
     if not path.parent.is_dir():
+        blocker = next((p for p in Path(output).absolute().parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise OutputError(f"cannot write {output}: {blocker} is a file, not a directory; choose another path")
         raise OutputError(f"the directory of {output} does not exist: create it first")
     while True:
         try:
@@ -248,3 +252,28 @@ def _size(nbytes: float) -> str:
         if nbytes < 1024 or unit == "TiB":
             break
     return f"{nbytes:.1f} {unit}"
+
+
+def check_writable(output: str | Path, what: str = "the output") -> None:
+    """Refuse an output that cannot be written, before the work that produces it: a directory
+    where a file is wanted, a path under a regular file (``m.pt/x.bundle``), a directory
+    this process may not write. Creates and removes a temp file in the nearest existing
+    directory (what matters is whether this process can, whatever ``os.access`` says).
+
+    Raises:
+        OutputError: naming ``output`` and what stops it.
+    """
+    path = Path(output).absolute()
+    if path.is_dir():
+        raise OutputError(f"{what} {output} is a directory: give a file name")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot write {what} {output}: {ancestor} is a file, not a directory; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor, prefix=".tbps-write-check-"):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {output}: {ancestor} is not writable ({e.strerror}); "
+                          "choose another path or fix its permissions") from e

@@ -36,6 +36,7 @@ from tbps_runtime.model.backends import Backend
 from tbps_runtime.model.bundle import Manifest
 from tbps_runtime.model.encoder import Encoder, ImageInput, check_queries
 from tbps_runtime.outputs import disk_errors, output_lock
+from tbps_runtime.paths import printable
 from tbps_runtime.ranking import top_k_parts
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Match:
     identity: int | str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path}
+        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path and printable(self.path)}
 
 
 class PersonSearch:
@@ -228,10 +229,15 @@ class PersonSearch:
         partial = PartialIndex(output, paths, self.fingerprint, self.encoder.slot_shape)
         if partial.done:
             logger.info("resuming %s: %d of %d images were already embedded", output, partial.done, len(paths))
-        if distributed is not None:
-            distributed.embed_into(self.encoder, partial, paths, batch_size, strict, progress)
-        else:
-            embed_into(self.encoder, partial, paths, batch_size, strict, progress)
+        try:
+            if distributed is not None:
+                distributed.embed_into(self.encoder, partial, paths, batch_size, strict, progress)
+            else:
+                embed_into(self.encoder, partial, paths, batch_size, strict, progress)
+        except BaseException:
+            if not partial.done and hasattr(partial, "rows"):  # nothing worth resuming: leave nothing behind
+                partial.discard()
+            raise
         if len(partial.failures) == len(paths) and shard is None:
             partial.discard()
             raise DataError(f"none of the {len(paths)} images could be read (first: {partial.failures[0]}); "
@@ -276,5 +282,8 @@ def _check_output(output: str | Path) -> Path:
         raise ConfigError(f"the gallery file must end in .npy (its description goes beside it as .json), "
                           f"got {output}")
     if not output.parent.is_dir():
+        blocker = next((p for p in Path(output).absolute().parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"cannot write {output}: {blocker} is a file, not a directory; choose another path")
         raise ConfigError(f"the directory of {output} does not exist: create it first")
     return output

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tbps_runtime.atomic import atomic_write
-from tbps_runtime.errors import CheckpointError, InputFileNotFoundError
+from tbps_runtime.errors import CheckpointError, InputFileNotFoundError, TbpsError
 from tbps_train.config import RunConfig
 from tbps_train.model import TextBasedPersonSearch
 from tbps_train.text import text_backbone_config, text_backbone_from_config
@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "tbps-checkpoint"
 VERSION = 1
 _REQUIRED = ("config", "text_backbone_config", "tokenizer_json", "state_dict", "num_identities")
+_TYPES = {"config": dict, "text_backbone_config": dict, "tokenizer_json": str, "state_dict": dict,
+          "num_identities": int}
 
 
 def checkpoint_payload(
@@ -73,6 +75,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if key not in payload]
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}: the file is damaged")
+    mistyped = [f"{key} (a {type(payload[key]).__name__}, expected a {kind.__name__})"
+                for key, kind in _TYPES.items() if not isinstance(payload[key], kind) or isinstance(payload[key], bool)]
+    if mistyped:
+        raise CheckpointError(f"{path} mistypes {', '.join(mistyped)}: the file is damaged or was not written by tbps")
     return payload
 
 
@@ -84,8 +90,14 @@ def _first_line(error: Exception) -> str:
 
 def model_from_checkpoint(payload: dict[str, Any]) -> tuple[TextBasedPersonSearch, RunConfig]:
     """Rebuild the model, weights loaded, in eval mode; needs no backbone directory."""
-    config = RunConfig.from_dict(payload["config"])
-    text_backbone = text_backbone_from_config(payload["text_backbone_config"])
+    try:
+        config = RunConfig.from_dict(payload["config"])
+        text_backbone = text_backbone_from_config(payload["text_backbone_config"])
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        if isinstance(e, TbpsError):
+            raise
+        raise CheckpointError(f"the checkpoint's config cannot be read ({type(e).__name__}: {e}): "
+                              "the file is damaged or was not written by tbps") from e
     model = TextBasedPersonSearch(config.model, text_backbone, payload["num_identities"])
     try:
         model.load_state_dict(payload["state_dict"])

@@ -175,12 +175,14 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str | N
     from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
+    from tbps_train.distributed import check_device
     from tbps_train.evaluate import evaluate
 
     setup_logging(quiet=as_json)
     _quiet_libraries()
     _set_threads(threads)
     device = device or "cpu"
+    check_device(device)
     payload = load_checkpoint(ckpt)
     model, config = model_from_checkpoint(payload)
     records = read_split(dataset, root, split)

@@ -34,6 +34,30 @@ logger = logging.getLogger(__name__)
 SHARE_BLOCK_ROWS = 2048
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine's PyTorch cannot use, with what to use instead.
+
+    Raises:
+        ConfigError: not a torch device name, CUDA asked of a build or machine without it,
+            or a GPU index beyond the machine's.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {device!r} is not a device PyTorch knows: use cpu, cuda or cuda:N") from e
+    if parsed.type == "cpu" or parsed.type == "mps" and torch.backends.mps.is_available():
+        return
+    if parsed.type != "cuda":
+        raise ConfigError(f"--device {device!r}: tbps trains and evaluates on cpu, cuda or cuda:N here")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of PyTorch" if torch.version.cuda is None else "no usable GPU"
+        raise ConfigError(f"--device {device}: this machine has {build}; use --device cpu, or install "
+                          "PyTorch with CUDA on a machine with an NVIDIA GPU")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
 @dataclass
 class Distributed:
     """This process's place in the job; world_size 1 (the default) is plain single-process training."""
@@ -54,6 +78,7 @@ class Distributed:
         """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
+            check_device(device)
             return cls(device=device)
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if device.startswith("cuda"):

@@ -17,6 +17,7 @@ from tbps_runtime.errors import CheckpointError, DataError
 from tbps_runtime.machine import cpu_model
 from tbps_runtime.model.bundle import sha256_file
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
+from tbps_runtime.outputs import check_writable
 from tbps_train.backbones import load_image_weights, resolve_image_weights
 from tbps_train.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tbps_train.config import RunConfig, apply_overrides
@@ -186,6 +187,7 @@ class Trainer:
                  resume: bool = False, image_weights: str | Path | None = None, progress: bool = True,
                  resume_epochs: int | None = None):
         self.output, self.dataset, self.root = Path(output), dataset, Path(root)
+        check_writable(self.output, "the checkpoint")  # before training, not after the first epoch
         self.start_epoch, self.history = 0, []
         state = None
         self.image_weights: dict[str, Any] = {"source": None}

@@ -246,7 +246,8 @@ _json = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3) | st.dicti
 _entry = st.fixed_dictionaries({}, optional={
     "split": st.sampled_from(["train", "val", "test", "Train"]) | _json,
     "id": st.integers() | _json,
-    "file_path": st.sampled_from(["a.png", "sub/b.jpg", "missing.png", "/abs.png", "sub", "x\x00y"]) | _json,
+    "file_path": st.sampled_from(["a.png", "sub/b.jpg", "missing.png", "/abs.png", "../out.png", "sub/../../x.png",
+                                  "sub", "x\x00y"]) | _json,
     "captions": st.lists(st.text(max_size=12), max_size=3) | _json,
     "processed_tokens": _json,
 })

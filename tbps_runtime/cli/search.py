@@ -15,6 +15,7 @@ import click
 from tbps_runtime.cli.support import TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import BACKENDS
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError, QueryError
+from tbps_runtime.paths import printable
 
 if TYPE_CHECKING:  # the commands import the runtime when they run: `tbps --help` stays light
     from tbps_runtime.gallery.shards import ShardedGallery
@@ -177,6 +178,7 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     """Rank a gallery for text queries, best first: rank, score, path (the score is the paper's Eq. 14)."""
     from tbps_runtime.gallery.open import load_gallery
     from tbps_runtime.model.encoder import check_queries
+    from tbps_runtime.outputs import check_writable
     from tbps_runtime.search import PersonSearch, describe_search
 
     quiet = setup_logging(quiet)
@@ -184,6 +186,9 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     if not texts:
         raise ConfigError("give a query: --query 'a woman in a red coat' or --queries FILE")
     check_queries(texts)
+    for option, path in (("--show", show_path), ("--html", html_path)):
+        if path:
+            check_writable(path, option)  # before the search, so that its log line is not printed
     gallery = load_gallery(gallery_path)
     search = PersonSearch.from_bundle(_bundle_of(gallery, bundle), backend=backend, threads=threads)
     results = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore)
@@ -227,16 +232,14 @@ def _write_pictures(search: PersonSearch, texts: list[str], results: list[list[M
 
 
 def _read_queries(path: str) -> list[str]:
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise InputFileNotFoundError(f"--queries: file not found: {file}")
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise QueryError(f"{file} is not UTF-8 text: {e}") from e
+    if path != "-" and not Path(path).is_file():
+        raise InputFileNotFoundError(f"--queries: file not found: {path}")
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        where = "standard input" if path == "-" else path
+        raise QueryError(f"--queries: {where} is not UTF-8 text ({e}): save it as UTF-8") from e
     texts = [line.strip() for line in lines if line.strip()]
     if not texts:
         raise QueryError(f"{path} holds no queries (one per line)")
@@ -264,4 +267,4 @@ def _bundle_of(gallery: Gallery | ShardedGallery, bundle: str | None) -> str:
 
 def _print_matches(matches: list[Match]) -> None:
     for match in matches:
-        click.echo(f"{match.rank:>4}  {match.score:8.4f}  {match.path}")
+        click.echo(f"{match.rank:>4}  {match.score:8.4f}  {printable(str(match.path))}")

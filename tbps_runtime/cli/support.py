@@ -1,7 +1,8 @@
 """What every tbps command shares: the error contract, logging set-up and option names.
 
-Any user error, click's own usage errors included, becomes one line on
-stderr, ``error: <message>``, and exit status 2; no traceback. Commands are
+Any user error, click's own usage errors and operating-system errors that name
+a path (permission denied, not a directory, disk full) included, becomes one
+line on stderr, ``error: <message>``, and exit status 2; no traceback. Commands are
 built with :class:`TbpsCommand` (``@click.command(cls=TbpsCommand)``), so the
 same holds whether they run as ``tbps NAME`` or as their ``tbps-NAME`` alias.
 Library code only logs; handlers are set here.
@@ -9,17 +10,28 @@ Library code only logs; handlers are set here.
 
 from __future__ import annotations
 
+import errno
 import functools
+import io
 import logging
+import os
 import sys
 from typing import Any, Callable
 
 import click
 
 from tbps_runtime.errors import TbpsError
+from tbps_runtime.paths import printable
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _VERBOSITY = "tbps.verbosity"  # ctx.meta key: -v/-q given to the `tbps` group
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with file names that are not UTF-8 escaped (``\\xe9``), as in error lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 def setup_logging(quiet: bool = False) -> bool:
@@ -32,27 +44,76 @@ def setup_logging(quiet: bool = False) -> bool:
     verbosity = context.meta.get(_VERBOSITY, 0) if context is not None else 0
     quiet = quiet or verbosity < 0
     level = logging.WARNING if quiet else logging.DEBUG if verbosity > 0 else logging.INFO
+    try:  # a file name that is not UTF-8 in a log line is escaped, never a "--- Logging error ---"
+        sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_PrintableFormatter("%(message)s"))
     for name in ("tbps_runtime", "tbps_train", "tbps_export", "__main__"):
         logging.getLogger(name).setLevel(level)
     return quiet
 
 
+def fail(message: str) -> None:
+    """The one way a command reports a user error: ``error: <message>`` on one line of stderr, status 2.
+    A file name that is not UTF-8 is escaped (``\\xe9``), so that printing it cannot fail."""
+    click.echo(f"error: {printable(' '.join(message.splitlines()))}", err=True)
+    sys.exit(2)
+
+
 def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a TbpsError raised by ``command`` into ``error: <message>`` and status 2."""
+    """Turn a TbpsError raised by ``command``, or an OSError naming a path, into ``error: <message>``
+    and status 2."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except TbpsError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            fail(str(e))
+        except OSError as e:
+            fail_on_os_error(e)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+_OS_ADVICE = {
+    errno.EACCES: "permission denied: check the permissions of it and of its directory, or choose another path",
+    errno.EPERM: "operation not permitted: check the permissions of it and of its directory, or choose another path",
+    errno.EROFS: "it is on a read-only file system: choose another path",
+    errno.ENOTDIR: "a part of this path is a file, not a directory: choose another path",
+    errno.EISDIR: "it is a directory, where a file was expected: give a file name",
+    errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "it already exists (is a file in the way of a directory?)",
+    errno.ENOSPC: "the disk is full: free some space, then run the command again",
+    errno.EDQUOT: "the disk quota is exceeded: free some space, then run the command again",
+    errno.ENAMETOOLONG: "the file name is too long",
+    errno.ELOOP: "too many levels of symbolic links",
+}
+
+
+def os_error_message(error: OSError) -> str | None:
+    """The one line for an operating-system error met by a command: the path and what to do.
+    None for an error that names no path and is not a full disk (a bug: it keeps its traceback)."""
+    names = [n for n in (error.filename, error.filename2) if n is not None]
+    if not names and error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    advice = _OS_ADVICE.get(error.errno, error.strerror or str(error))
+    where = " -> ".join(printable(os.fsdecode(n)) if isinstance(n, (str, bytes)) else str(n) for n in names)
+    return f"{where}: {advice}" if where else advice
+
+
+def fail_on_os_error(error: OSError) -> None:
+    """:func:`fail` with :func:`os_error_message`; an OSError without a path is re-raised."""
+    message = os_error_message(error)
+    if message is None:
+        raise error
+    fail(message)
 
 
 def _main_with_one_line_errors(main: Callable[..., Any], args: Any, prog_name: str | None,
@@ -64,11 +125,11 @@ def _main_with_one_line_errors(main: Callable[..., Any], args: Any, prog_name: s
         result = main(args, prog_name, complete_var, standalone_mode=False, **extra)
     except click.ClickException as e:  # usage errors, bad parameter values, missing options
         hint = f" (see '{e.ctx.command_path} --help')" if isinstance(e, click.UsageError) and e.ctx else ""
-        click.echo(f"error: {e.format_message()}{hint}", err=True)
-        sys.exit(2)
+        fail(f"{e.format_message()}{hint}")
     except TbpsError as e:  # raised outside a command body (e.g. by a callback)
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        fail(str(e))
+    except OSError as e:
+        fail_on_os_error(e)
     except click.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

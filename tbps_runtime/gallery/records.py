@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+MAX_SHARDS = 100_000  # --shard I/N: more shards than this is a typo, and would not fit a directory listing
+
 
 @dataclass(frozen=True)
 class GalleryEntry:
@@ -39,6 +41,9 @@ class ShardInfo:
         names = ("index", "count", "total", "start")
         if not isinstance(record, dict) or not all(isinstance(record.get(n), int) for n in names) \
                 or not isinstance(record.get("list_hash"), str):
+            return None
+        index, count, total, start = (record[n] for n in names)
+        if not (0 <= index < count <= MAX_SHARDS and 0 <= start <= total):
             return None
         return cls(*(record[n] for n in names), record["list_hash"])
 

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
-from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
+from tbps_runtime.gallery.records import MAX_SHARDS, GalleryEntry, ShardInfo
 from tbps_runtime.gallery.storage import Gallery, check_same_bundle, load_gallery_file, sidecar_path
 
 _SHARD_SYNTAX = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -56,6 +56,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1:
         raise ConfigError(f"--shard {text}: the number of shards must be at least 1")
+    if count > MAX_SHARDS:
+        raise ConfigError(f"--shard {text}: at most {MAX_SHARDS} shards")
     if index >= count:
         raise ConfigError(f"--shard {text}: shards are numbered from 0, so I must be 0..{count - 1} "
                           f"(with a Slurm array use --array=0-{count - 1})")
@@ -181,7 +183,8 @@ def load_shard_directory(directory: str | Path, mmap: bool = True) -> ShardedGal
     count = shards[0].shard.count
     missing = [i for i in range(count) if i not in by_index]
     if missing:
-        names = ", ".join(str(i) for i in missing)
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        names = ", ".join(str(i) for i in missing[:10]) + more
         raise BundleError(f"{directory} lacks shard{'s' if len(missing) > 1 else ''} {names} of {count} (it has "
                           f"{', '.join(str(i) for i in sorted(by_index))}){busy}: run tbps-index --shard "
                           f"{missing[0]}/{count} with the same --images and --bundle")

@@ -35,6 +35,7 @@ from tbps_runtime.atomic import atomic_path, atomic_write, write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, OutputError
 from tbps_runtime.gallery.records import FaissRecord, GalleryEntry, ShardInfo
+from tbps_runtime.paths import resolve_inside
 from tbps_runtime.outputs import ensure_space, output_lock, reserve, unallocated_bytes
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ class Gallery:
     @property
     def faiss_path(self) -> Path | None:
         """The FAISS index recorded in ``g.json``, if any."""
-        return None if self.faiss is None or self.path is None else self.path.with_name(self.faiss.file)
+        if self.faiss is None or self.path is None:
+            return None
+        return resolve_inside(self.path.parent, self.faiss.file, f"{sidecar_path(self.path)}: faiss 'file'")
 
     def check_bundle(self, fingerprint: str, bundle: str | Path | None = None) -> None:
         """Refuse a bundle other than the one whose image tower made these rows."""
@@ -160,6 +163,7 @@ def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
         faiss = FaissRecord.from_json(meta["faiss"])
         if faiss is None:
             raise BundleError(f"{sidecar_path(path)} has a malformed faiss record; re-index with tbps-index --faiss")
+        resolve_inside(path.parent, faiss.file, f"{sidecar_path(path)}: faiss 'file'")
     return Gallery(embeddings, entries, meta["fingerprint"], meta.get("bundle"),
                    list(meta.get("unreadable", [])), path, shard, faiss)
 
@@ -223,6 +227,8 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
                           f"{GALLERY_VERSION}: upgrade tbps")
     fields = {"fingerprint": str, "count": int, "num_slots": int, "embed_dim": int, "entries": list}
     wrong = [name for name, kind in fields.items() if not isinstance(meta.get(name), kind)]
+    wrong += [name for name in ("bundle",) if not isinstance(meta.get(name), (str, type(None)))]
+    wrong += [name for name in ("unreadable",) if not isinstance(meta.get(name, []), list)]
     if wrong or not all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in meta["entries"]):
         raise BundleError(f"{meta_path} lacks or mistypes {', '.join(wrong) or 'entries'}; re-index with tbps-index")
     return meta
@@ -277,8 +283,8 @@ class PartialIndex:
         state = self._read_state()
         if state is not None and state.get("key") == self.key and self.rows_path.is_file():
             try:
+                done, failures = self._progress(state)
                 rows = np.lib.format.open_memmap(self.rows_path, mode="r+")
-                done, failures = int(state["done"]), {int(k): v for k, v in state["failures"].items()}
             except (ValueError, OSError, AttributeError, TypeError) as e:
                 logger.warning("ignoring unreadable partial index %s (%s): starting over", self.rows_path, e)
             else:
@@ -292,6 +298,22 @@ class PartialIndex:
                         self.state_path)
         self.state_path.unlink(missing_ok=True)
         return _create_rows(self.rows_path, (self.count, *shape), f"the gallery {self.output}")
+
+    def _progress(self, state: dict[str, Any]) -> tuple[int, dict[int, str]]:
+        """``done`` and ``failures`` of a saved state, checked: done in 0..N, failures at positions
+        before it with string messages (a tampered state raises ``ValueError``: the run starts over)."""
+        done, failures = state["done"], state["failures"]
+        if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= self.count:
+            raise ValueError(f"'done' is {done!r}, expected 0..{self.count}")
+        if not isinstance(failures, dict):
+            raise ValueError("'failures' is not an object")
+        checked = {}
+        for key, message in failures.items():
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) < done
+                    and isinstance(message, str)):
+                raise ValueError(f"failure {key!r}: {message!r} is not a position before 'done' and a message")
+            checked[int(key)] = message
+        return done, checked
 
     def _read_state(self) -> dict[str, Any] | None:
         try:

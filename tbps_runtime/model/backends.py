@@ -52,6 +52,43 @@ def create_backend(backend: str, directory: str | Path, manifest: Manifest, *, t
     raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}  # numpy dtype -> onnxruntime's name
+
+
+def check_graph(path: Path, tower: TowerSpec, manifest: Manifest, inputs: Sequence[Any],
+                outputs: Sequence[Any]) -> None:
+    """A graph's declared inputs and outputs (onnxruntime ``NodeArg``s) against the contract, with the
+    manifest's sizes (image size, K, d) for the fixed axes: names, dtypes, ranks and every fixed dim.
+    A dim the graph fixes where the contract has a dynamic axis (batch fixed at 1) is refused too.
+
+    Raises:
+        BundleError: listing every difference.
+    """
+    problems = []
+    for kind, specs, args in (("input", tower.inputs, inputs), ("output", tower.outputs, outputs)):
+        declared = {arg.name: arg for arg in args}
+        expected = [spec.name for spec in specs]
+        if kind == "input" and sorted(declared) != sorted(expected) or \
+                kind == "output" and not set(expected) <= set(declared):
+            verb = "takes" if kind == "input" else "gives"
+            problems.append(f"{verb} {kind}s {sorted(declared)}, the contract says {expected}")
+            continue
+        for spec in specs:
+            problems += _tensor_problems(f"{kind} {spec.name}", spec.dtype, spec.shape(manifest.sizes()),
+                                         declared[spec.name])
+    if problems:
+        raise BundleError(f"{path} does not match its manifest: {'; '.join(problems)}; re-export the bundle")
+
+
+def _tensor_problems(what: str, dtype: str, shape: list[str | int], arg: Any) -> list[str]:
+    if arg.type != _ORT_TYPES.get(dtype, dtype):
+        return [f"{what} is {arg.type}, not {dtype}"]
+    if arg.shape is None or len(arg.shape) != len(shape):
+        return [f"{what} has shape {arg.shape}, expected rank {len(shape)} {shape}"]
+    return [f"{what} has shape {arg.shape}, expected {shape}" for want, got in zip(shape, arg.shape)
+            if isinstance(got, int) and got != want][:1]
+
+
 class OnnxRuntimeBackend:
     """The towers' ONNX graphs in onnxruntime sessions (created at first use; sessions are thread-safe).
 
@@ -68,6 +105,7 @@ class OnnxRuntimeBackend:
 
         self._ort = ort
         self.directory = Path(directory)
+        self.manifest = manifest
         self.providers = list(providers) if providers else [CPU_PROVIDER]
         available = ort.get_available_providers()
         missing = [p for p in self.providers if p not in available]
@@ -102,10 +140,7 @@ class OnnxRuntimeBackend:
             raise ConfigError(f"onnxruntime fell back to {', '.join(active)} for {tower.name}: "
                               f"{', '.join(fell_back)} could not start (check the CUDA/cuDNN/TensorRT libraries "
                               "that onnxruntime-gpu needs), or drop the GPU providers to run on the CPU")
-        names = {i.name for i in session.get_inputs()}
-        if names != {spec.name for spec in tower.inputs}:
-            raise BundleError(f"{path} takes inputs {sorted(names)}, the contract says "
-                              f"{[s.name for s in tower.inputs]}: re-export the bundle")
+        check_graph(path, tower, self.manifest, session.get_inputs(), session.get_outputs())
         return session
 
     def run(self, tower: TowerSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:

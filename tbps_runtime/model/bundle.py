@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from tbps_runtime.atomic import write_json_atomic
 from tbps_runtime.contract import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, TOWERS, TowerSpec
 from tbps_runtime.errors import BundleError, InputFileNotFoundError
+from tbps_runtime.paths import resolve_inside
 
 
 @dataclass
@@ -62,6 +64,10 @@ class Manifest:
         return {"file": tower.onnx_file, "inputs": io(tower.inputs), "outputs": io(tower.outputs)}
 
 
+_FIELD_TYPES = {"towers": dict, "files": dict, "tensorrt": dict, "fingerprint": str, "slot_names": list,
+                "padding_side": str, "resample": str, "channel_order": str}
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -99,6 +105,11 @@ def load_manifest(directory: str | Path) -> Manifest:
         manifest = Manifest(**data)
     except TypeError as e:
         raise BundleError(f"{path} does not have the fields of a version-{BUNDLE_VERSION} manifest: {e}") from e
+    mistyped = [name for name, kind in _FIELD_TYPES.items() if not isinstance(getattr(manifest, name), kind)]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in getattr(manifest.files, "items", dict)()):
+        mistyped.append("files")
+    if mistyped:
+        raise BundleError(f"{path} mistypes {', '.join(mistyped)}: re-export the bundle")
     missing = [t.name for t in TOWERS if t.name not in manifest.towers]
     if missing:
         raise BundleError(f"{path} lists no {', '.join(missing)}: re-export the bundle")
@@ -111,7 +122,7 @@ def verify_files(directory: str | Path, manifest: Manifest, names: list[str] | N
     for name in names if names is not None else sorted(manifest.files):
         if name not in manifest.files:
             raise BundleError(f"{directory / MANIFEST_FILE} records no checksum for {name}")
-        path = directory / name
+        path = resolve_inside(directory, name, f"{directory / MANIFEST_FILE}: a file name")
         if not path.is_file():
             raise BundleError(f"bundle file missing: {path}; re-export the bundle")
         if sha256_file(path) != manifest.files[name]:
@@ -126,5 +137,47 @@ def check_supported(directory: str | Path, manifest: Manifest) -> None:
         if getattr(manifest, name) != value:
             raise BundleError(f"{directory} asks for {name}={getattr(manifest, name)!r}; this runtime "
                               f"implements {value!r} only: upgrade tbps")
-    if len(manifest.image_size) != 2 or len(manifest.mean) != 3 or len(manifest.std) != 3:
-        raise BundleError(f"{directory}'s manifest has a malformed image_size/mean/std: re-export the bundle")
+    check_sizes(directory, manifest)
+
+
+# Sane bounds of the manifest's sizes: beyond them a crafted manifest would exhaust memory, not embed.
+SIZE_LIMITS = {"image_size": (8, 4096), "num_slots": (1, 1024), "embed_dim": (1, 8192),
+               "max_text_length": (1, 4096), "num_coarse": (0, 1024), "num_fine": (0, 1024)}
+
+
+def check_sizes(directory: str | Path, manifest: Manifest) -> None:
+    """Every size within :data:`SIZE_LIMITS`; mean/std three finite numbers each, std positive.
+
+    Raises:
+        BundleError: naming every field that is out of bounds or malformed.
+    """
+    problems = []
+    for name, (low, high) in SIZE_LIMITS.items():
+        value = getattr(manifest, name)
+        values, count = (value, 2) if name == "image_size" else ([value], 1)
+        if not (isinstance(values, list) and len(values) == count and all(_is_int(v) and low <= v <= high
+                                                                             for v in values)):
+            expected = "[height, width], each" if name == "image_size" else "an integer"
+            problems.append(f"{name} is {value!r}, expected {expected} in {low}..{high}")
+    for name in ("mean", "std"):
+        value = getattr(manifest, name)
+        if not (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)):
+            problems.append(f"{name} is {value!r}, expected three finite numbers (R, G, B)")
+        elif name == "std" and not all(v > 0 for v in value):
+            problems.append(f"std is {value!r}: dividing by a std of 0 or less gives NaN or flipped pixels")
+    if not problems and 1 + manifest.num_coarse + manifest.num_fine != manifest.num_slots:
+        problems.append(f"num_slots is {manifest.num_slots}, but 1 global + {manifest.num_coarse} coarse + "
+                        f"{manifest.num_fine} fine slots make {1 + manifest.num_coarse + manifest.num_fine}")
+    if not problems and (not isinstance(manifest.slot_names, list) or len(manifest.slot_names) != manifest.num_slots):
+        problems.append(f"slot_names does not name the {manifest.num_slots} slots")
+    if problems:
+        raise BundleError(f"{Path(directory) / MANIFEST_FILE} is malformed: {'; '.join(problems)}; "
+                          "re-export the bundle")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -15,18 +15,21 @@ contexts) are created under locks.
 
 from __future__ import annotations
 
+import re
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
 
-from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER, TowerSpec
-from tbps_runtime.errors import DataError, InputFileNotFoundError, QueryError
+from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
+from tbps_runtime.errors import BundleError, DataError, InputFileNotFoundError, QueryError
 from tbps_runtime.model.backends import Backend, create_backend, files_for
 from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, verify_files
 from tbps_runtime.model.images import normalize, read_image, resize_rgb
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
+from tbps_runtime.paths import resolve_inside
 
 ImageInput = Union[str, Path, np.ndarray]  # a file, or an (H, W, 3) uint8 RGB crop
 
@@ -58,8 +61,9 @@ class Encoder:
         directory = Path(directory)
         manifest = load_manifest(directory)
         check_supported(directory, manifest)
+        tokenizer_path = resolve_inside(directory, manifest.tokenizer, f"{directory / MANIFEST_FILE}: 'tokenizer'")
         verify_files(directory, manifest, [manifest.tokenizer, *files_for(backend, manifest)])
-        tokenizer_json = (directory / manifest.tokenizer).read_text(encoding="utf-8")
+        tokenizer_json = tokenizer_path.read_text(encoding="utf-8")
         engine = create_backend(backend, directory, manifest, threads=threads, providers=providers, device=device)
         return cls(directory, manifest, engine, tokenizer_json)
 
@@ -104,7 +108,7 @@ class Encoder:
         ids_spec, mask_spec = TEXT_TOWER.inputs
         for start in range(0, len(texts), batch_size):
             input_ids, attention_mask = self.tokenize(texts[start:start + batch_size])  # (B, L)
-            out.append(self.backend.run(TEXT_TOWER, {ids_spec.name: input_ids, mask_spec.name: attention_mask}))
+            out.append(self.run_tower(TEXT_TOWER, {ids_spec.name: input_ids, mask_spec.name: attention_mask}))
         return np.concatenate(out)
 
     # ---- images ------------------------------------------------------------------------
@@ -141,7 +145,22 @@ class Encoder:
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 crops at the bundle's image size -> (B, K, d) float32."""
         (spec,) = IMAGE_TOWER.inputs
-        return self.backend.run(IMAGE_TOWER, {spec.name: self.pixel_values(pixels)})
+        return self.run_tower(IMAGE_TOWER, {spec.name: self.pixel_values(pixels)})
+
+    def run_tower(self, tower: TowerSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One tower call on the backend -> (B, K, d) float32, B the batch of the feeds.
+
+        Raises:
+            BundleError: the tower returned another shape (a graph that ignores its batch,
+                or K/d other than the manifest's).
+        """
+        batch = len(next(iter(feeds.values())))
+        embeddings = self.backend.run(tower, feeds)
+        if embeddings.shape != (batch, *self.slot_shape):
+            raise BundleError(f"{self.directory}: {tower.name} returned embeddings of shape {embeddings.shape} "
+                              f"for a batch of {batch}; its manifest promises ({batch}, {self.slot_shape[0]}, "
+                              f"{self.slot_shape[1]}): re-export the bundle")
+        return embeddings
 
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """Crops (paths or (H, W, 3) uint8 RGB arrays) -> (N, K, d) float32, every slot L2-normalised.
@@ -181,7 +200,8 @@ class Encoder:
 
 
 def check_queries(texts: Sequence[Any]) -> None:
-    """Refuse what cannot be a query: a non-string, an empty or whitespace-only text.
+    """Refuse what cannot be a query: a non-string, text that is not valid Unicode (undecodable
+    bytes), or one with nothing to read once :func:`visible_text` drops its invisible characters.
 
     Raises:
         QueryError: naming the query (1-based) and what is wrong with it.
@@ -189,5 +209,22 @@ def check_queries(texts: Sequence[Any]) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise QueryError(f"query {i + 1} is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise QueryError(f"query {i + 1} is empty or only whitespace: describe the person to search for")
+        bad = _SURROGATE.search(text)
+        if bad is not None:
+            raise QueryError(f"query {i + 1} is not valid UTF-8 text (an undecodable byte at character "
+                             f"{bad.start() + 1}): pass the query as UTF-8")
+        if not visible_text(text).strip():
+            raise QueryError(f"query {i + 1} is empty, or only whitespace or invisible characters: "
+                             "describe the person to search for")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes of argv/stdin become lone surrogates
+
+
+def visible_text(text: str) -> str:
+    """``text`` without control and format characters (NUL, zero-width spaces and joiners,
+    bidi marks, byte-order marks), the characters a tokenizer drops; whitespace is kept."""
+    return "".join(c for c in text if c.isspace() or unicodedata.category(c) not in _INVISIBLE)
+
+
+_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}

@@ -6,6 +6,7 @@ an (H, W, 3) uint8 RGB array (a detector's output in a pipeline).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def collect_images(source: str | Path) -> tuple[list[Path], list[int | str | None] | None]:
     """Image paths (and identities, when a list gives them) from a directory or a list file.
 
@@ -117,7 +121,8 @@ def _read_list(source: Path) -> tuple[list[Path], list[int | str | None] | None]
         path, _, identity = line.rstrip("\r").partition("\t")
         paths.append(source.parent / path.strip())
         identity = identity.strip()
-        identities.append(None if not identity else int(identity) if identity.lstrip("-").isdigit() else identity)
+        # ASCII digits only: str.isdigit() accepts '²', which int() refuses
+        identities.append(None if not identity else int(identity) if _INTEGER.fullmatch(identity) else identity)
     if not paths:
         raise DataError(f"{source} lists no images (one path per line)")
     return paths, identities if any(i is not None for i in identities) else None

@@ -22,6 +22,7 @@ import numpy as np
 from tbps_runtime.contract import EMBEDDINGS, TOWERS, TowerSpec
 from tbps_runtime.errors import BundleError, ConfigError
 from tbps_runtime.model.bundle import Manifest
+from tbps_runtime.paths import resolve_inside
 
 REBUILD_HINT = "rebuild the engines on this machine with `tbps-export --ckpt m.pt --trt`"
 
@@ -29,7 +30,7 @@ REBUILD_HINT = "rebuild the engines on this machine with `tbps-export --ckpt m.p
 def plan_entry(manifest: Manifest, tower: TowerSpec) -> dict[str, Any]:
     """The manifest's record of a tower's TensorRT engine (keyed by tower or plan file name)."""
     entry = manifest.tensorrt.get(tower.name) or manifest.tensorrt.get(tower.plan_file)
-    if not entry:
+    if not isinstance(entry, dict) or not entry:
         raise BundleError(f"the bundle has no TensorRT engine for {tower.name}: {REBUILD_HINT}, "
                           "or use --backend onnxruntime")
     return entry
@@ -220,7 +221,8 @@ class TensorRTBackend:
         self.plans: dict[str, Path] = {}
         for tower in TOWERS:
             entry = plan_entry(manifest, tower)
-            plan = self.directory / entry.get("file", tower.plan_file)
+            plan = resolve_inside(self.directory, entry.get("file", tower.plan_file),
+                                  f"{self.directory}/manifest.json: tensorrt {tower.name} 'file'")
             check_engine_compatible(entry, plan.name, self.trt.__version__, self.gpu, self.capability)
             self.plans[tower.name] = plan
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)

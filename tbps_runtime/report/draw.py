@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tbps_runtime.atomic import atomic_write
 from tbps_runtime.errors import DataError, InputFileNotFoundError
 from tbps_runtime.model.images import read_image, resize_rgb
+from tbps_runtime.paths import printable
 
 if TYPE_CHECKING:
     from tbps_runtime.model.attention import Explanation
@@ -227,8 +228,8 @@ def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], outpu
             heat = None if explanation is None else explanation.heatmaps[i]
             src = _data_uri(crop_image(match.path, crop_size, heat))
             caption = f"#{match.rank} · {match.score:.3f}"
-            figures.append(f'<figure class="{css}"><img src="{src}" alt="{html.escape(str(match.path))}" '
-                           f'title="{html.escape(str(match.path))}"><figcaption>{html.escape(caption)}'
+            figures.append(f'<figure class="{css}"><img src="{src}" alt="{html.escape(printable(str(match.path)))}" '
+                           f'title="{html.escape(printable(str(match.path)))}"><figcaption>{html.escape(caption)}'
                            "</figcaption></figure>")
         table = ("" if explanation is None else '<details class="att"><summary class="meta">text attention per '
                  f"decoder token</summary>{_attention_table(explanation, explanation.maps.shape[1])}</details>")
@@ -238,5 +239,5 @@ def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], outpu
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(body)
             + "\n</body></html>\n")
     output = Path(output)
-    atomic_write(output, lambda stream: stream.write(page.encode("utf-8")))
+    atomic_write(output, lambda stream: stream.write(printable(page).encode("utf-8")))
     return output

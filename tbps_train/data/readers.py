@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tbps_runtime.errors import DataError, InputFileNotFoundError
+from tbps_runtime.paths import resolve_inside
 from tbps_train.data.records import ImageRecord
 
 __all__ = ["DATASETS", "dataset_splits", "read_split"]
@@ -155,8 +156,7 @@ def _parse_entry(
 def _check_image_path(rel: Any, where: str, field: str) -> None:
     if not isinstance(rel, str) or not rel.strip():
         raise DataError(f"{where}: {field!r} is {_short(rel)}, expected an image path relative to {IMAGE_DIR}/")
-    if "\x00" in rel or Path(rel).is_absolute():
-        raise DataError(f"{where}: {field!r} is {_short(rel)}, expected a path relative to {IMAGE_DIR}/")
+    resolve_inside(IMAGE_DIR, rel, f"{where}: {field!r}")  # no absolute path, no '..'
 
 
 def _short(value: Any, limit: int = 60) -> str:

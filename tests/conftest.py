@@ -117,3 +117,24 @@ def int8_bundle(exported_bundle, calibration_crops):
     from tbps_export.quantize import quantize_bundle
 
     return quantize_bundle(exported_bundle, calibration=calibration_crops)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """One solid-colour crop per colour the fake bundle's towers recognise (modules may define their own)."""
+    from runtime_fakes import COLOURS, solid_image
+
+    folder = tmp_path_factory.mktemp("crops")
+    for i, colour in enumerate(COLOURS):
+        solid_image(folder / f"{i}_{colour}.png", colour)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gallery(fake_bundle, images, tmp_path_factory):
+    """Those crops indexed with the fake bundle: g.npy + g.json."""
+    from cli_assertions import index
+
+    output = tmp_path_factory.mktemp("gallery") / "g.npy"
+    index(fake_bundle, images, output)
+    return output

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from runtime_fakes import COLOURS, solid_image
+from runtime_fakes import COLOURS
 
 from cli_assertions import assert_user_error, index, run
 from tbps_runtime.cli.search import index_command, rank_command
@@ -69,21 +69,6 @@ def tbps_process(command: str, args: list, prelude: str = "") -> subprocess.Comp
 def image_list(path: Path, images: list[Path]) -> Path:
     path.write_text("".join(f"{image}\n" for image in images))
     return path
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("crops")
-    for i, colour in enumerate(COLOURS):
-        solid_image(folder / f"{i}_{colour}.png", colour)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def gallery(fake_bundle, images, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("gallery") / "g.npy"
-    index(fake_bundle, images, output)
-    return output
 
 
 # ---- 1. two runs, one output: the lock ------------------------------------------------------------------

@@ -34,7 +34,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
-from runtime_fakes import COLOURS, solid_image
+from runtime_fakes import solid_image
 
 from cli_assertions import assert_user_error, index, run
 from tbps_runtime.cli.search import index_command, rank_command
@@ -86,21 +86,6 @@ def edit_sidecar(gallery: Path, tmp_path: Path, **changes) -> Path:
     meta.update(changes)
     (folder / gallery.name).with_suffix(".json").write_text(json.dumps(meta))
     return folder / gallery.name
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("crops")
-    for i, colour in enumerate(COLOURS):
-        solid_image(folder / f"{i}_{colour}.png", colour)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def gallery(fake_bundle, images, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("gallery") / "g.npy"
-    index(fake_bundle, images, output)
-    return output
 
 
 def assert_index_refused(bundle: Path, images: Path, tmp_path: Path, *fragments: str) -> None:

@@ -104,22 +104,32 @@ def trt_runners(bundle: Path | None) -> tuple[dict[str, Callable] | None, str]:
     return {spec.name: (lambda feeds, s=spec: backend.run(s, feeds)) for spec in (IMAGE_TOWER, TEXT_TOWER)}, "ok"
 
 
-def export_graphs(model, directory: Path) -> dict[str, Path]:
-    """Both towers to ONNX with the exporter's tower export (no parity validation: that is the bundle's job)."""
+def export_graphs(model, directory: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Both towers as a bundle holds them (exported, then fused) and as exported (unfused);
+    no parity validation: that is the bundle's job."""
+    from tbps_export.fuse import fuse_tower
     from tbps_export.onnx_export import export_tower
 
-    directory.mkdir(parents=True, exist_ok=True)
-    return {spec.name: export_tower(spec, model, directory / spec.onnx_file) for spec in (IMAGE_TOWER, TEXT_TOWER)}
+    (directory / "unfused").mkdir(parents=True, exist_ok=True)
+    unfused = {spec.name: export_tower(spec, model, directory / "unfused" / spec.onnx_file)
+               for spec in (IMAGE_TOWER, TEXT_TOWER)}
+    fused = {}
+    for name, path in unfused.items():
+        fused[name] = directory / path.name
+        fuse_tower(path, fused[name])
+    return fused, unfused
 
 
 def bench_model(label: str, model, graphs: dict[str, Path], trt: dict | None, batches: list[int],
-                reps: dict[int, int], threads: list[int], int8: dict[str, Path] | None = None) -> list[dict[str, Any]]:
+                reps: dict[int, int], threads: list[int], int8: dict[str, Path] | None = None,
+                unfused: dict[str, Path] | None = None) -> list[dict[str, Any]]:
     """One row per (tower, batch, thread count); PyTorch and onnxruntime run with the same
-    number of intra-op threads, interleaved with each other (and TensorRT)."""
+    number of intra-op threads, interleaved with each other (and TensorRT, the unfused graph, int8)."""
     rows = []
     for spec in (IMAGE_TOWER, TEXT_TOWER):
         sessions = {n: ort_runner(graphs[spec.name], n) for n in threads}
         sessions8 = {n: ort_runner(int8[spec.name], n) for n in threads} if int8 else {}
+        plain = {n: ort_runner(unfused[spec.name], n) for n in threads} if unfused else {}
         eager = torch_runner(spec, model)
         for batch in batches:
             feeds = tower_inputs(spec, model, batch)
@@ -128,6 +138,8 @@ def bench_model(label: str, model, graphs: dict[str, Path], trt: dict | None, ba
                 runners = {"pytorch": eager, "onnxruntime": sessions[n]}
                 if n in sessions8:
                     runners["onnxruntime_int8"] = sessions8[n]
+                if n in plain:
+                    runners["onnxruntime_unfused"] = plain[n]
                 if trt is not None:
                     runners["tensorrt"] = trt[spec.name]
                 outputs = {name: np.asarray(run(feeds)) for name, run in runners.items()}
@@ -143,7 +155,10 @@ def bench_model(label: str, model, graphs: dict[str, Path], trt: dict | None, ba
                              / timings["onnxruntime"]["median_ms"],
                              "speedup_int8_vs_float32": (timings["onnxruntime"]["median_ms"]
                                                          / timings["onnxruntime_int8"]["median_ms"]
-                                                         if "onnxruntime_int8" in timings else None)})
+                                                         if "onnxruntime_int8" in timings else None),
+                             "speedup_fused_vs_unfused": (timings["onnxruntime_unfused"]["median_ms"]
+                                                          / timings["onnxruntime"]["median_ms"]
+                                                          if "onnxruntime_unfused" in timings else None)})
     return rows
 
 
@@ -158,22 +173,29 @@ def to_markdown(rows: list[dict[str, Any]], trt_reason: str, info: dict[str, Any
                       f"{fmt(b['onnxruntime']['median_ms'], 1)} / {fmt(b['onnxruntime']['p90_ms'], 1)}",
                       f"{fmt(trt['median_ms'], 2)} / {fmt(trt['p90_ms'], 2)}" if trt else "not measured",
                       f"{fmt(b['pytorch']['items_per_s'], 1)} → {fmt(b['onnxruntime']['items_per_s'], 1)} {unit}",
-                      f"**{r['speedup_ort_vs_pytorch']:.2f}×**", b["pytorch"]["reps"]])
+                      f"**{r['speedup_ort_vs_pytorch']:.2f}×**" + _goal(r["speedup_ort_vs_pytorch"], 2.0),
+                      f"{fmt(b['onnxruntime_unfused']['median_ms'], 1)} ({r['speedup_fused_vs_unfused']:.2f}×)"
+                      if r.get("speedup_fused_vs_unfused") else "not measured", b["pytorch"]["reps"]])
     header = ["model", "tower", "batch", "threads", "PyTorch ms (median / p90)", "onnxruntime ms (median / p90)",
-              "TensorRT ms", "throughput PyTorch → ORT", "ORT ÷ PyTorch speed-up", "reps"]
+              "TensorRT ms", "throughput PyTorch → ORT", "ORT ÷ PyTorch speed-up (goal ≥ 2×)",
+              "unfused graph ms (fusion gain)", "reps"]
     text = f"### Tower latency (text: {TEXT_LENGTH} tokens)\n\n{markdown_table(header, table)}\n\n"
     int8_rows = [[r["model"], r["tower"].removesuffix("_tower"), r["batch"], r["threads"],
                   f"{fmt(r['backends']['onnxruntime']['median_ms'], 2)} / {fmt(r['backends']['onnxruntime']['p90_ms'], 2)}",
                   f"{fmt(r['backends']['onnxruntime_int8']['median_ms'], 2)} / "
                   f"{fmt(r['backends']['onnxruntime_int8']['p90_ms'], 2)}",
-                  f"**{r['speedup_int8_vs_float32']:.2f}×**",
+                  f"**{r['speedup_int8_vs_float32']:.2f}×**" + _goal(r["speedup_int8_vs_float32"], 1.5),
                   f"{r['backends']['onnxruntime_int8']['max_abs_diff_vs_pytorch']:.3f}"]
                  for r in rows if r.get("speedup_int8_vs_float32")]
     if int8_rows:
         text += ("### int8 vs float32 (onnxruntime CPU, same run)\n\n" + markdown_table(
             ["model", "tower", "batch", "threads", "float32 ms (median / p90)", "int8 ms (median / p90)",
-             "int8 speed-up", "int8 max \\|Δ\\| vs PyTorch"], int8_rows) + "\n\n")
+             "int8 speed-up (goal ≥ 1.5×)", "int8 max \\|Δ\\| vs PyTorch"], int8_rows) + "\n\n")
     return text + f"TensorRT: {trt_reason}.\n\nMachine: {machine_line(info)}."
+
+
+def _goal(value: float, goal: float) -> str:
+    return "" if value >= goal else " (missed)"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -198,16 +220,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tbps-bench-towers-") as scratch:
         for label in models:
             model = demo_model(args.ckpt) if label == "demo" else paper_model()
+            graphs, unfused = export_graphs(model, Path(scratch) / label)
             if label == "demo" and args.bundle:
                 graphs = {s.name: Path(args.bundle) / s.onnx_file for s in (IMAGE_TOWER, TEXT_TOWER)}
-            else:
-                graphs = export_graphs(model, Path(scratch) / label)
             reps = {b: 2 for b in batches} if args.quick else (
                 {1: 20, 8: 10, 32: 5} if label == "demo" else {1: 5, 8: 3, 32: 2})
             int8 = ({s.name: Path(args.int8_bundle) / s.onnx_file for s in (IMAGE_TOWER, TEXT_TOWER)}
                     if args.int8_bundle and label == "demo" else None)
             counts = threads if label == "demo" else sorted({int(n) for n in args.paper_threads.split(",")})
-            rows += bench_model(label, model, graphs, trt if label == "demo" else None, batches, reps, counts, int8)
+            rows += bench_model(label, model, graphs, trt if label == "demo" else None, batches, reps, counts, int8,
+                                unfused)
             del model
     results = {"machine": info, "threads": threads, "text_length": TEXT_LENGTH, "quick": args.quick,
                "tensorrt": trt_reason, "rows": rows}

@@ -67,6 +67,11 @@ def _faiss_search(r: dict[str, Any]) -> str:
     return faiss_search.to_markdown(r, r["machine"])
 
 
+def _contention(r: dict[str, Any]) -> str:
+    from benchmarks import contention
+    return contention.to_markdown(r, r["machine"])
+
+
 PAGES = {
     "towers": Page(
         "Tower latency: PyTorch eager, onnxruntime, int8",
@@ -104,6 +109,18 @@ PAGES = {
         "build time, index size and memory.",
         "python -m benchmarks.faiss_search --out docs/benchmarks --scratch /tmp/faissbench",
         _faiss_search),
+    "contention": Page(
+        "Contention: the default thread policy against fixed thread counts",
+        "A training step of the demo model (forward, backward, Adam; batch 32), the image tower (images/s, "
+        "batch 32), one text query (latency) and Eq. 14 ranking of one query over 100,000 rows, each at every "
+        "fixed thread count and with the default policy (`threads=None`), idle and with 1 and 2 competing "
+        "`python -c \"while True: pass\"` processes that the script starts and stops itself. Under each load "
+        "the policy chooses its threads then and there; the ratios (policy over the best fixed count, each "
+        "setting over itself idle) come from the same run. Unlike the other pages, the settings run in blocks "
+        "of back-to-back calls (policy, 1, 2, …, 2, 1, policy), not one call each in turn: one setting's "
+        "spin-waiting threads would slow the next one's call.",
+        "python -m benchmarks.contention --out docs/benchmarks",
+        _contention),
 }
 
 

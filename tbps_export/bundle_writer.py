@@ -27,11 +27,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tbps_export import explain as explain_graphs
 from tbps_export import tensorrt_build as trt_build
+from tbps_export.fuse import fuse_tower, load_time_fusions
 from tbps_export.onnx_export import export_tower
 from tbps_export.towers import axis_sizes
 from tbps_export.validate import parity_cases, validate_towers
-from tbps_runtime.contract import MANIFEST_FILE, OPSET, PARITY_ATOL, TOKENIZER_FILE, TOWERS
+from tbps_runtime.atomic import read_json
+from tbps_runtime.contract import BUNDLE_FORMAT, MANIFEST_FILE, OPSET, PARITY_ATOL, TOKENIZER_FILE, TOWERS
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError
+from tbps_runtime.machine import cpu_model
 from tbps_runtime.model.bundle import Manifest, sha256_file, write_manifest
 from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
 from tbps_runtime.model.tokenizer import load_tokenizer
@@ -92,13 +95,17 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     trt_options = _trt_options(settings, fp16, model.config) if trt else None
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _progress(progress, total=len(TOWERS) + 1) as bar, _staging(output) as staging:
-        parity = _export_onnx(staging, model, payload, settings.atol, bar)
+    with _progress(progress, total=len(TOWERS) + 1) as bar, _staging(output) as staging, \
+            tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".unfused", dir=output.parent) as unfused:
+        parity, fusions = _export_onnx(staging, Path(unfused), model, payload, settings.atol, bar)
         if settings.explain:
             parity.update(explain_graphs.export_explain_towers(staging, model, settings.atol))
-        trt_entries, trt_error = ({}, None) if trt_options is None else _try_tensorrt(staging, model, trt_options)
+        trt_entries, trt_error = (({}, None) if trt_options is None
+                                  else _try_tensorrt(staging, Path(unfused), model, trt_options))
         bar.update()
         manifest = build_manifest(model, payload, checkpoint, parity, trt_entries, staging)
+        for name, entry in fusions.items():
+            manifest.towers[name]["fusions"] = entry
         if settings.explain:
             manifest.towers.update(explain_graphs.tower_entries(model, manifest.sizes()))
         write_manifest(staging, manifest)
@@ -124,21 +131,26 @@ def _load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a tbps checkpoint (torch.load cannot read it: {cause})") from e
 
 
-def _export_onnx(directory: Path, model: TextBasedPersonSearch, payload: dict, atol: float, bar: tqdm) -> dict:
-    """Write both towers and the tokenizer into ``directory`` and validate them; returns the parity figures."""
+def _export_onnx(directory: Path, unfused: Path, model: TextBasedPersonSearch, payload: dict, atol: float,
+                 bar: tqdm) -> tuple[dict, dict]:
+    """Export both towers into ``unfused``, write their fused graphs and the tokenizer into
+    ``directory`` and validate the fused graphs against PyTorch; returns (parity, fusions)."""
     tokenizer_json = payload["tokenizer_json"]
     (directory / TOKENIZER_FILE).write_text(tokenizer_json)
     tokenizer = load_tokenizer(tokenizer_json, model.config.max_text_length)
-    paths = {}
+    paths, fusions = {}, {}
     for spec in TOWERS:
         bar.set_postfix_str(spec.onnx_file)
-        paths[spec.name] = export_tower(spec, model, directory / spec.onnx_file)
+        plain = export_tower(spec, model, unfused / spec.onnx_file)
+        paths[spec.name] = directory / spec.onnx_file
+        fusions[spec.name] = {"offline": fuse_tower(plain, paths[spec.name]),
+                              "at_load": load_time_fusions(paths[spec.name]), "at_load_cpu": cpu_model()}
         bar.update()
     bar.set_postfix_str("parity")
-    return validate_towers(paths, model, tokenizer, atol)
+    return validate_towers(paths, model, tokenizer, atol), fusions
 
 
-def _try_tensorrt(directory: Path, model: TextBasedPersonSearch,
+def _try_tensorrt(directory: Path, unfused: Path, model: TextBasedPersonSearch,
                   options: trt_build.TrtOptions) -> tuple[dict, str | None]:
     """Build and check an engine per tower; on any failure remove what was built and
     return why, so that the validated ONNX bundle is still put in place."""
@@ -146,7 +158,7 @@ def _try_tensorrt(directory: Path, model: TextBasedPersonSearch,
     if reason is not None:
         return {}, f"cannot build TensorRT engines: {reason}"
     try:
-        return _build_engines(directory, model, options), None
+        return _build_engines(directory, unfused, model, options), None
     except ExportError as e:
         failure = str(e)
     except Exception as e:  # a TensorRT/CUDA failure or a bug: keep its traceback in the log
@@ -157,7 +169,9 @@ def _try_tensorrt(directory: Path, model: TextBasedPersonSearch,
     return {}, f"TensorRT engine build failed: {failure}"
 
 
-def _build_engines(directory: Path, model: TextBasedPersonSearch, options: trt_build.TrtOptions) -> dict:
+def _build_engines(directory: Path, unfused: Path, model: TextBasedPersonSearch,
+                   options: trt_build.TrtOptions) -> dict:
+    """Engines from the unfused graphs: TensorRT does its own fusions and has no onnxruntime contrib ops."""
     cfg = model.config
     profiles = options.resolve(cfg.max_text_length)
     tokenizer = load_tokenizer((directory / TOKENIZER_FILE).read_text(), cfg.max_text_length)
@@ -166,7 +180,7 @@ def _build_engines(directory: Path, model: TextBasedPersonSearch, options: trt_b
         for spec in TOWERS:
             cases = parity_cases(spec, cfg.image_size, tokenizer, cfg.max_text_length)
             entries[spec.name] = trt_build.build_checked_engine(
-                directory / spec.onnx_file, spec, axis_sizes(model), options, profiles,
+                unfused / spec.onnx_file, spec, axis_sizes(model), options, profiles,
                 directory / spec.plan_file, cases, Path(scratch))
     return entries
 
@@ -253,8 +267,17 @@ def _refuse_existing(output: Path, force: bool) -> None:
         return
     if not force:
         raise BundleError(f"output {output} already exists: choose another -o or pass --force to replace it")
-    if not output.is_dir() or not ((output / MANIFEST_FILE).is_file() or not any(output.iterdir())):
+    if not output.is_dir() or not (_is_bundle(output) or not any(output.iterdir())):
         raise BundleError(f"output {output} exists and is not a tbps bundle: not replacing it, even with --force")
+
+
+def _is_bundle(directory: Path) -> bool:
+    """A directory whose manifest.json carries the bundle format tag (a foreign manifest.json does not)."""
+    try:
+        manifest = read_json(directory / MANIFEST_FILE)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import click
 
 from tbps_runtime.cli.support import TbpsCommand, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import PARITY_ATOL
+from tbps_runtime.errors import InputFileNotFoundError
 
 
 def _profile(allow_max: bool):
@@ -65,14 +66,20 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
     """Export a checkpoint to a bundle: ONNX towers checked against PyTorch,
     tokenizer.json, manifest.json, and optionally TensorRT engines."""
     from tbps_export.bundle_writer import export_bundle
+    from tbps_export.quantize import calibration_paths
 
     quiet = setup_logging(quiet)
+    # --calibration is read before the export: a bad one is then one line, with no bundle left behind.
+    crops = calibration_paths(calibration, calibration_count) if int8 else []
+    missing = [p for p in crops if not Path(p).is_file()]
+    if missing:
+        raise InputFileNotFoundError(f"--calibration: {len(missing)} of {len(crops)} crops not found, "
+                                     f"e.g. {missing[0]}")
     path = export_bundle(checkpoint, output, force=force, trt=trt, fp16=fp16, progress=progress and not quiet,
                          atol=atol, trt_batch=trt_batch, trt_seq=trt_seq, trt_workspace_gib=trt_workspace_gib,
                          trt_timing_cache=trt_timing_cache, explain=explain)
     click.echo(str(path))
     if int8:
-        from tbps_export.quantize import calibration_paths, quantize_bundle
+        from tbps_export.quantize import quantize_bundle
 
-        click.echo(str(quantize_bundle(path, calibration=calibration_paths(calibration, calibration_count),
-                                       force=force)))
+        click.echo(str(quantize_bundle(path, calibration=crops, force=force)))

@@ -19,13 +19,17 @@ from pathlib import Path
 
 import click
 
-from tbps_runtime.cli.support import TbpsCommand, output_option, quiet_option, setup_logging, user_errors_exit_2
+from tbps_runtime.cli.support import (
+    TbpsCommand, output_option, quiet_option, setup_logging, threads_option, user_errors_exit_2,
+)
+from tbps_runtime.atomic import read_json
 from tbps_train.config import DEFAULT_IDS
 
 logger = logging.getLogger(__name__)
 
 EXAMPLES = 4  # test captions on the results page
 RESULTS_K = 5  # crops per caption
+_METRICS = ("r1", "r5", "r10", "map", "minp")  # what eval.json must hold to be reused
 
 
 @click.command(cls=TbpsCommand)
@@ -36,20 +40,25 @@ RESULTS_K = 5  # crops per caption
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--examples", default=EXAMPLES, show_default=True, type=click.IntRange(min=1),
               help="Test captions drawn on the results page.")
+@threads_option("Training threads (default: the cores other processes leave idle, re-checked as it "
+                "trains; pin it for bit-identical reruns).")
 @quiet_option()
 @user_errors_exit_2
-def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: int, quiet: bool) -> None:
+def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: int, threads: int | None,
+                       quiet: bool) -> None:
     """Generate the synthetic dataset, train the demo model, evaluate it, export it,
     index the test split and write a results page."""
+    from tbps_train.checkpoint import check_checkpoint_output
     from tbps_train.cli import _quiet_libraries
 
     quiet = setup_logging(quiet)
     _quiet_libraries()
     work = Path(output)
     data, checkpoint = work / "data", work / "m.pt"
+    check_checkpoint_output(checkpoint)  # before the dataset: a foreign m.pt there is never trained over
     started = time.perf_counter()
     _dataset(data, ids, seed, quiet)
-    _train(checkpoint, data, preset, seed, quiet)
+    _train(checkpoint, data, preset, seed, quiet, threads)
     evaluation = work / "eval.json"
     metrics = _evaluation(checkpoint, data, evaluation)
     bundle = _export(checkpoint, work / "m.bundle", quiet)
@@ -76,7 +85,7 @@ def _dataset(data: Path, ids: int, seed: int, quiet: bool) -> None:
     generate(data, ids=ids, seed=seed, progress=not quiet)
 
 
-def _train(checkpoint: Path, data: Path, preset: str, seed: int, quiet: bool) -> None:
+def _train(checkpoint: Path, data: Path, preset: str, seed: int, quiet: bool, threads: int | None) -> None:
     from tbps_train.config import apply_overrides, load_preset
     from tbps_train.train import train
 
@@ -85,13 +94,18 @@ def _train(checkpoint: Path, data: Path, preset: str, seed: int, quiet: bool) ->
         return
     logger.info("[2/6] training the %s preset -> %s", preset, checkpoint)
     config = apply_overrides(load_preset(preset), "train", seed=seed)
-    train(config, "cuhk-pedes", data, checkpoint, resume=checkpoint.exists(), progress=not quiet)
+    train(config, "cuhk-pedes", data, checkpoint, resume=checkpoint.exists(), progress=not quiet, threads=threads)
 
 
 def _evaluation(checkpoint: Path, data: Path, evaluation: Path) -> dict[str, float]:
     if _fresh(evaluation, checkpoint):
-        logger.info("[3/6] evaluation: reusing %s", evaluation)
-        return json.loads(evaluation.read_text())
+        try:
+            metrics = read_json(evaluation)
+            if isinstance(metrics, dict) and all(isinstance(metrics.get(k), (int, float)) for k in _METRICS):
+                logger.info("[3/6] evaluation: reusing %s", evaluation)
+                return metrics
+        except ValueError:  # not JSON (edited, truncated): evaluate again
+            pass
     logger.info("[3/6] evaluating on the test split")
     metrics = _evaluate(checkpoint, data)
     evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -162,6 +176,7 @@ def _results(bundle: Path, gallery: Path, records: list, work: Path, examples: i
     if all(_fresh(path, gallery) for path in (png, page, explained)):
         logger.info("[6/6] results: reusing %s", page)
         return png, page, explained
+    examples = min(examples, len(records))  # more than the split holds: each test image once
     logger.info("[6/6] ranking %d test captions -> %s, %s", examples, png, page)
     started = time.perf_counter()
     picks = [records[i * len(records) // examples] for i in range(examples)]

@@ -1,4 +1,5 @@
-"""Write-then-rename, so a reader never sees a half-written artifact."""
+"""Write-then-rename, so a reader never sees a half-written artifact; and the one JSON reader, for which
+anything that is not JSON is a ``ValueError``."""
 
 from __future__ import annotations
 
@@ -53,3 +54,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """JSON (indented, newline-terminated) to ``path`` through a temp file and a rename."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def parse_json(data: str | bytes) -> Any:
+    """Parse JSON text (bytes: UTF-8, -16 or -32, as ``json.loads`` detects). Whatever is not JSON raises
+    ``ValueError``: invalid UTF-8, a syntax error, nesting too deep for the parser (a ``RecursionError``
+    otherwise), an integer beyond Python's 4300-digit conversion limit."""
+    try:
+        return json.loads(data)
+    except RecursionError as e:
+        raise ValueError("JSON nested too deeply to parse") from e
+
+
+def read_json(path: str | Path) -> Any:
+    """:func:`parse_json` of a file's bytes; an ``OSError`` reading it passes through."""
+    return parse_json(Path(path).read_bytes())

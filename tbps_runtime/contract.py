@@ -7,6 +7,10 @@ repeats a tensor name as a string literal.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -49,6 +53,15 @@ class TowerSpec:
         expected = {spec.name for spec in self.inputs}
         if set(feeds) != expected:
             raise ValueError(f"{self.name} takes inputs {sorted(expected)}, got {sorted(feeds)}")
+
+    def call_sizes(self, feeds: Mapping[str, Any]) -> dict[str, int]:
+        """The dynamic axes' sizes in one call's ``feeds`` (``batch``, ``sequence``): its outputs must have them."""
+        sizes: dict[str, int] = {}
+        for spec in self.inputs:
+            for axis, size in zip(spec.axes, getattr(feeds.get(spec.name), "shape", ())):
+                if axis in spec.dynamic:
+                    sizes.setdefault(axis, int(size))
+        return sizes
 
     @property
     def onnx_file(self) -> str:
@@ -94,3 +107,41 @@ EXPLAIN_TOWERS = (IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER)
 
 # Engines that run the towers: onnxruntime (any machine) or the bundle's TensorRT plans.
 BACKENDS = ("onnxruntime", "tensorrt")
+
+
+# ---- records read from files -------------------------------------------------
+# A manifest and a run config are dataclasses filled from JSON a user may have edited: each field must hold
+# its annotated type before anything uses it (the one type check of such records).
+
+def mistyped_fields(record: Any) -> list[str]:
+    """``"name is VALUE, expected TYPE"`` for each field of the dataclass ``record`` whose value is not of its
+    annotated type: an ``int`` is no bool, a ``float`` finite; lists, tuples and dicts item by item."""
+    hints = typing.get_type_hints(type(record))
+    return [f"{f.name} is {_short(getattr(record, f.name))}, expected {f.type}" for f in dataclasses.fields(record)
+            if not _matches(getattr(record, f.name), hints[f.name])]
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return isinstance(value, tuple) and all(_matches(v, args[0]) for v in value)
+        return isinstance(value, tuple) and len(value) == len(args) and all(map(_matches, value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if hint is float:
+        return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(None) if hint is None else hint)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+from tbps_runtime.atomic import parse_json
 from tbps_runtime.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def _holder(fd: int) -> str:
     """``pid 1234, since 2026-01-02 03:04:05`` from a lock file another process holds
     (which also names its command, for people who look)."""
     try:
-        note = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        note = parse_json(os.pread(fd, 4096, 0))
         return f"pid {int(note['pid'])}, since {note['started']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "pid unknown"

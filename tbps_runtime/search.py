@@ -38,6 +38,7 @@ from tbps_runtime.model.encoder import Encoder, ImageInput, check_queries
 from tbps_runtime.outputs import disk_errors, output_lock
 from tbps_runtime.paths import printable
 from tbps_runtime.ranking import top_k_parts
+from tbps_runtime.threads import BLAS
 
 if TYPE_CHECKING:
     from tbps_runtime.indexing.ray import RayIndexer
@@ -74,7 +75,7 @@ class PersonSearch:
         Args:
             directory: the bundle (made by ``tbps-export``).
             backend: ``"onnxruntime"`` or ``"tensorrt"``.
-            threads: onnxruntime intra-op threads (default: all cores).
+            threads: onnxruntime intra-op threads (default: the cores other processes leave idle).
             providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
             device: the CUDA device of the TensorRT backend.
         """
@@ -95,6 +96,11 @@ class PersonSearch:
     @property
     def fingerprint(self) -> str:
         return self.encoder.fingerprint
+
+    @property
+    def threads(self) -> int | None:
+        """Threads the towers and the ranking use (see tbps_runtime.threads); None on TensorRT."""
+        return self.encoder.threads
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Captions -> (N, K, d) float32, every slot L2-normalised. Captions beyond the
@@ -154,7 +160,8 @@ class PersonSearch:
         if faiss is not None:
             scores, indices = faiss.top_k(query_embeddings, k, nprobe, rescore, parts)  # row -1: not found
         else:
-            scores, indices = top_k_parts(query_embeddings, parts, k)  # (Q, k), (Q, k)
+            with BLAS.limit(self.threads):  # numpy's BLAS defaults to every core, busy or not
+                scores, indices = top_k_parts(query_embeddings, parts, k)  # (Q, k), (Q, k)
         return [[_match(rank, float(score), int(row), entries)
                  for rank, (score, row) in enumerate(zip(row_scores, row_indices), start=1) if row >= 0]
                 for row_scores, row_indices in zip(scores, indices)]

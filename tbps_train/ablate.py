@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tbps_runtime.atomic import atomic_write_text
-from tbps_runtime.errors import ConfigError
+from tbps_runtime.atomic import atomic_write_text, read_json
+from tbps_runtime.errors import ConfigError, DataError
 from tbps_runtime.machine import cpu_model
 from tbps_train.config import RunConfig, apply_overrides
 
@@ -62,13 +62,24 @@ ROWS = (
     AblationRow("baseline-sum", "baseline (global only), Eq. 9 summed", "diag.",
                 {"use_coarse": False, "use_fine": False}, {"ranking_reduction": "sum"}),
     AblationRow("warmup", "2 warm-up epochs", "diag.", {}, {}, {"warmup_epochs": 2}),
-    AblationRow("lr-1e-3", "learning rate 1e-3 (2×)", "diag.", {}, {}, {"lr": 1e-3}),
+    AblationRow("lr-5e-4", "learning rate 5e-4 (the paper's; ½×)", "diag.", {}, {}, {"lr": 5e-4}),
     AblationRow("size-128x48", "input 128×48 (8×3 map)", "diag.", {"image_size": (128, 48)}),
 )
 ROW_SETS = {"table2": ("baseline", "coarse", "coarse-fine-ranking", "full"),
             "extra": ("cmr-coarse", "separate-decoders", "d2", "d6"),
             "diag": tuple(row.slug for row in ROWS if row.table == "diag.")}
 ROW_SETS["all"] = ROW_SETS["table2"] + ROW_SETS["extra"] + ROW_SETS["diag"]
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    """A finished run's record; a damaged one is named, so that it can be deleted and run again."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the finished run {path} ({e}): delete it to run it again") from e
+    if not isinstance(record, dict) or not isinstance(record.get("test"), dict) or "row" not in record:
+        raise DataError(f"{path} is not an ablation run's record: delete it to run it again")
+    return record
 
 
 def select_rows(spec: str) -> list[AblationRow]:
@@ -94,10 +105,11 @@ def row_config(base: RunConfig, row: AblationRow, seed: int) -> RunConfig:
 
 def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str | Path,
                  rows: list[AblationRow], seeds: list[int], progress: bool = True,
-                 meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 meta: dict[str, Any] | None = None, threads: int | None = None) -> list[dict[str, Any]]:
     """Train and evaluate every (row, seed); finished runs are reused. Returns this call's run records.
 
     ``meta`` (the settings that hold for every run) goes into ablation.json, rebuilt after each run.
+    ``threads`` pins PyTorch's threads (None: the load policy, see tbps_runtime.threads).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,10 +118,10 @@ def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str |
         for row in rows:
             result_path = out_dir / f"{row.slug}-s{seed}.json"
             if result_path.exists():
-                records.append(json.loads(result_path.read_text()))
+                records.append(_read_run(result_path))
                 logger.info("ablation %s seed %d: done before", row.slug, seed)
                 continue
-            record = _run_one(row_config(base, row, seed), row, seed, dataset, root, out_dir, progress)
+            record = _run_one(row_config(base, row, seed), row, seed, dataset, root, out_dir, progress, threads)
             atomic_write_text(result_path, json.dumps(record, indent=2))
             records.append(record)
             write_summary(out_dir, meta)
@@ -117,7 +129,7 @@ def run_ablation(base: RunConfig, dataset: str, root: str | Path, out_dir: str |
 
 
 def _run_one(config: RunConfig, row: AblationRow, seed: int, dataset: str, root: str | Path,
-             out_dir: Path, progress: bool) -> dict[str, Any]:
+             out_dir: Path, progress: bool, threads: int | None) -> dict[str, Any]:
     from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
@@ -127,7 +139,7 @@ def _run_one(config: RunConfig, row: AblationRow, seed: int, dataset: str, root:
     checkpoint = out_dir / f"{row.slug}-s{seed}.pt"
     started = time.perf_counter()
     logger.info("ablation %s (%s) seed %d", row.slug, row.name, seed)
-    train(config, dataset, root, checkpoint, resume=checkpoint.exists(), progress=progress)
+    train(config, dataset, root, checkpoint, resume=checkpoint.exists(), progress=progress, threads=threads)
     payload = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(payload)
     tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
@@ -187,7 +199,7 @@ def _mean_std(entry: dict[str, Any], key: str) -> str:
 def write_summary(out_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild ablation.json (every run's record and the per-row summary) and ablation.md from the run files."""
     out_dir = Path(out_dir)
-    runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*-s*.json"))]
+    runs = [_read_run(p) for p in sorted(out_dir.glob("*-s*.json"))]
     summary = summarize(runs)
     document = {"meta": meta or {}, "summary": summary, "runs": runs}
     atomic_write_text(out_dir / "ablation.json", json.dumps(document, indent=2))

@@ -9,14 +9,15 @@ and the per-epoch history, plus the optimiser state for ``--resume``.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tbps_runtime.atomic import atomic_write
-from tbps_runtime.errors import CheckpointError, InputFileNotFoundError, TbpsError
-from tbps_train.config import RunConfig
+from tbps_runtime.errors import CheckpointError, InputFileNotFoundError, OutputError, TbpsError
+from tbps_train.config import LIMITS, RunConfig
 from tbps_train.model import TextBasedPersonSearch
 from tbps_train.text import text_backbone_config, text_backbone_from_config
 
@@ -68,7 +69,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tbps checkpoint (no '{FORMAT}' format tag)")
     version = payload.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format version {version}; this tbps reads up to {VERSION}: upgrade tbps"
         )
@@ -79,7 +80,40 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 for key, kind in _TYPES.items() if not isinstance(payload[key], kind) or isinstance(payload[key], bool)]
     if mistyped:
         raise CheckpointError(f"{path} mistypes {', '.join(mistyped)}: the file is damaged or was not written by tbps")
+    if payload["num_identities"] < 1:
+        raise CheckpointError(f"{path} has num_identities {payload['num_identities']}: the file is damaged")
+    if "train_state" in payload and not _is_train_state(payload["train_state"]):
+        raise CheckpointError(f"{path} has a malformed train_state (epoch, optimizer, scheduler): the file is "
+                              "damaged; train again without --resume")
     return payload
+
+
+def _is_train_state(state: Any) -> bool:
+    """What ``--resume`` reads: the epoch reached, and the optimiser's and scheduler's state dicts."""
+    epoch, optimizer = (state.get("epoch"), state.get("optimizer")) if isinstance(state, dict) else (None, None)
+    return (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= LIMITS["train.epochs"][1]
+            and isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list) and isinstance(state.get("scheduler"), dict))
+
+
+def check_checkpoint_output(path: str | Path) -> None:
+    """Refuse to train into ``path`` when something other than a tbps checkpoint is there (a dataset's
+    annotations, an image, anybody's data): only a checkpoint is ever replaced. Reads no weights (mmap).
+
+    Raises:
+        OutputError: naming the file.
+    """
+    path = Path(path)
+    if path.is_dir() or not path.exists() and not path.is_symlink():  # a directory: check_writable says so
+        return
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(payload, dict) and payload.get("format") == FORMAT:
+            return
+    except Exception:  # torch.load raises many types for what is not a checkpoint
+        pass
+    raise OutputError(f"-o {path} exists and is not a tbps checkpoint: training would replace it; choose another "
+                      "-o, or move the file")
 
 
 def _first_line(error: Exception) -> str:
@@ -89,18 +123,41 @@ def _first_line(error: Exception) -> str:
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> tuple[TextBasedPersonSearch, RunConfig]:
-    """Rebuild the model, weights loaded, in eval mode; needs no backbone directory."""
+    """Rebuild the model, weights loaded, in eval mode; needs no backbone directory.
+
+    The config is validated, then the model it describes is built on PyTorch's meta device (no memory)
+    and its parameter shapes compared with the weights the checkpoint carries: a config that lies (a huge
+    image size, hidden size or identity count) is refused before anything is allocated.
+    """
     try:
         config = RunConfig.from_dict(payload["config"])
-        text_backbone = text_backbone_from_config(payload["text_backbone_config"])
-    except (TypeError, KeyError, ValueError, AttributeError) as e:
-        if isinstance(e, TbpsError):
-            raise
-        raise CheckpointError(f"the checkpoint's config cannot be read ({type(e).__name__}: {e}): "
-                              "the file is damaged or was not written by tbps") from e
-    model = TextBasedPersonSearch(config.model, text_backbone, payload["num_identities"])
+        config.validate()
+        with torch.device("meta"), warnings.catch_warnings():  # a shape probe: its init warnings are noise
+            warnings.simplefilter("ignore")
+            skeleton = TextBasedPersonSearch(config.model, text_backbone_from_config(payload["text_backbone_config"]),
+                                             payload["num_identities"])
+    except Exception as e:  # from_dict, transformers and torch raise many types: all mean "not buildable"
+        reason = str(e) if isinstance(e, TbpsError) else f"{type(e).__name__}: {_first_line(e)}"
+        raise CheckpointError(f"the checkpoint's config cannot be read ({reason}): the file is damaged or was "
+                              "not written by tbps") from e
+    _check_weights_fit(skeleton, payload["state_dict"])
+    model = TextBasedPersonSearch(config.model, text_backbone_from_config(payload["text_backbone_config"]),
+                                  payload["num_identities"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"the checkpoint's weights do not fit its own config: {e}") from e
     return model.eval(), config
+
+
+def _check_weights_fit(skeleton: TextBasedPersonSearch, state_dict: dict[str, Any]) -> None:
+    """The weights are the tensors, by name and shape, of the model the config describes (``skeleton``)."""
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    carried = {name: tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+               for name, value in state_dict.items()}
+    differ = sorted(name for name in set(expected) | set(carried) if expected.get(name) != carried.get(name))
+    if differ:
+        name = differ[0]
+        raise CheckpointError(f"the checkpoint's weights do not fit its own config: {len(differ)} tensor(s) "
+                              f"differ, e.g. {name} (config: {expected.get(name, 'none')}, weights: "
+                              f"{carried.get(name, 'none')}): the file is damaged or was not written by tbps")

@@ -15,6 +15,7 @@ from tbps_runtime.cli.support import (
 )
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.machine import cpu_model
+from tbps_runtime.threads import pinned_threads
 from tbps_train.ablate import ROWS as ABLATION_ROWS
 from tbps_train.config import DEFAULT_IDS, PRESETS, RunConfig, apply_overrides, load_preset
 
@@ -55,11 +56,16 @@ def synth_command(output: str, ids: int, images_per_id: int, seed: int, overwrit
 
 
 def _set_threads(threads: int | None) -> None:
-    """--threads: PyTorch's intra-op thread count for this process."""
-    if threads is not None:
-        import torch
+    """--threads, or the policy's count now (tbps_runtime.threads), as PyTorch's intra-op threads."""
+    import torch
 
-        torch.set_num_threads(threads)
+    from tbps_runtime.threads import choose_threads
+
+    torch.set_num_threads(choose_threads(threads).threads)
+
+
+_TRAIN_THREADS_HELP = ("PyTorch intra-op threads (default: the cores other processes leave idle, re-checked "
+                       "during training; pin it for bit-identical reruns).")
 
 
 def _training_options(command):
@@ -73,7 +79,7 @@ def _training_options(command):
         click.option("--lr", type=float),
         click.option("--seed", type=int),
         device_option(),
-        threads_option("PyTorch intra-op threads (default: PyTorch's)."),
+        threads_option(_TRAIN_THREADS_HELP),
         click.option("--image-backbone", help="resnet50, vit_b_16, resnet_small, ... (overrides the preset)"),
         click.option("--text-backbone", help="'minilm', 'tiny' or a local BERT directory (e.g. bert-base-uncased)"),
         quiet_option("No progress bars or per-epoch lines."),
@@ -113,7 +119,7 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
               help="Initial decoder tokens: N(0, 0.02^2) (default) or orthogonal (not in the paper).")
 @click.option("--token-init-std", type=float, help="Scale of the initial decoder tokens (default 0.02).")
 @click.option("--ranking-reduction", type=click.Choice(["sum", "mean"]),
-              help="Eq. 9/12 over the batch: sum as printed (default) or mean (not in the paper).")
+              help="Eq. 9/12 over the batch: mean (default; see docs/model.md) or summed as printed.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), help="Linear lr warm-up epochs (not in the paper; 0).")
 @user_errors_exit_2
 def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, threads, image_backbone,
@@ -128,12 +134,12 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
     \b
         torchrun --nproc_per_node 4 --no-python tbps-train --device cuda ...
     """
+    from tbps_train.checkpoint import check_checkpoint_output
     from tbps_train.train import train
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     quiet = setup_logging(quiet or not main_process)
     _quiet_libraries()
-    _set_threads(threads)
     config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
     config = apply_overrides(config, "train", eval_every=eval_every, image_backbone_lr_scale=image_lr_scale,
                              warmup_epochs=warmup_epochs)
@@ -144,8 +150,9 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
                              token_init_std=token_init_std)
     config = apply_overrides(config, "loss", margin=margin, fine_loss=fine_loss,
                              cmr_on_coarse=True if cmr_on_coarse else None, ranking_reduction=ranking_reduction)
+    check_checkpoint_output(output)  # never over a dataset's annotations, an image or anybody's data
     record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet,
-                   resume_epochs=epochs)
+                   resume_epochs=epochs, threads=threads)
     if not main_process:
         return
     if "val" in record:
@@ -159,7 +166,7 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
 @click.option("--root", required=True, type=click.Path())
 @click.option("--split", default="test", show_default=True)
 @device_option()
-@threads_option("PyTorch intra-op threads (default: PyTorch's).")
+@threads_option("PyTorch intra-op threads (default: the cores other processes leave idle).")
 @json_option("Print one JSON object on stdout.")
 @click.option("--per-slot", is_flag=True,
               help="Also R@1 of each slot and slot group alone, and how alike the decoder tokens are.")
@@ -181,7 +188,7 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str | N
     setup_logging(quiet=as_json)
     _quiet_libraries()
     _set_threads(threads)
-    device = device or "cpu"
+    device = "cpu" if device is None else device  # --device "" is a device name to check, not "none given"
     check_device(device)
     payload = load_checkpoint(ckpt)
     model, config = model_from_checkpoint(payload)
@@ -221,10 +228,10 @@ def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, 
     processes may share -o DIR (e.g. one per seed, --threads 1 each).
     """
     from tbps_train.ablate import markdown_table, run_ablation, select_rows, write_summary
+    from tbps_train.data.readers import read_split
 
     quiet = setup_logging(quiet)
     _quiet_libraries()
-    _set_threads(threads)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError as e:
@@ -233,7 +240,13 @@ def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, 
         raise ConfigError("give tbps-ablate its seeds as --seeds 0,1,2")
     config = _config_from(preset, epochs, batch_size, lr, None, device, image_backbone, text_backbone)
     meta = {"dataset": dataset, "preset": preset, "selection": "last epoch",
-            "test_evaluated": "once per run, at the end", "machine": cpu_model()}
-    run_ablation(config, dataset, root, output, select_rows(row_spec), seed_list, progress=not quiet, meta=meta)
+            "test_evaluated": "once per run, at the end", "machine": cpu_model(),
+            "threads": threads or pinned_threads() or "policy"}
+    rows = select_rows(row_spec)
+    for run_seed in seed_list:  # the configs and the dataset before the first run creates -o
+        apply_overrides(config, "train", seed=run_seed).validate()
+    read_split(dataset, root, "train", check_images=False)
+    run_ablation(config, dataset, root, output, rows, seed_list, progress=not quiet, meta=meta,
+                 threads=threads)
     document = write_summary(output, meta)
     click.echo(markdown_table(document["summary"]))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from tbps_runtime.contract import mistyped_fields
 from tbps_runtime.errors import ConfigError
 
 PRESETS = ("tiny", "demo", "paper")
@@ -57,6 +58,7 @@ class ModelConfig:
         return 1 + self.num_coarse * self.use_coarse + self.num_fine * self.use_fine
 
     def validate(self) -> None:
+        check_fields("model", self)
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.foreground_scaling not in ("max", "raw"):
@@ -86,6 +88,7 @@ class LossConfig:
     ranking_reduction: str = "mean"
 
     def validate(self) -> None:
+        check_fields("loss", self)
         if self.fine_loss not in ("cmr", "ranking"):
             raise ConfigError(f"fine_loss must be 'cmr' or 'ranking', not {self.fine_loss!r}")
         if self.ranking_reduction not in ("sum", "mean"):
@@ -118,6 +121,7 @@ class TrainConfig:
     sync_batchnorm: bool = True  # several GPUs: BatchNorm statistics over the global batch
 
     def validate(self) -> None:
+        check_fields("train", self)
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("epochs must be >= 1 and batch_size >= 2 (ranking needs negatives)")
         if self.lr <= 0:
@@ -150,6 +154,37 @@ class RunConfig:
             loss=_build(LossConfig, data.get("loss", {})),
             train=_build(TrainConfig, data.get("train", {})),
         )
+
+
+# Inclusive bounds of the numeric fields (each item of a tuple): beyond them a run cannot train, or would
+# exhaust memory or overflow a seed before it started.
+LIMITS: dict[str, tuple[float, float]] = {
+    "model.image_size": (16, 4096), "model.last_stride": (1, 2), "model.max_text_length": (2, 4096),
+    "model.embed_dim": (1, 8192), "model.num_heads": (1, 1024), "model.num_coarse": (1, 1024),
+    "model.num_fine": (1, 1024), "model.id_scale": (1e-3, 1e4), "model.token_init_std": (0, 100),
+    "loss.margin": (1e-9, 100),
+    "train.epochs": (1, 100_000), "train.batch_size": (2, 1_000_000), "train.lr": (1e-12, 100),
+    "train.lr_milestones": (1, 100_000), "train.lr_gamma": (1e-9, 100), "train.image_backbone_lr_scale": (0, 1000),
+    "train.warmup_epochs": (0, 100_000), "train.weight_decay": (0, 100), "train.flip_probability": (0, 1),
+    "train.seed": (0, 2 ** 63 - 1), "train.eval_every": (0, 100_000), "train.num_workers": (0, 1024),
+}
+
+
+def check_fields(section: str, config: Any) -> None:
+    """Every field of ``config`` (the ``section`` of a RunConfig) of its annotated type, numbers finite and
+    within :data:`LIMITS`, whether it came from a preset, the command line or a checkpoint.
+
+    Raises:
+        ConfigError: naming every field that is wrong.
+    """
+    problems = [f"{section}.{problem}" for problem in mistyped_fields(config)]
+    for f in dataclasses.fields(config) if not problems else ():
+        low, high = LIMITS.get(f"{section}.{f.name}", (None, None))
+        value = getattr(config, f.name)
+        if low is not None and not all(low <= v <= high for v in (value if isinstance(value, tuple) else (value,))):
+            problems.append(f"{section}.{f.name} is {value!r}, expected {low:g}..{high:g}")
+    if problems:
+        raise ConfigError(f"invalid run config: {'; '.join(problems)}")
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:

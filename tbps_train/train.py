@@ -15,11 +15,14 @@ from tqdm import tqdm
 
 from tbps_runtime.errors import CheckpointError, DataError
 from tbps_runtime.machine import cpu_model
+from tbps_runtime.threads import AdaptiveThreads, ThreadChoice, choose_threads
 from tbps_runtime.model.bundle import sha256_file
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_runtime.outputs import check_writable
 from tbps_train.backbones import load_image_weights, resolve_image_weights
-from tbps_train.checkpoint import checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
+from tbps_train.checkpoint import (
+    check_checkpoint_output, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint,
+)
 from tbps_train.config import RunConfig, apply_overrides
 from tbps_train.data.pipeline import (
     CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally, random_flips,
@@ -33,6 +36,9 @@ from tbps_train.plots import curves_path, plot_history
 from tbps_train.text import load_text_backbone
 
 logger = logging.getLogger(__name__)
+
+# Training steps between two looks at the load (a look reads /proc/stat: microseconds).
+ADAPT_EVERY = 10
 
 
 class TextFeatureCache:
@@ -185,9 +191,10 @@ class Trainer:
 
     def __init__(self, config: RunConfig, dataset: str, root: str | Path, output: str | Path,
                  resume: bool = False, image_weights: str | Path | None = None, progress: bool = True,
-                 resume_epochs: int | None = None):
+                 resume_epochs: int | None = None, threads: int | None = None):
         self.output, self.dataset, self.root = Path(output), dataset, Path(root)
         check_writable(self.output, "the checkpoint")  # before training, not after the first epoch
+        check_checkpoint_output(self.output)  # only ever a checkpoint is replaced
         self.start_epoch, self.history = 0, []
         state = None
         self.image_weights: dict[str, Any] = {"source": None}
@@ -201,6 +208,7 @@ class Trainer:
         # Under torchrun: this process's rank and device; otherwise one process on the configured device.
         self.distributed = Distributed.from_environment(self.config.train.device)
         self.progress = progress and self.distributed.is_main
+        self.threads, self.adaptive_threads = training_threads(threads)
         self.data = TrainingData.load(dataset, self.root, self.config.model.image_size, self.progress)
         if state is None:
             self.model = self._new_model()
@@ -285,7 +293,8 @@ class Trainer:
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
             losses = self._epoch(epoch)
-            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2), **losses}
+            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
+                      "threads": self._epoch_threads(), **losses}
             if main and self._evaluate_now(epoch):
                 record["val"] = evaluate(self.model, self.tokenizer, self.val_records,
                                          device=self.distributed.device, progress=False, per_slot=True)
@@ -299,6 +308,14 @@ class Trainer:
                                 title=f"{self.output.name} on {self.dataset}")
             logger.info("training curves: %s", plot)
         return self.history[-1]
+
+    def _epoch_threads(self) -> int | dict[str, int]:
+        """The fixed thread count, or (policy) the steps run at each count this epoch."""
+        if self.adaptive_threads is None:
+            return self.threads.threads
+        counts = {str(n): steps for n, steps in sorted(self.adaptive_threads.steps_by_threads.items())}
+        self.adaptive_threads.steps_by_threads.clear()
+        return counts
 
     def _evaluate_now(self, epoch: int) -> bool:
         every = self.config.train.eval_every
@@ -332,6 +349,8 @@ class Trainer:
             self.optimizer.step()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().item()
+            if self.adaptive_threads is not None:
+                self.adaptive_threads.step()
             totals["loss"] = totals.get("loss", 0.0) + loss.detach().item()
         self.scheduler.step()
         totals = distributed.sum(totals)
@@ -366,7 +385,7 @@ class Trainer:
             dataset={"name": self.dataset, "root": str(self.root)},
             image_weights=self.image_weights,
             # Training is deterministic per machine; another CPU's kernels round differently.
-            machine={"cpu": cpu_model(), "torch": str(torch.__version__)},
+            machine={"cpu": cpu_model(), "torch": str(torch.__version__), "threads": self.threads.source},
             train_state={"epoch": epochs_done, "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict()},
         )
@@ -382,16 +401,29 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return line
 
 
+def training_threads(threads: int | None) -> tuple[ThreadChoice, AdaptiveThreads | None]:
+    """``threads`` pins PyTorch's intra-op threads; None follows the load (tbps_runtime.threads),
+    re-checked every ADAPT_EVERY steps: call the returned AdaptiveThreads' ``step()`` once per step."""
+    choice = choose_threads(threads)
+    if not choice.adaptive:
+        torch.set_num_threads(choice.threads)
+        return choice, None
+    logger.info("threads: %d (the policy: cores not busy elsewhere; re-checked every %d steps; "
+                "--threads N pins it)", choice.threads, ADAPT_EVERY)
+    return choice, AdaptiveThreads(torch.set_num_threads, every=ADAPT_EVERY, initial=choice.threads)
+
+
 def train(config: RunConfig, dataset: str, root: str | Path, output: str | Path, resume: bool = False,
           image_weights: str | Path | None = None, progress: bool = True,
-          resume_epochs: int | None = None) -> dict[str, Any]:
+          resume_epochs: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Train a model and write ``output``; returns the last epoch's record.
 
     With ``resume`` and an existing ``output``, training continues from the
     saved epoch with the saved config (``config`` is ignored), run to
-    ``resume_epochs`` when given.
+    ``resume_epochs`` when given. ``threads`` pins PyTorch's thread count (bit-identical
+    reruns); None (default) follows the load, see tbps_runtime.threads.
     """
-    trainer = Trainer(config, dataset, root, output, resume, image_weights, progress, resume_epochs)
+    trainer = Trainer(config, dataset, root, output, resume, image_weights, progress, resume_epochs, threads)
     try:
         return trainer.run()
     finally:

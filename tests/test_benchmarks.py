@@ -7,13 +7,16 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import math
+import os
 
 import pytest
 
-from benchmarks import faiss_search, parity, query_latency, ranking, towers
+from benchmarks import contention, faiss_search, parity, query_latency, ranking, towers
 from tbps_train.data.readers import read_split
 
 HAVE_FAISS = importlib.util.find_spec("faiss") is not None  # the [bench] extra
+HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None  # ranking's fixed BLAS threads
 
 
 def _read(out, name):
@@ -39,8 +42,12 @@ def test_towers_quick(tmp_path, tiny_checkpoint, exported_bundle, int8_bundle):
     rows = data["rows"]
     assert {(r["tower"], r["batch"]) for r in rows} == {(t, b) for t in ("image_tower", "text_tower") for b in (1, 2)}
     for r in rows:
-        assert set(r["backends"]) == {"pytorch", "onnxruntime", "onnxruntime_int8"} and r["model"] == "demo"
+        assert set(r["backends"]) == {"pytorch", "onnxruntime", "onnxruntime_int8", "onnxruntime_unfused"}
+        assert r["model"] == "demo"
         assert r["backends"]["onnxruntime"]["max_abs_diff_vs_pytorch"] < 1e-4
+        assert r["backends"]["onnxruntime_unfused"]["max_abs_diff_vs_pytorch"] < 1e-4
+        ratio = r["backends"]["onnxruntime_unfused"]["median_ms"] / r["backends"]["onnxruntime"]["median_ms"]
+        assert r["speedup_fused_vs_unfused"] == pytest.approx(ratio)
         assert r["output_shape"][0] == r["batch"] and len(r["output_shape"]) == 3
         for t in r["backends"].values():
             _timing(t)
@@ -124,3 +131,59 @@ def test_faiss_search_quick(tmp_path, exported_bundle, synth_root):
                 _timing(setting["latency_32"])
     assert "synthetic perturbations of real embeddings" in (tmp_path / "faiss_search.md").read_text()
     assert not list(tmp_path.glob("tbps-bench-faiss-*"))  # the memmaps are removed
+
+
+def test_contention_quick(tmp_path, monkeypatch):
+    """Idle and one competitor, every fixed count and the policy: the figures, the policy's choices and
+    the ratios as the raw figures give them. The bundle is exported on the fly (the default path)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the policy decides, not a pinned count
+    contention.main(["--quick", "--out", str(tmp_path)])
+    data = _read(tmp_path, "contention")
+    cores, settings = data["cores"], data["thread_settings"]
+    assert 1 <= cores <= data["machine"]["cores"] and settings == list(range(1, cores + 1))
+    assert data["competitor_counts"] == [0, 1] and data["setup"]["preset"] == "tiny"
+    reps, warmup = data["setup"]["reps"], data["setup"]["warmup"]
+    for condition, count in zip(data["conditions"], [0, 1], strict=True):
+        assert condition["competitors"] == count and len(condition["competitor_pids"]) == count
+        for pid in condition["competitor_pids"]:  # killed and reaped
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        training, runtime = condition["policy"]["training"], condition["policy"]["runtime"]
+        assert training["source"] == runtime["source"] == "auto"
+        assert all(1 <= n <= cores for n in (training["initial"], training["threads"], runtime["threads"]))
+        assert sum(training["steps_by_threads"].values()) == reps + 2 * warmup  # two blocks
+        assert condition["others_busy_cores"] >= 0
+    ranked = settings if HAVE_THREADPOOLCTL else []
+    expected = {(f, count, str(n)) for f in contention.FIGURES for count in (0, 1)
+                for n in (ranked if f == "ranking" else settings)} | {
+        (f, count, contention.POLICY) for f in contention.FIGURES for count in (0, 1)}
+    rows = {(r["figure"], r["competitors"], r["setting"]): r for r in data["rows"]}
+    assert set(rows) == expected and len(rows) == len(data["rows"])
+    for (figure, count, setting), r in rows.items():
+        _timing(r)
+        assert r["reps"] == reps and math.isfinite(r["throughput"]) and r["throughput"] > 0
+        items = contention.IMAGE_BATCH if figure == "image_tower" else 1
+        assert r["throughput"] == pytest.approx(items / (r["median_ms"] / 1e3))
+        if setting == contention.POLICY and figure == "ranking":  # numpy's BLAS threads, as the runtime leaves them
+            assert r["threads"] is None if not HAVE_THREADPOOLCTL else 1 <= r["threads"] <= os.cpu_count()
+        elif setting == contention.POLICY:
+            assert 1 <= r["threads"] <= cores
+        else:
+            assert r["threads"] == int(setting)
+        assert r["vs_idle"] == pytest.approx(r["throughput"] / rows[(figure, 0, setting)]["throughput"])
+    assert [(q["figure"], q["competitors"]) for q in data["ratios"]] == [
+        (f, count) for f in contention.FIGURES for count in (0, 1)]
+    for q in data["ratios"]:
+        key = (q["figure"], q["competitors"])
+        fixed = [rows[(*key, str(n))] for n in settings if (*key, str(n)) in rows]
+        policy = rows[(*key, contention.POLICY)]
+        if not fixed:  # ranking without threadpoolctl
+            assert q["policy_vs_best"] is None and q["goal_met"] is None
+            continue
+        best = max(fixed, key=lambda r: r["throughput"])
+        assert q["best_fixed_threads"] == best["threads"] and q["policy_throughput"] == policy["throughput"]
+        assert q["policy_vs_best"] == pytest.approx(policy["throughput"] / best["throughput"])
+        assert q["goal_met"] == (q["policy_vs_best"] >= contention.GOAL if q["competitors"] == 1 else None)
+    text = (tmp_path / "contention.md").read_text()
+    assert data["machine"]["cpu"] in text.splitlines()[0] and "python -m benchmarks.contention --quick" in text
+    assert text.count("**met**") + text.count("**missed**") == sum(q["goal_met"] is not None for q in data["ratios"])

@@ -92,6 +92,9 @@ def test_ablate_seeds_summary_and_reuse(tmp_path, synth_root):
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
     assert run(ablate_command, argv).exit_code == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == stamps
+    # A damaged run record is named, never a traceback.
+    (out / "full-s1.json").write_text('{"row": "full", "test": ')
+    assert_user_error(run(ablate_command, argv), "full-s1.json", "delete it")
 
 
 def test_ablate_bad_rows_and_seeds(tmp_path, synth_root):

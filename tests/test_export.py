@@ -24,6 +24,7 @@ import tbps_export.bundle_writer as bundle_writer
 import tbps_export.tensorrt_build as trt_build
 from tbps_export import ExportOptions, ParityError, TrtOptions, export_bundle, fingerprint, to_mixed_precision
 from tbps_export.cli import export_command
+from tbps_export.fuse import fused_op_counts
 from tbps_export.tensorrt_build import profile_shapes, unavailable_reason
 from tbps_export.towers import axis_sizes, build_tower
 from tbps_export.validate import CAPTIONS, LONG_CAPTION, check_graph, onnx_runner
@@ -31,6 +32,7 @@ from tbps_runtime.contract import (
     EXPLAIN_TOWERS, IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER, TOKENIZER_FILE, TOWERS,
 )
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError, InputFileNotFoundError
+from tbps_runtime.machine import cpu_model
 from tbps_runtime.model.bundle import load_manifest, sha256_file, verify_files
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_train.checkpoint import VERSION, load_checkpoint, model_from_checkpoint
@@ -52,11 +54,21 @@ def tokenizer(model, tiny_checkpoint):
     return load_tokenizer(load_checkpoint(tiny_checkpoint)["tokenizer_json"], model.config.max_text_length)
 
 
+@pytest.fixture(scope="session")
+def unfused_towers(tmp_path_factory, tiny_checkpoint):
+    """``tiny_checkpoint``'s towers as torch.onnx.export writes them (before the fusions), once."""
+    from tbps_export.onnx_export import export_tower
+
+    directory = tmp_path_factory.mktemp("unfused")
+    tiny = model_from_checkpoint(load_checkpoint(tiny_checkpoint))[0]
+    return {spec.name: export_tower(spec, tiny, directory / spec.onnx_file) for spec in TOWERS}
+
+
 @pytest.fixture
-def fast_export(exported_bundle, monkeypatch):
-    """Replace torch.onnx export by a copy of the session's graphs (same checkpoint, same weights)."""
+def fast_export(unfused_towers, monkeypatch):
+    """Replace torch.onnx export by a copy of the once-exported graphs (same checkpoint, same weights)."""
     def copy_tower(spec, model, path):
-        shutil.copy(exported_bundle / spec.onnx_file, path)
+        shutil.copy(unfused_towers[spec.name], path)
         return path
 
     monkeypatch.setattr(bundle_writer, "export_tower", copy_tower)
@@ -112,7 +124,8 @@ def test_manifest_is_complete(exported_bundle, model, tiny_checkpoint):
     assert len(manifest.mean) == len(manifest.std) == 3 and manifest.opset == OPSET
     assert manifest.tokenizer == TOKENIZER_FILE
     for spec in TOWERS:
-        assert manifest.towers[spec.name] == manifest.tower_entry(spec)
+        entry = {k: v for k, v in manifest.towers[spec.name].items() if k != "fusions"}
+        assert entry == manifest.tower_entry(spec)
         figures = manifest.parity[spec.name]
         assert figures["max_abs_diff"] <= PARITY_ATOL and figures["min_cosine"] > 0.9999
         assert len(figures["cases"]) >= 2
@@ -267,6 +280,9 @@ def test_existing_output_is_refused_without_force(exported_bundle, tiny_checkpoi
     (stranger / "keep.txt").write_text("mine")
     assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", stranger, "--force"]), "not a tbps bundle")
     assert (stranger / "keep.txt").read_text() == "mine"
+    (stranger / MANIFEST_FILE).write_text('{"name": "a web app"}')  # somebody else's manifest.json
+    assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", stranger, "--force"]), "not a tbps bundle")
+    assert (stranger / "keep.txt").read_text() == "mine"
 
 
 def test_force_replaces_a_bundle(exported_bundle, tiny_checkpoint, tmp_path, fast_export):
@@ -380,8 +396,12 @@ def test_fp16_graph_keeps_float32_io_and_stays_close(exported_bundle, model, tok
 def fake_tensorrt(monkeypatch):
     """TensorRT's build replaced by a "plan" naming the graph it was built from, and
     its runner by onnxruntime on that graph: the orchestration around the real
-    builder (FP16 conversion, profiles, parity, manifest, files) runs for real."""
+    builder (FP16 conversion, profiles, parity, manifest, files) runs for real.
+    Returns the operator domains of each graph an engine was built from."""
+    built: dict[str, set[str]] = {}
+
     def build_engine(source, spec, shapes, options, plan_path):
+        built[spec.name] = {node.domain for node in onnx.load(str(source)).graph.node}
         plan_path.write_bytes(str(source).encode())
         return {"file": plan_path.name, "precision": options.precision, "tensorrt_version": "fake",
                 "gpu": "none", "compute_capability": "0.0",
@@ -390,6 +410,7 @@ def fake_tensorrt(monkeypatch):
     monkeypatch.setattr(trt_build, "unavailable_reason", lambda device=0: None)
     monkeypatch.setattr(trt_build, "build_engine", build_engine)
     monkeypatch.setattr(trt_build, "EngineRunner", lambda plan, device=0: onnx_runner(plan.decode()))
+    return built
 
 
 def test_engines_are_checked_and_recorded(tiny_checkpoint, tmp_path, fast_export, fake_tensorrt):
@@ -405,6 +426,10 @@ def test_engines_are_checked_and_recorded(tiny_checkpoint, tmp_path, fast_export
         assert all(int(c["input"].split("batch ")[-1]) <= 4 for c in entry["parity"]["cases"]
                    if "batch " in c["input"])  # only the inputs inside the (1, 2, 4) profile
     assert manifest.tensorrt[TEXT_TOWER.name]["profile"][MASK.name]["max"] == [4, manifest.max_text_length]
+    # Engines come from the unfused graphs: TensorRT has no onnxruntime contrib ops (the bundle's text graph has).
+    assert set(fake_tensorrt) == {spec.name for spec in TOWERS}
+    assert all("com.microsoft" not in domains for domains in fake_tensorrt.values())
+    assert "com.microsoft" in {n.domain for n in onnx.load(str(output / TEXT_TOWER.onnx_file)).graph.node}
 
 
 def test_an_engine_out_of_tolerance_leaves_the_onnx_bundle(tiny_checkpoint, tmp_path, fast_export,
@@ -432,3 +457,20 @@ def _produced_dtype(graph, name):
 def test_manifest_json_is_plain(exported_bundle):
     data = json.loads((exported_bundle / MANIFEST_FILE).read_text())
     assert data["format"] == "tbps-bundle" and isinstance(data["parity"]["image_tower"]["cases"], list)
+
+
+def test_the_text_tower_is_fused_and_the_manifest_says_how(exported_bundle, model):
+    """One Attention per BERT layer, two SkipLayerNormalizations and one BiasGelu per layer, the
+    decoder's cross-attention as MultiHeadAttention; the parity figures above are the fused graph's."""
+    manifest = load_manifest(exported_bundle)
+    layers = model.text_backbone.config.num_hidden_layers
+    text = manifest.towers[TEXT_TOWER.name]["fusions"]
+    assert text["offline"] == {"Attention": layers, "MultiHeadAttention": 1,
+                               "SkipLayerNormalization": 2 * layers, "BiasGelu": layers}
+    for spec in TOWERS:
+        fusions = manifest.towers[spec.name]["fusions"]
+        assert fused_op_counts(exported_bundle / spec.onnx_file) == fusions["offline"]
+        assert fusions["at_load_cpu"] == cpu_model()
+    # onnxruntime folds the image tower's activations into its convolutions when it loads the graph.
+    image = manifest.towers[IMAGE_TOWER.name]["fusions"]["at_load"]
+    assert image.get("Conv", 0) < 0 and image.get("Relu", image.get("Clip", 0)) < 0

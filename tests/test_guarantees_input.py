@@ -7,7 +7,8 @@ The classes, and the one mechanism each:
   :func:`tbps_runtime.paths.resolve_inside`;
 - a bundle's manifest agrees with its graphs and sane limits, and every tower call returns its
   batch: :func:`tbps_runtime.model.bundle.check_sizes`, :func:`tbps_runtime.model.backends.check_graph`,
-  :meth:`tbps_runtime.model.encoder.Encoder.run_tower`;
+  :meth:`tbps_runtime.model.encoder.Encoder.run_tower`; the explain graphs through the same checks
+  (:func:`tbps_runtime.model.bundle.check_towers` for their entries, :meth:`Encoder.run_graph` for their calls);
 - text: :func:`tbps_runtime.model.encoder.check_queries` refuses undecodable and invisible-only
   queries; :func:`tbps_runtime.paths.printable` makes non-UTF-8 file names printable;
 - operating-system errors become one line at the command-line boundary
@@ -38,7 +39,7 @@ from runtime_fakes import solid_image
 
 from cli_assertions import assert_user_error, index, run
 from tbps_runtime.cli.search import index_command, rank_command
-from tbps_runtime.contract import TEXT_TOWER
+from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, IMAGE_TOWER, TEXT_EXPLAIN_TOWER, TEXT_TOWER
 from tbps_runtime.errors import DataError, QueryError, UnsafePathError
 from tbps_runtime.model.encoder import check_queries
 from tbps_runtime.paths import printable, resolve_inside
@@ -166,18 +167,28 @@ def test_a_manifest_that_lies_is_refused_at_load(changes, fragment, fake_bundle,
 
 def _batch_one_text_tower(bundle: Path, declare_batch_one: bool) -> None:
     """Replace the bundle's text tower by one that returns the first query's embeddings only."""
-    model = onnx.load(bundle / TEXT_TOWER.onnx_file)
+    _first_row_only(bundle, TEXT_TOWER.onnx_file, "embeddings", declare_batch_one)
+
+
+def _first_row_only(bundle: Path, file: str, output: str, declare_batch_one: bool) -> None:
+    """Make the graph ``file`` return only the first row of its ``output`` (the manifest's checksum updated)."""
+    model = onnx.load(bundle / file)
     graph = model.graph
     for node in graph.node:
-        node.output[:] = ["all_rows" if o == "embeddings" else o for o in node.output]
+        node.output[:] = ["all_rows" if o == output else o for o in node.output]
     graph.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), n)
                               for n, v in (("zero", 0), ("one", 1))])
-    graph.node.append(helper.make_node("Slice", ["all_rows", "zero", "one", "zero"], ["embeddings"]))
+    graph.node.append(helper.make_node("Slice", ["all_rows", "zero", "one", "zero"], [output]))
     if declare_batch_one:
-        graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
-    onnx.save(model, bundle / TEXT_TOWER.onnx_file)
+        next(o for o in graph.output if o.name == output).type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, bundle / file)
+    _rehash(bundle, file)
+
+
+def _rehash(bundle: Path, file: str) -> None:
+    """Record ``file``'s new SHA-256 in the manifest: what a tamperer who knows the format would do."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"][TEXT_TOWER.onnx_file] = hashlib.sha256((bundle / TEXT_TOWER.onnx_file).read_bytes()).hexdigest()
+    manifest["files"][file] = hashlib.sha256((bundle / file).read_bytes()).hexdigest()
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -191,6 +202,92 @@ def test_a_text_tower_that_ignores_its_batch_is_refused(declare_batch_one, fragm
                                 "--query", "green", "--json"])
     assert_user_error(result, fragment)
     assert result.stdout == ""
+
+
+# The explain graphs (tbps export --explain) get the towers' checks: their manifest entries at load, their
+# declared I/O when their session is created, each call's outputs against its batch.
+
+def _explain_entry(bundle: Path, tower: str, **changes) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["towers"][tower].update(changes)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _attention_shape(bundle: Path, shape: list) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    embeddings, _ = manifest["towers"][IMAGE_EXPLAIN_TOWER.name]["outputs"]
+    _explain_entry(bundle, IMAGE_EXPLAIN_TOWER.name,
+                   outputs=[embeddings, {"name": "attention", "dtype": "float32", "shape": shape}])
+
+
+def _swap_graph(bundle: Path, file: str, other: str) -> None:
+    shutil.copy(bundle / other, bundle / file)
+    _rehash(bundle, file)
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    (lambda b: _explain_entry(b, IMAGE_EXPLAIN_TOWER.name, outputs="everything"), "image_tower.explain"),
+    (lambda b: _explain_entry(b, TEXT_EXPLAIN_TOWER.name, inputs=[]), "text_tower.explain"),
+    (lambda b: _attention_shape(b, ["batch", 2, 4]), "feature_width None"),
+    (lambda b: _attention_shape(b, ["batch", 2, 100000, 100000]), "feature_height 100000"),
+    (lambda b: _attention_shape(b, ["batch", 3, 4, 2]), "image_tower.explain.onnx does not match its manifest"),
+    (lambda b: _attention_shape(b, ["batch", 2, 4, 2.0]), "feature_width 2.0"),
+    (lambda b: _swap_graph(b, IMAGE_EXPLAIN_TOWER.onnx_file, TEXT_EXPLAIN_TOWER.onnx_file), "takes inputs"),
+    (lambda b: _swap_graph(b, IMAGE_EXPLAIN_TOWER.onnx_file, IMAGE_TOWER.onnx_file), "gives outputs"),
+    (lambda b: _swap_graph(b, TEXT_EXPLAIN_TOWER.onnx_file, "tokenizer.json"), "onnxruntime cannot load"),
+    (lambda b: _first_row_only(b, IMAGE_EXPLAIN_TOWER.onnx_file, "attention", True), "does not match its manifest"),
+    (lambda b: _first_row_only(b, IMAGE_EXPLAIN_TOWER.onnx_file, "attention", False), "for a batch of 3"),
+], ids=["entry-not-a-list", "entry-no-inputs", "attention-rank", "attention-huge", "attention-other-tokens",
+        "attention-float-dim", "text-graph-as-image", "plain-tower-as-explain", "not-onnx",
+        "image-batch-declared", "image-batch-hidden"])
+def test_a_tampered_explain_graph_is_refused(tamper, fragment, exported_bundle, explain_gallery, tmp_path):
+    """The exported (real) bundle's explain graphs, each tampered one way: --explain is one error line and
+    writes no page. Its three results make the image graph's batch 3."""
+    bundle = tmp_path / "m.bundle"
+    shutil.copytree(exported_bundle, bundle)
+    tamper(bundle)
+    page = tmp_path / "r.html"
+    result = run(rank_command, ["--gallery", explain_gallery, "--bundle", bundle, "--query", "a red coat",
+                                "-k", 3, "--explain", "--html", page])
+    assert_user_error(result, fragment)
+    assert not page.exists()
+
+
+@pytest.fixture(scope="module")
+def explain_gallery(exported_bundle, tmp_path_factory) -> Path:
+    """Three crops indexed with the exported bundle (a copy of it, tampered or not, ranks them too)."""
+    folder = tmp_path_factory.mktemp("explain")
+    for colour in ("red", "green", "blue"):
+        solid_image(folder / f"{colour}.png", colour)
+    index(exported_bundle, folder, folder / "g.npy")
+    return folder / "g.npy"
+
+
+def test_every_explain_call_returns_its_batch(exported_bundle, explain_gallery, tmp_path):
+    """The text graph too, at a batch the command line never uses (3 captions); the untampered
+    bundle, the control, answers the same calls."""
+    from tbps_runtime.errors import BundleError
+    from tbps_runtime.model.attention import explain, text_attention
+    from tbps_runtime.model.encoder import Encoder
+
+    captions = ["a red coat", "blue jeans and a white shirt", "a woman"]
+    encoder = Encoder.from_bundle(exported_bundle, threads=1)
+    ids, _, attention = text_attention(encoder, captions)
+    sizes = encoder.manifest.tower_sizes(TEXT_EXPLAIN_TOWER)
+    assert attention.shape == (3, sizes["decoder_tokens"], ids.shape[1])
+    crops = sorted(str(p) for p in explain_gallery.parent.glob("*.png"))
+    maps = explain(encoder, captions[0], crops).maps
+    sizes = encoder.manifest.tower_sizes(IMAGE_EXPLAIN_TOWER)
+    assert maps.shape == (3, sizes["coarse"], sizes["feature_height"], sizes["feature_width"])
+    assert explain(encoder, captions[0], []).maps.shape == (0, *maps.shape[1:])
+
+    bundle = tmp_path / "m.bundle"
+    shutil.copytree(exported_bundle, bundle)
+    _first_row_only(bundle, TEXT_EXPLAIN_TOWER.onnx_file, "attention", False)
+    tampered = Encoder.from_bundle(bundle, threads=1)
+    text_attention(tampered, captions[:1])  # a batch of one cannot tell
+    with pytest.raises(BundleError, match="returned attention of shape \\(1, .* for a batch of 3"):
+        text_attention(tampered, captions)
 
 
 # ---- 3. text ------------------------------------------------------------------------------------------

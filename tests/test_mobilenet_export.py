@@ -26,7 +26,7 @@ def mobilenet_checkpoint(tmp_path_factory, synth_root):
     config = apply_overrides(load_preset("tiny"), "model", image_backbone="mobilenet_v2", image_size=(64, 32))
     config = apply_overrides(config, "train", epochs=1, image_weights="packaged", image_backbone_lr_scale=0.1)
     path = tmp_path_factory.mktemp("mnv2") / "m.pt"
-    train(config, "cuhk-pedes", synth_root, path, progress=False)
+    train(config, "cuhk-pedes", synth_root, path, progress=False, threads=1)  # pinned: rerun below
     return path
 
 
@@ -60,14 +60,15 @@ def test_mobilenet_bundle_keeps_parity_and_quantizes(mobilenet_checkpoint, synth
 
 
 def test_two_runs_give_identical_weights(mobilenet_checkpoint, tmp_path, synth_root):
-    """Training is deterministic on one machine: the demo backbone's path (pretrained, NHWC) included."""
+    """Training is deterministic on one machine and thread count: the demo backbone's path
+    (pretrained, NHWC) included."""
     from tbps_train.train import train
 
     payload = load_checkpoint(mobilenet_checkpoint)
     from tbps_train.config import RunConfig
 
     again = tmp_path / "again.pt"
-    train(RunConfig.from_dict(payload["config"]), "cuhk-pedes", synth_root, again, progress=False)
+    train(RunConfig.from_dict(payload["config"]), "cuhk-pedes", synth_root, again, progress=False, threads=1)
     second = load_checkpoint(again)["state_dict"]
     assert payload["machine"]["cpu"]  # the figures' machine is recorded with them
     for key, value in payload["state_dict"].items():

@@ -1,6 +1,7 @@
 """Training end to end: a tiny run learns, is deterministic, resumes, and writes a sound checkpoint."""
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -44,13 +45,14 @@ def _state(path):
 
 
 def test_same_seed_same_weights_and_resume_matches(tmp_path, synth_root, tiny_config):
+    # Bit-identical for one machine and thread count: pinned, since the default follows the load.
     full, again, split = tmp_path / "full.pt", tmp_path / "again.pt", tmp_path / "split.pt"
-    train(_short_config(tiny_config, 3), "cuhk-pedes", synth_root, full, progress=False)
-    train(_short_config(tiny_config, 3), "cuhk-pedes", synth_root, again, progress=False)
+    train(_short_config(tiny_config, 3), "cuhk-pedes", synth_root, full, progress=False, threads=1)
+    train(_short_config(tiny_config, 3), "cuhk-pedes", synth_root, again, progress=False, threads=1)
     # Two epochs, then resume to the third: the same weights as one run of three.
-    train(_short_config(tiny_config, 2), "cuhk-pedes", synth_root, split, progress=False)
+    train(_short_config(tiny_config, 2), "cuhk-pedes", synth_root, split, progress=False, threads=1)
     train(_short_config(tiny_config, 99), "cuhk-pedes", synth_root, split, resume=True, progress=False,
-          resume_epochs=3)  # the saved config wins, but for the epochs asked for
+          resume_epochs=3, threads=1)  # the saved config wins, but for the epochs asked for
     reference = _state(full)
     for other in (_state(again), _state(split)):
         for key, value in reference.items():
@@ -120,10 +122,10 @@ def test_worker_decoding_matches_in_memory(tmp_path, synth_root, tiny_config, mo
     import tbps_train.data.pipeline as pipeline
 
     in_memory, streamed = tmp_path / "memory.pt", tmp_path / "streamed.pt"
-    train(_short_config(tiny_config, 1), "cuhk-pedes", synth_root, in_memory, progress=False)
+    train(_short_config(tiny_config, 1), "cuhk-pedes", synth_root, in_memory, progress=False, threads=1)
     monkeypatch.setattr(pipeline, "PRELOAD_BUDGET_BYTES", 0)  # as for a split too big to keep
     config = apply_overrides(_short_config(tiny_config, 1), "train", num_workers=2)
-    train(config, "cuhk-pedes", synth_root, streamed, progress=False)
+    train(config, "cuhk-pedes", synth_root, streamed, progress=False, threads=1)
     reference = _state(in_memory)
     for key, value in _state(streamed).items():
         torch.testing.assert_close(value, reference[key], rtol=0, atol=0, msg=key)
@@ -154,3 +156,26 @@ def test_checkpoint_error_is_one_line_and_file_not_private(tmp_path, tiny_checkp
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_thread_policy_is_recorded_per_epoch(tmp_path, synth_root, tiny_config, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    pinned, adaptive = tmp_path / "pinned.pt", tmp_path / "adaptive.pt"
+    train(_short_config(tiny_config, 1), "cuhk-pedes", synth_root, pinned, progress=False, threads=1)
+    payload = load_checkpoint(pinned)
+    assert payload["history"][0]["threads"] == 1 and payload["machine"]["threads"] == "--threads"
+    train(_short_config(tiny_config, 1), "cuhk-pedes", synth_root, adaptive, progress=False)
+    payload = load_checkpoint(adaptive)
+    steps = payload["history"][0]["threads"]  # {"threads": steps run at that count}
+    assert payload["machine"]["threads"] == "auto" and sum(steps.values()) >= 1
+    assert all(1 <= int(n) <= (os.cpu_count() or 1) for n in steps)
+
+
+def test_train_from_python_never_replaces_a_file_it_did_not_write(tmp_path, synth_root, tiny_config):
+    from tbps_runtime.errors import OutputError
+
+    notes = tmp_path / "notes.pt"
+    notes.write_text("mine")
+    with pytest.raises(OutputError, match="not a tbps checkpoint"):
+        train(_short_config(tiny_config, 1), "cuhk-pedes", synth_root, notes, progress=False, threads=1)
+    assert notes.read_text() == "mine"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tbps_runtime.cli.support import TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
+from tbps_runtime.cli.support import MAX_THREADS, TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import BACKENDS
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError, QueryError
 from tbps_runtime.paths import printable
@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 _backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
                                help="Run the towers with onnxruntime (any machine) or the bundle's TensorRT engines.")
-_threads_option = click.option("--threads", type=click.IntRange(min=1),
-                               help="onnxruntime threads per tower (default: all cores).")
+_threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS),
+                               help="onnxruntime threads per tower (default: the cores other processes leave idle).")
 
 
 @click.command(cls=TbpsCommand)
@@ -112,12 +112,15 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
             logger.warning("finished batches are kept: run the same command again to resume")
             raise
         seconds = time.perf_counter() - started
-        logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
-                    len(paths) / max(seconds, 1e-9))
         if faiss_spec is not None:
             from tbps_runtime.gallery.faiss_gallery import build_gallery_faiss
 
-            build_gallery_faiss(gallery, faiss_spec, force=force)
+            try:
+                build_gallery_faiss(gallery, faiss_spec, force=force)
+            except ConfigError as e:  # the gallery itself is whole: say so, keep it
+                raise ConfigError(f"{e}; the gallery {output} is complete, without a FAISS index") from e
+        logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
+                    len(paths) / max(seconds, 1e-9))  # after the FAISS index: an error there stays the only line
     click.echo(str(output))
 
 
@@ -192,13 +195,13 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     gallery = load_gallery(gallery_path)
     search = PersonSearch.from_bundle(_bundle_of(gallery, bundle), backend=backend, threads=threads)
     results = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore)
-    logger.info("search: %s%s", describe_search(gallery, exact),
-                f", best {max(k, rescore)} rescored exactly" if rescore and not exact else "")  # after ranking: an error stays the only line
     inputs = {"the gallery being ranked (--gallery)": _gallery_files(gallery),
               "a file of the bundle (--bundle)": _files_in(search.directory),
               "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
               "a crop in the results": [m.path for matches in results for m in matches if m.path]}
     _write_pictures(search, texts, results, show_path, html_path, explain, inputs)
+    logger.info("search: %s%s", describe_search(gallery, exact),
+                f", best {max(k, rescore)} rescored exactly" if rescore and not exact else "")  # after the work: an error stays the only line
     single = len(queries) == 1 and queries_file is None
     if as_json:
         documents = [[m.to_json() for m in matches] for matches in results]

@@ -24,6 +24,7 @@ from tbps_runtime.errors import TbpsError
 from tbps_runtime.paths import printable
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+MAX_THREADS = 1024  # --threads beyond it is a typo: onnxruntime and PyTorch fail or hang creating them
 _VERBOSITY = "tbps.verbosity"  # ctx.meta key: -v/-q given to the `tbps` group
 
 
@@ -59,8 +60,17 @@ def setup_logging(quiet: bool = False) -> bool:
 def fail(message: str) -> None:
     """The one way a command reports a user error: ``error: <message>`` on one line of stderr, status 2.
     A file name that is not UTF-8 is escaped (``\\xe9``), so that printing it cannot fail."""
+    _close_progress_bars()
     click.echo(f"error: {printable(' '.join(message.splitlines()))}", err=True)
     sys.exit(2)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an error left open (a loop's bar closes when it is garbage-collected, after the
+    error is printed): the error would otherwise follow a half-drawn bar on the same line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,12 +146,25 @@ def _main_with_one_line_errors(main: Callable[..., Any], args: Any, prog_name: s
     sys.exit(result if isinstance(result, int) else 0)
 
 
+class _NonEmptyPath(click.Path):
+    """A ``click.Path`` that refuses ``""``: an empty path would silently name the current directory."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (str, bytes)) and not value:
+            self.fail("an empty path: name a file or directory (. for the current one)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class TbpsCommand(click.Command):
-    """A click command whose usage errors follow the one-line ``error:`` contract."""
+    """A click command whose usage errors follow the one-line ``error:`` contract, and whose path
+    options refuse an empty path."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("context_settings", dict(CONTEXT_SETTINGS))
         super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param.type) is click.Path:
+                param.type.__class__ = _NonEmptyPath  # same fields: every path option of every command
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -187,5 +210,5 @@ def device_option(default: str | None = None) -> Callable:
                         help="torch device: cpu, cuda or cuda:N (default: the preset's, cpu).")
 
 
-def threads_option(help: str = "Intra-op threads (default: all cores).") -> Callable:
-    return click.option("--threads", type=click.IntRange(min=1), help=help)
+def threads_option(help: str = "Intra-op threads (default: the cores other processes leave idle).") -> Callable:
+    return click.option("--threads", type=click.IntRange(1, MAX_THREADS), help=help)

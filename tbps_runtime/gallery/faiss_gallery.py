@@ -15,13 +15,13 @@ The index maths is in :mod:`tbps_runtime.gallery.faiss_index`; faiss is imported
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tbps_runtime.atomic import read_json
 from tbps_runtime.errors import BundleError, ConfigError, OutputError
 from tbps_runtime.gallery.storage import Gallery, record_faiss, sidecar_path
 from tbps_runtime.outputs import output_lock
@@ -73,7 +73,7 @@ def check_faiss_output(gallery_path: str | Path, force: bool = False) -> None:
 
 def _recorded_faiss(gallery_path: str | Path) -> str | None:
     try:
-        record = json.loads(sidecar_path(gallery_path).read_text(encoding="utf-8")).get("faiss")
+        record = read_json(sidecar_path(gallery_path)).get("faiss")
         return record.get("file") if isinstance(record, dict) else None
     except (OSError, ValueError, AttributeError):
         return None

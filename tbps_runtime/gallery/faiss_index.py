@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tbps_runtime.atomic import atomic_path
+from tbps_runtime.atomic import atomic_path, parse_json
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
 from tbps_runtime.ranking import gallery_chunks, normalize_slots, rows_per_chunk
 
@@ -302,7 +302,12 @@ def _train(faiss: Any, index: Any, embeddings: np.ndarray, spec: str, seed: int,
         block = np.asarray(embeddings[rows], dtype=np.float32).reshape(len(rows), width)
         _check_rows(block, rows)
         sample[start:start + len(rows)] = block
-    index.train(sample)
+    try:
+        index.train(sample)
+    except RuntimeError as e:  # e.g. fewer rows than IVF lists or PQ centroids
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
+        raise ConfigError(f"index spec {spec!r} cannot be trained on {train_rows} gallery row(s) "
+                          f"({reason[-200:]}): choose one for this gallery's size (fewer IVF lists, or Flat)") from e
 
 
 def _flat_chunks(embeddings: np.ndarray):
@@ -441,8 +446,8 @@ def _read_trailer(path: Path) -> dict[str, Any] | None:
             raise DataError(f"{path} has a damaged tbps trailer: rebuild it (tbps-index --faiss SPEC)")
         stream.seek(size - 16 - length)
         try:
-            trailer = json.loads(stream.read(length).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            trailer = parse_json(stream.read(length))
+        except ValueError as e:
             raise DataError(f"{path} has a damaged tbps trailer ({e}): rebuild it (tbps-index --faiss SPEC)") from e
     if not isinstance(trailer, dict) or trailer.get("format") != "tbps-faiss":
         raise DataError(f"{path} has a damaged tbps trailer: rebuild it (tbps-index --faiss SPEC)")

@@ -22,7 +22,6 @@ at a path, file or shard directory.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tbps_runtime.atomic import atomic_path, atomic_write, write_json_atomic
+from tbps_runtime.atomic import atomic_path, atomic_write, read_json, write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, OutputError
 from tbps_runtime.gallery.records import FaissRecord, GalleryEntry, ShardInfo
@@ -110,7 +109,7 @@ def sidecar_path(path: str | Path) -> Path:
 def is_gallery_sidecar(path: str | Path) -> bool:
     """Whether ``path`` is a ``g.json`` tbps wrote (a JSON object with the gallery format tag)."""
     try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        meta = read_json(path)
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == GALLERY_FORMAT
@@ -216,8 +215,8 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         raise BundleError(f"gallery {path} has no {meta_path.name} beside it (tbps-index writes the two "
                           "together): move it back or re-index with tbps-index")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = read_json(meta_path)
+    except ValueError as e:
         raise BundleError(f"{meta_path} is not valid JSON: {e}; re-index with tbps-index") from e
     if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
         raise BundleError(f"{meta_path} is not a tbps gallery description (no '{GALLERY_FORMAT}' format tag): "
@@ -229,9 +228,22 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     wrong = [name for name, kind in fields.items() if not isinstance(meta.get(name), kind)]
     wrong += [name for name in ("bundle",) if not isinstance(meta.get(name), (str, type(None)))]
     wrong += [name for name in ("unreadable",) if not isinstance(meta.get(name, []), list)]
-    if wrong or not all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in meta["entries"]):
-        raise BundleError(f"{meta_path} lacks or mistypes {', '.join(wrong) or 'entries'}; re-index with tbps-index")
+    if not wrong:  # each row's entry: a path and an optional identity; each unreadable image: path and error
+        wrong += ["entries"] * (not all(isinstance(e, dict) and _is_path(e.get("path"))
+                                        and _is_identity(e.get("identity")) for e in meta["entries"]))
+        wrong += ["unreadable"] * (not all(isinstance(u, dict) and _is_path(u.get("path"))
+                                           and isinstance(u.get("error"), str) for u in meta.get("unreadable", [])))
+    if wrong:
+        raise BundleError(f"{meta_path} lacks or mistypes {', '.join(wrong)}; re-index with tbps-index")
     return meta
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" not in value
+
+
+def _is_identity(value: Any) -> bool:
+    return value is None or isinstance(value, str) or isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_array(path: Path, mmap: bool) -> np.ndarray:
@@ -317,9 +329,9 @@ class PartialIndex:
 
     def _read_state(self) -> dict[str, Any] | None:
         try:
-            state = json.loads(self.state_path.read_text())
+            state = read_json(self.state_path)
             return state if isinstance(state, dict) and {"key", "done", "failures"} <= set(state) else None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, ValueError):
             return None
 
     def record(self, end: int, positions: Sequence[int], rows: np.ndarray, failures: dict[int, str]) -> None:

@@ -10,11 +10,11 @@ result crops and returns an :class:`Explanation`; drawing it is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER, TowerSpec
+from tbps_runtime.contract import IMAGE_ATTENTION, IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER, TowerSpec
 from tbps_runtime.errors import BundleError
 from tbps_runtime.model.encoder import Encoder, ImageInput
 
@@ -39,30 +39,33 @@ class Explanation:
         return self.maps.mean(axis=1)
 
 
-def _session(encoder: Encoder, spec: TowerSpec) -> Any:
-    """The explain graph's onnxruntime session, or a BundleError saying how to export one."""
+def _run(encoder: Encoder, spec: TowerSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The explain graph's attention output for ``feeds``, checked as a tower call is
+    (:meth:`Encoder.run_graph`); a BundleError saying how to export one when the bundle has none."""
+    _require(encoder, spec)
+    _, attention = encoder.run_graph(spec, feeds)
+    return attention
+
+
+def _require(encoder: Encoder, spec: TowerSpec) -> None:
     if spec.name not in encoder.manifest.towers or spec.onnx_file not in encoder.manifest.files:
         raise BundleError(f"{encoder.directory} has no {spec.onnx_file}: re-export it with "
                           "tbps-export --ckpt m.pt --explain --force")
-    return encoder.onnx_session(spec)
 
 
 def text_attention(encoder: Encoder, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Captions -> (input_ids, attention_mask) (B, L) and decoder attention (B, D + P, L); padding gets 0."""
     input_ids, attention_mask = encoder.tokenize(texts)
     ids_spec, mask_spec = TEXT_EXPLAIN_TOWER.inputs
-    _, attention = _session(encoder, TEXT_EXPLAIN_TOWER).run(
-        [t.name for t in TEXT_EXPLAIN_TOWER.outputs], {ids_spec.name: input_ids, mask_spec.name: attention_mask})
-    return input_ids, attention_mask, np.asarray(attention, np.float32)
+    attention = _run(encoder, TEXT_EXPLAIN_TOWER, {ids_spec.name: input_ids, mask_spec.name: attention_mask})
+    return input_ids, attention_mask, attention
 
 
 def image_attention(encoder: Encoder, images: Sequence[ImageInput]) -> np.ndarray:
     """Crops (paths or (H, W, 3) uint8 arrays) -> decoder attention (N, D, h, w)."""
     (spec,) = IMAGE_EXPLAIN_TOWER.inputs
     pixels = np.stack([encoder.load_image(image) for image in images])  # (N, H, W, 3)
-    _, attention = _session(encoder, IMAGE_EXPLAIN_TOWER).run(
-        [t.name for t in IMAGE_EXPLAIN_TOWER.outputs], {spec.name: encoder.pixel_values(pixels)})
-    return np.asarray(attention, np.float32)
+    return _run(encoder, IMAGE_EXPLAIN_TOWER, {spec.name: encoder.pixel_values(pixels)})
 
 
 def explain(encoder: Encoder, query: str, images: Sequence[ImageInput]) -> Explanation:
@@ -72,7 +75,8 @@ def explain(encoder: Encoder, query: str, images: Sequence[ImageInput]) -> Expla
     tokens = encoder.tokens(input_ids[0, :length])
     if len(images):
         maps = image_attention(encoder, images)
-    else:  # (0, D, h, w), the shape the manifest records
-        shape = encoder.manifest.towers[IMAGE_EXPLAIN_TOWER.name]["outputs"][-1]["shape"][1:]
-        maps = np.zeros((0, *shape), np.float32)
+    else:  # (0, D, h, w), the shape the manifest records (checked when the bundle was loaded)
+        _require(encoder, IMAGE_EXPLAIN_TOWER)
+        sizes = encoder.manifest.tower_sizes(IMAGE_EXPLAIN_TOWER)
+        maps = np.zeros((0, *(sizes[axis] for axis in IMAGE_ATTENTION.axes[1:])), np.float32)
     return Explanation(tokens, attention[0, :, :length], maps)

@@ -19,6 +19,7 @@ from tbps_runtime.contract import BACKENDS, EMBEDDINGS, TOWERS, TowerSpec
 from tbps_runtime.errors import BundleError, ConfigError
 from tbps_runtime.model.bundle import Manifest
 from tbps_runtime.model.tensorrt import TensorRTBackend, plan_entry
+from tbps_runtime.threads import choose_threads, usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,14 @@ _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}  # numpy dty
 def check_graph(path: Path, tower: TowerSpec, manifest: Manifest, inputs: Sequence[Any],
                 outputs: Sequence[Any]) -> None:
     """A graph's declared inputs and outputs (onnxruntime ``NodeArg``s) against the contract, with the
-    manifest's sizes (image size, K, d) for the fixed axes: names, dtypes, ranks and every fixed dim.
+    manifest's sizes (image size, K, d; an explain graph's too, :meth:`Manifest.tower_sizes`) for the fixed
+    axes: names, dtypes, ranks and every fixed dim.
     A dim the graph fixes where the contract has a dynamic axis (batch fixed at 1) is refused too.
 
     Raises:
         BundleError: listing every difference.
     """
-    problems = []
+    problems, sizes = [], manifest.tower_sizes(tower)
     for kind, specs, args in (("input", tower.inputs, inputs), ("output", tower.outputs, outputs)):
         declared = {arg.name: arg for arg in args}
         expected = [spec.name for spec in specs]
@@ -74,10 +76,27 @@ def check_graph(path: Path, tower: TowerSpec, manifest: Manifest, inputs: Sequen
             problems.append(f"{verb} {kind}s {sorted(declared)}, the contract says {expected}")
             continue
         for spec in specs:
-            problems += _tensor_problems(f"{kind} {spec.name}", spec.dtype, spec.shape(manifest.sizes()),
-                                         declared[spec.name])
+            problems += _tensor_problems(f"{kind} {spec.name}", spec.dtype, spec.shape(sizes), declared[spec.name])
     if problems:
         raise BundleError(f"{path} does not match its manifest: {'; '.join(problems)}; re-export the bundle")
+
+
+def open_session(path: Path, tower: TowerSpec, manifest: Manifest, options: Any = None,
+                 providers: Sequence[str] = (CPU_PROVIDER,)) -> Any:
+    """An onnxruntime session of one of a bundle's graphs (a tower or an explain graph), its declared
+    inputs and outputs checked by :func:`check_graph`.
+
+    Raises:
+        BundleError: a file onnxruntime cannot load, or a graph that does not match the contract.
+    """
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as e:  # onnxruntime's errors derive from Exception only
+        raise BundleError(f"onnxruntime cannot load {path}: {e}; re-export the bundle") from e
+    check_graph(path, tower, manifest, session.get_inputs(), session.get_outputs())
+    return session
 
 
 def _tensor_problems(what: str, dtype: str, shape: list[str | int], arg: Any) -> list[str]:
@@ -93,7 +112,8 @@ class OnnxRuntimeBackend:
     """The towers' ONNX graphs in onnxruntime sessions (created at first use; sessions are thread-safe).
 
     Args:
-        threads: intra-op threads per session (default: onnxruntime's, all cores).
+        threads: intra-op threads per session (default: the cores other processes leave
+            idle when the backend is created, see tbps_runtime.threads).
         providers: execution providers in priority order (default: the CPU). When a
             non-CPU provider is asked for, a session that silently fell back to the
             CPU (onnxruntime-gpu without a working CUDA does that) is refused.
@@ -115,9 +135,12 @@ class OnnxRuntimeBackend:
         self.options = ort.SessionOptions()
         self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.options.log_severity_level = 3  # errors only: warnings would clutter the commands' stderr
-        if threads is not None:
-            self.options.intra_op_num_threads = threads
-            self.options.inter_op_num_threads = 1
+        self.threads = choose_threads(threads)
+        self.options.intra_op_num_threads = self.threads.threads
+        self.options.inter_op_num_threads = 1
+        if self.threads.adaptive and self.threads.threads < usable_cores():
+            # Others are busy: a thread that spin-waits between ops takes the core they need.
+            self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -129,18 +152,13 @@ class OnnxRuntimeBackend:
             return self._sessions[tower.name]
 
     def _create(self, tower: TowerSpec) -> Any:
-        path = self.directory / tower.onnx_file
-        try:
-            session = self._ort.InferenceSession(str(path), sess_options=self.options, providers=self.providers)
-        except Exception as e:  # onnxruntime's errors derive from Exception only
-            raise BundleError(f"onnxruntime cannot load {path}: {e}; re-export the bundle") from e
+        session = open_session(self.directory / tower.onnx_file, tower, self.manifest, self.options, self.providers)
         active = session.get_providers()
         fell_back = [p for p in self.providers if p != CPU_PROVIDER and p not in active]
         if fell_back:
             raise ConfigError(f"onnxruntime fell back to {', '.join(active)} for {tower.name}: "
                               f"{', '.join(fell_back)} could not start (check the CUDA/cuDNN/TensorRT libraries "
                               "that onnxruntime-gpu needs), or drop the GPU providers to run on the CPU")
-        check_graph(path, tower, self.manifest, session.get_inputs(), session.get_outputs())
         return session
 
     def run(self, tower: TowerSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:

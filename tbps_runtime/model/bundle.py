@@ -11,14 +11,14 @@ preprocessing this runtime does not implement.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tbps_runtime.atomic import write_json_atomic
-from tbps_runtime.contract import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, TOWERS, TowerSpec
+from tbps_runtime.atomic import read_json, write_json_atomic
+from tbps_runtime.contract import (BUNDLE_FORMAT, BUNDLE_VERSION, EXPLAIN_TOWERS, MANIFEST_FILE, TOWERS,
+                                   TowerSpec, mistyped_fields)
 from tbps_runtime.errors import BundleError, InputFileNotFoundError
 from tbps_runtime.paths import resolve_inside
 
@@ -57,15 +57,25 @@ class Manifest:
         return {"height": self.image_size[0], "width": self.image_size[1],
                 "slots": self.num_slots, "dim": self.embed_dim}
 
+    def tower_sizes(self, tower: TowerSpec) -> dict[str, Any]:
+        """The fixed axes of ``tower``'s tensors: :meth:`sizes`, plus those no manifest field gives (an explain
+        graph's token counts and feature map), read from its ``towers`` entry (:func:`check_towers` bounds them)."""
+        sizes: dict[str, Any] = self.sizes()
+        entry = self.towers.get(tower.name) if isinstance(self.towers, dict) else None
+        for kind, specs in (("inputs", tower.inputs), ("outputs", tower.outputs)):
+            records = entry.get(kind) if isinstance(entry, dict) else None
+            for spec, record in zip(specs, records if isinstance(records, list) else []):
+                shape = record.get("shape") if isinstance(record, dict) else None
+                for axis, value in zip(spec.axes, shape if isinstance(shape, list) else []):
+                    if isinstance(axis, str) and axis not in spec.dynamic:
+                        sizes.setdefault(axis, value)
+        return sizes
+
     def tower_entry(self, tower: TowerSpec) -> dict[str, Any]:
         """The manifest's record of a tower, as the contract declares it."""
-        sizes = self.sizes()
+        sizes = self.tower_sizes(tower)
         io = lambda specs: [{"name": s.name, "dtype": s.dtype, "shape": s.shape(sizes)} for s in specs]
         return {"file": tower.onnx_file, "inputs": io(tower.inputs), "outputs": io(tower.outputs)}
-
-
-_FIELD_TYPES = {"towers": dict, "files": dict, "tensorrt": dict, "fingerprint": str, "slot_names": list,
-                "padding_side": str, "resample": str, "channel_order": str}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -93,23 +103,27 @@ def load_manifest(directory: str | Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{directory} is not a tbps bundle: it has no {MANIFEST_FILE} (made by tbps-export)")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = read_json(path)
+    except ValueError as e:
         raise BundleError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not a tbps bundle manifest (no '{BUNDLE_FORMAT}' format tag)")
-    if not isinstance(data.get("version"), int) or data["version"] > BUNDLE_VERSION:
-        raise BundleError(f"{path} has bundle version {data.get('version')}; this tbps reads up to "
-                          f"{BUNDLE_VERSION}: upgrade tbps")
+    version = data.get("version")
+    if not _is_int(version) or version < 1:
+        raise BundleError(f"{path} has bundle version {version!r}, not one tbps writes (1..{BUNDLE_VERSION}): "
+                          "re-export the bundle")
+    if version > BUNDLE_VERSION:
+        raise BundleError(f"{path} has bundle version {version}; this tbps reads up to {BUNDLE_VERSION}: upgrade tbps")
     try:
         manifest = Manifest(**data)
     except TypeError as e:
         raise BundleError(f"{path} does not have the fields of a version-{BUNDLE_VERSION} manifest: {e}") from e
-    mistyped = [name for name, kind in _FIELD_TYPES.items() if not isinstance(getattr(manifest, name), kind)]
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in getattr(manifest.files, "items", dict)()):
-        mistyped.append("files")
+    mistyped = mistyped_fields(manifest) + (["fingerprint is empty"] if manifest.fingerprint == "" else [])
     if mistyped:
-        raise BundleError(f"{path} mistypes {', '.join(mistyped)}: re-export the bundle")
+        raise BundleError(f"{path} mistypes {'; '.join(mistyped)}: re-export the bundle")
+    resolve_inside(directory, manifest.tokenizer, f"{path}: 'tokenizer'")
+    for name in manifest.files:  # every name it lists stays inside, whether or not a command reads it
+        resolve_inside(directory, name, f"{path}: a file name")
     missing = [t.name for t in TOWERS if t.name not in manifest.towers]
     if missing:
         raise BundleError(f"{path} lists no {', '.join(missing)}: re-export the bundle")
@@ -138,11 +152,12 @@ def check_supported(directory: str | Path, manifest: Manifest) -> None:
             raise BundleError(f"{directory} asks for {name}={getattr(manifest, name)!r}; this runtime "
                               f"implements {value!r} only: upgrade tbps")
     check_sizes(directory, manifest)
+    check_towers(directory, manifest)
 
 
 # Sane bounds of the manifest's sizes: beyond them a crafted manifest would exhaust memory, not embed.
 SIZE_LIMITS = {"image_size": (8, 4096), "num_slots": (1, 1024), "embed_dim": (1, 8192),
-               "max_text_length": (1, 4096), "num_coarse": (0, 1024), "num_fine": (0, 1024)}
+               "max_text_length": (2, 4096), "num_coarse": (0, 1024), "num_fine": (0, 1024)}
 
 
 def check_sizes(directory: str | Path, manifest: Manifest) -> None:
@@ -173,6 +188,46 @@ def check_sizes(directory: str | Path, manifest: Manifest) -> None:
     if problems:
         raise BundleError(f"{Path(directory) / MANIFEST_FILE} is malformed: {'; '.join(problems)}; "
                           "re-export the bundle")
+
+
+# Sizes only an explain graph's entry gives (its decoder's tokens, the backbone's feature map), bounded alike.
+AXIS_LIMITS = {"coarse": (1, 1024), "decoder_tokens": (1, 2048), "feature_height": (1, 4096),
+               "feature_width": (1, 4096)}
+
+
+def check_towers(directory: str | Path, manifest: Manifest) -> None:
+    """Each graph's ``towers`` entry (the towers, and the explain graphs when listed) as the contract declares
+    it with the manifest's sizes: names, dtypes, ranks, fixed dims. The graphs themselves are checked against
+    the same declaration when they are loaded (:func:`tbps_runtime.model.backends.check_graph`).
+
+    Raises:
+        BundleError: naming every entry that differs.
+    """
+    problems = []
+    for tower in (*TOWERS, *EXPLAIN_TOWERS):
+        if tower.name not in manifest.towers:
+            continue
+        sizes = manifest.tower_sizes(tower)
+        axes = {a for spec in (*tower.inputs, *tower.outputs) for a in spec.axes}
+        bad = [f"{axis} {sizes.get(axis)!r}" for axis, (low, high) in AXIS_LIMITS.items()
+               if axis in axes and not (_is_int(sizes.get(axis)) and low <= sizes[axis] <= high)]
+        if bad:
+            problems.append(f"towers[{tower.name!r}] gives {', '.join(bad)}, expected "
+                            + ", ".join(f"{a} in {lo}..{hi}" for a, (lo, hi) in AXIS_LIMITS.items() if a in axes))
+            continue
+        entry, expected = manifest.towers[tower.name], manifest.tower_entry(tower)
+        recorded = {k: entry.get(k) for k in expected} if isinstance(entry, dict) else entry
+        if recorded != expected:
+            problems.append(f"towers[{tower.name!r}] is {_short(recorded)}, the export contract makes it "
+                            f"{_short(expected)}")
+    if problems:
+        raise BundleError(f"{Path(directory) / MANIFEST_FILE} does not match its manifest's sizes and the export "
+                          f"contract: {'; '.join(problems)}; re-export the bundle")
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(value: Any) -> bool:

@@ -23,9 +23,9 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
+from tbps_runtime.contract import EMBEDDINGS, IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
 from tbps_runtime.errors import BundleError, DataError, InputFileNotFoundError, QueryError
-from tbps_runtime.model.backends import Backend, create_backend, files_for
+from tbps_runtime.model.backends import Backend, create_backend, files_for, open_session
 from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, verify_files
 from tbps_runtime.model.images import normalize, read_image, resize_rgb
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
@@ -54,7 +54,7 @@ class Encoder:
         Args:
             directory: the bundle (made by ``tbps-export``).
             backend: ``"onnxruntime"`` or ``"tensorrt"``.
-            threads: onnxruntime intra-op threads (default: all cores).
+            threads: onnxruntime intra-op threads (default: the cores other processes leave idle).
             providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
             device: the CUDA device of the TensorRT backend.
         """
@@ -63,7 +63,10 @@ class Encoder:
         check_supported(directory, manifest)
         tokenizer_path = resolve_inside(directory, manifest.tokenizer, f"{directory / MANIFEST_FILE}: 'tokenizer'")
         verify_files(directory, manifest, [manifest.tokenizer, *files_for(backend, manifest)])
-        tokenizer_json = tokenizer_path.read_text(encoding="utf-8")
+        try:
+            tokenizer_json = tokenizer_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise BundleError(f"{tokenizer_path} is not UTF-8 text ({e}): re-export the bundle") from e
         engine = create_backend(backend, directory, manifest, threads=threads, providers=providers, device=device)
         return cls(directory, manifest, engine, tokenizer_json)
 
@@ -71,6 +74,12 @@ class Encoder:
     def fingerprint(self) -> str:
         """The bundle's weights; a gallery records the fingerprint of the bundle that embedded it."""
         return self.manifest.fingerprint
+
+    @property
+    def threads(self) -> int | None:
+        """The onnxruntime sessions' intra-op threads (the policy's or a pinned count); None on TensorRT."""
+        choice = getattr(self.backend, "threads", None)
+        return choice.threads if choice is not None else None
 
     @property
     def slot_shape(self) -> tuple[int, int]:
@@ -154,13 +163,25 @@ class Encoder:
             BundleError: the tower returned another shape (a graph that ignores its batch,
                 or K/d other than the manifest's).
         """
-        batch = len(next(iter(feeds.values())))
         embeddings = self.backend.run(tower, feeds)
-        if embeddings.shape != (batch, *self.slot_shape):
-            raise BundleError(f"{self.directory}: {tower.name} returned embeddings of shape {embeddings.shape} "
-                              f"for a batch of {batch}; its manifest promises ({batch}, {self.slot_shape[0]}, "
-                              f"{self.slot_shape[1]}): re-export the bundle")
+        self.check_call(tower, feeds, {EMBEDDINGS.name: embeddings})
         return embeddings
+
+    def check_call(self, tower: TowerSpec, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Each of ``outputs`` of one call of ``tower`` has the contract's shape for ``feeds``: their batch
+        (and sequence length), the manifest's fixed sizes (K, d; an explain graph's token counts and map).
+
+        Raises:
+            BundleError: another shape (a graph that ignores its batch, or sizes other than the manifest's).
+        """
+        sizes = {**self.manifest.tower_sizes(tower), **tower.call_sizes(feeds)}
+        for spec in tower.outputs:
+            if spec.name not in outputs:
+                continue
+            got, want = np.shape(outputs[spec.name]), tuple(a if isinstance(a, int) else sizes[a] for a in spec.axes)
+            if got != want:
+                raise BundleError(f"{self.directory}: {tower.name} returned {spec.name} of shape {got} for a batch "
+                                  f"of {sizes['batch']}; its manifest promises {want}: re-export the bundle")
 
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """Crops (paths or (H, W, 3) uint8 RGB arrays) -> (N, K, d) float32, every slot L2-normalised.
@@ -183,20 +204,28 @@ class Encoder:
 
     def onnx_session(self, spec: TowerSpec) -> Any:
         """An onnxruntime session (CPU) of one of the bundle's other ONNX graphs, e.g. an explain graph;
-        created once, after checking the file's SHA-256, with the backend's session options.
+        created once, after checking the file's SHA-256, with the backend's session options, its
+        declared inputs and outputs checked against the contract as the towers' are.
 
         Raises:
-            BundleError: the manifest records no such file, or the file was modified.
+            BundleError: the manifest records no such file, the file was modified, or its graph does not
+                match the contract.
         """
         with self._sessions_lock:
             if spec.name not in self._sessions:
                 verify_files(self.directory, self.manifest, [spec.onnx_file])
-                import onnxruntime as ort
-
-                options = getattr(self.backend, "options", None)
-                self._sessions[spec.name] = ort.InferenceSession(
-                    str(self.directory / spec.onnx_file), sess_options=options, providers=["CPUExecutionProvider"])
+                self._sessions[spec.name] = open_session(self.directory / spec.onnx_file, spec, self.manifest,
+                                                         getattr(self.backend, "options", None))
             return self._sessions[spec.name]
+
+    def run_graph(self, spec: TowerSpec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One call of another of the bundle's graphs (:meth:`onnx_session`) -> its outputs in the contract's
+        order, each checked by :meth:`check_call` as a tower call's embeddings are."""
+        spec.check_feeds(feeds)
+        values = self.onnx_session(spec).run([t.name for t in spec.outputs], feeds)
+        outputs = {t.name: np.asarray(v, t.dtype) for t, v in zip(spec.outputs, values)}
+        self.check_call(spec, feeds, outputs)
+        return [outputs[t.name] for t in spec.outputs]
 
 
 def check_queries(texts: Sequence[Any]) -> None:

@@ -85,7 +85,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 
 
 
-_INTEGER = re.compile(r"-?[0-9]+")
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # an int64; longer digit strings stay text
 
 
 def collect_images(source: str | Path) -> tuple[list[Path], list[int | str | None] | None]:

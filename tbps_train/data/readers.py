@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tbps_runtime.atomic import parse_json
 from tbps_runtime.errors import DataError, InputFileNotFoundError
+from tbps_runtime.model.encoder import visible_text
 from tbps_runtime.paths import resolve_inside
 from tbps_train.data.records import ImageRecord
 
@@ -55,7 +57,7 @@ def read_split(
     """Read one split of a dataset stored at ``root``, in file order.
 
     ``dataset`` is one of :data:`DATASETS`; ``root`` holds the annotation file
-    and ``imgs/``. Captions are stripped and empty ones dropped. Image paths
+    and ``imgs/``. Captions are stripped and empty ones (or invisible-only ones) dropped. Image paths
     are absolute; with ``check_images`` every one must exist.
     """
     fmt = _format(dataset)
@@ -112,13 +114,13 @@ def _check_root(root: str | Path, fmt: _Format) -> Path:
 def _load_entries(path: Path) -> list[dict[str, Any]]:
     """The annotation file's top-level list; entries are checked one by one later."""
     try:
-        data = json.loads(path.read_bytes())
+        data = parse_json(path.read_bytes())
     except json.JSONDecodeError as e:
         raise DataError(
             f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}; "
             f"restore the file from the dataset archive"
         ) from e
-    except (UnicodeDecodeError, RecursionError) as e:
+    except ValueError as e:  # not UTF-8, nested too deeply, an integer too long
         raise DataError(f"{path} is not readable JSON text ({e}); restore it from the dataset archive") from e
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e
@@ -142,12 +144,12 @@ def _parse_entry(
     split, person_id, rel, captions = (entry[f] for f in ("split", "id", fmt.path_field, "captions"))
     if not isinstance(split, str):
         raise DataError(f"{where}: 'split' is {split!r}, expected a string such as 'train'")
-    if not isinstance(person_id, int) or isinstance(person_id, bool):
-        raise DataError(f"{where}: 'id' is {person_id!r}, expected an integer identity")
+    if not isinstance(person_id, int) or isinstance(person_id, bool) or not -2 ** 63 <= person_id < 2 ** 63:
+        raise DataError(f"{where}: 'id' is {_short(person_id)}, expected an integer identity (64-bit)")
     _check_image_path(rel, where, fmt.path_field)
     if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
         raise DataError(f"{where}: 'captions' is {_short(captions)}, expected a list of strings")
-    kept = tuple(c.strip() for c in captions if c.strip())
+    kept = tuple(c.strip() for c in captions if visible_text(c).strip())  # as a query: invisible-only is empty
     if not kept:
         raise DataError(f"{where} ({rel}) has no non-empty caption: every image needs at least one")
     return split, ImageRecord(image_dir / rel, person_id, kept)

@@ -33,7 +33,9 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 from tbps_train.config import DEFAULT_IDS
+from tbps_runtime.atomic import read_json
 from tbps_runtime.errors import ConfigError, DataError
+from tbps_runtime.outputs import ensure_space
 
 __all__ = ["MARKER", "PALETTE", "SynthConfig", "generate"]
 log = logging.getLogger(__name__)
@@ -497,7 +499,9 @@ def _split_sizes(ids: int, fractions: tuple[float, float, float]) -> list[int]:
     return [int(n) for n in sizes]
 
 
-def _check_args(ids, images_per_id, image_size, splits) -> None:
+def _check_args(ids, images_per_id, image_size, splits, seed) -> None:
+    if not 0 <= seed < 2 ** 63:
+        raise ConfigError(f"seed must be 0..2^63-1 (numpy's generators take no negative seed), got {seed}")
     if len(splits) != 3 or min(splits) < 0 or abs(sum(splits) - 1) > 1e-6:
         raise ConfigError(f"splits must be three fractions (train, val, test) >= 0 summing to 1, got {splits}")
     if ids < sum(f > 0 for f in splits):
@@ -525,7 +529,7 @@ def _check_replaceable(out: Path) -> None:
         DataError: no marker, or a file (or link) it did not write, named.
     """
     try:
-        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        marker = read_json(out / MARKER)
     except (OSError, ValueError):
         marker = None
     if not isinstance(marker, dict) or marker.get("format") != _MARKER_FORMAT:
@@ -594,8 +598,12 @@ def generate(
     written here): nothing else is ever deleted.
     """
     cfg = config or SynthConfig()
-    _check_args(ids, images_per_id, image_size, splits)
+    _check_args(ids, images_per_id, image_size, splits, seed)
     out = Path(out).expanduser().absolute()
+    existing = next(p for p in out.parents if p.is_dir())
+    # Before drawing people (or creating a directory): a count no disk can hold would otherwise run for hours.
+    least = ids * images_per_id * image_size[0] * image_size[1] * 3 // 16  # PNG: ~1/8 of raw without noise, ~2/3 with
+    ensure_space(existing, least, f"{ids} x {images_per_id} synthetic images")
     _prepare_out(out, overwrite)
     people = _sample_people(np.random.default_rng([seed, 0]), ids, cfg)
     split_names = [n for n, size in zip(("train", "val", "test"), _split_sizes(ids, splits)) for _ in range(size)]

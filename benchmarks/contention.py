@@ -242,7 +242,8 @@ def measure_condition(count: int, step: Callable[[], None], bundle: Path, settin
         runtime_timings, runtime = time_runtime(bundle, settings, gallery, pixels, reps, warmup, blas)
         others_busy = others.others_busy()
     picked = {"training_step": training["threads"], "image_tower": runtime["threads"],
-              "text_query": runtime["threads"], "ranking": runtime["ranking_blas_threads"]}
+              # PersonSearch.rank holds numpy's BLAS to the sessions' count while it ranks
+              "text_query": runtime["threads"], "ranking": runtime["threads"]}
     timings = {"training_step": timings, **runtime_timings}
     rows = [_row(figure, count, setting, t, picked[figure], len(pixels))
             for figure, per_setting in timings.items() for setting, t in per_setting.items()]
@@ -345,7 +346,7 @@ def _conditions(results: dict[str, Any]) -> str:
                       spinning, runtime["ranking_blas_threads"] or "–"])
     header = ["competing processes", "load average at start", "cores other processes kept busy",
               "training: threads chosen (steps run at each count)", "onnxruntime threads", "onnxruntime spin-waiting",
-              "ranking: BLAS threads"]
+              "BLAS threads outside rank"]
     idle_busy = [c["others_busy_cores"] for c in results["conditions"] if c["competitors"] == 0]
     note = (f"\n\n**The idle condition was not idle**: other processes kept {idle_busy[0]:.2f} cores busy."
             if idle_busy and (idle_busy[0] or 0) > 0.5 else "")

@@ -9,13 +9,15 @@ median and p90 in milliseconds. Ratios are only compared within one run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
 import time
+from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 
@@ -86,6 +88,26 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int =
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: summarize(t) for name, t in times.items()}
+
+
+def time_blocks(fns: dict[str, Callable[[], Any]], reps: int, warmup: int,
+                enter: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, dict[str, float]]:
+    """Each callable in blocks of back-to-back calls, in the order a, b, c, c, b, a (a linear drift in
+    load hits all alike), each block ``warmup`` untimed calls then half the ``reps``; ``enter[name]``
+    is entered around each of that name's blocks. Returns :func:`summarize` per name.
+
+    Blocks, not one call each in turn: a setting's spin-waiting threads (OpenMP's, onnxruntime's)
+    would slow the next setting's call, which no real run sees."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for name in [*fns, *reversed(fns)]:
+        with (enter or {}).get(name, nullcontext)():
+            for _ in range(warmup):
+                fns[name]()
+            for _ in range(math.ceil(reps / 2)):
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append((time.perf_counter() - start) * 1e3)
     return {name: summarize(t) for name, t in times.items()}
 
 

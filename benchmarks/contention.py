@@ -39,7 +39,9 @@ from typing import Any, Callable, ContextManager, Iterator
 import numpy as np
 import torch
 
-from benchmarks.common import fmt, load_average, machine, machine_line, markdown_table, summarize, write_results
+from benchmarks.common import (
+    fmt, load_average, machine, machine_line, markdown_table, summarize, time_blocks, write_results,
+)
 from benchmarks.query_latency import QUERY
 from benchmarks.towers import TEXT_LENGTH
 from tbps_runtime.threads import AdaptiveThreads, CpuLoad, choose_threads, pinned_threads, usable_cores
@@ -125,26 +127,6 @@ def training_step(model, config) -> Callable[[], None]:
         optimizer.step()
 
     return step
-
-
-def time_blocks(fns: dict[str, Callable[[], Any]], reps: int, warmup: int,
-                enter: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, dict[str, float]]:
-    """Each callable in blocks of back-to-back calls, in the order a, b, c, c, b, a (a linear drift in
-    load hits all alike), each block ``warmup`` untimed calls then half the ``reps``; ``enter[name]``
-    is entered around each of that name's blocks. Returns :func:`summarize` per name.
-
-    Blocks, not one call each in turn: a setting's spin-waiting threads (OpenMP's, onnxruntime's)
-    would slow the next setting's call, which no real run sees."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for name in [*fns, *reversed(fns)]:
-        with (enter or {}).get(name, nullcontext)():
-            for _ in range(warmup):
-                fns[name]()
-            for _ in range(math.ceil(reps / 2)):
-                start = time.perf_counter()
-                fns[name]()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: summarize(t) for name, t in times.items()}
 
 
 def time_training(step: Callable[[], None], settings: list[int], every: int, reps: int,

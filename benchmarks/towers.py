@@ -4,8 +4,9 @@
 
 For each model (``demo``: the checkpoint; ``paper``: ResNet-50 at 384x128 + a
 BERT-base-shaped random text tower, d = 512, K = 9), each tower and batch 1, 8,
-32, the same inputs run through every backend round-robin (so a load change on
-a shared machine hits all alike): median and p90 latency, items/s. The ONNX
+32, the same inputs run through every backend in blocks of back-to-back calls
+in the order a, b, b, a (a load drift hits all alike; one backend's spinning
+threads never slow another's call): median and p90 latency, items/s. The ONNX
 graphs are exported from the model into a temp dir with the exporter's tower
 export (the bundle's own graphs with ``--bundle``; TensorRT engines only come
 from a bundle built with ``tbps-export --trt``).
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.common import fmt, machine, machine_line, markdown_table, time_interleaved, write_results
+from benchmarks.common import fmt, machine, machine_line, markdown_table, time_blocks, write_results
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER, TowerSpec
 
 DEMO_CKPT = "tbps-quickstart/m.pt"
@@ -124,7 +125,7 @@ def bench_model(label: str, model, graphs: dict[str, Path], trt: dict | None, ba
                 reps: dict[int, int], threads: list[int], int8: dict[str, Path] | None = None,
                 unfused: dict[str, Path] | None = None) -> list[dict[str, Any]]:
     """One row per (tower, batch, thread count); PyTorch and onnxruntime run with the same
-    number of intra-op threads, interleaved with each other (and TensorRT, the unfused graph, int8)."""
+    number of intra-op threads, in blocks beside each other (and TensorRT, the unfused graph, int8)."""
     rows = []
     for spec in (IMAGE_TOWER, TEXT_TOWER):
         sessions = {n: ort_runner(graphs[spec.name], n) for n in threads}
@@ -143,8 +144,9 @@ def bench_model(label: str, model, graphs: dict[str, Path], trt: dict | None, ba
                 if trt is not None:
                     runners["tensorrt"] = trt[spec.name]
                 outputs = {name: np.asarray(run(feeds)) for name, run in runners.items()}
-                timings = time_interleaved({k: (lambda r=r: r(feeds)) for k, r in runners.items()},
-                                           reps=reps.get(batch, 3), warmup=1 if batch >= 32 else 2)
+                # In blocks, not call by call: a backend's spinning threads would slow the next one's call.
+                timings = time_blocks({k: (lambda r=r: r(feeds)) for k, r in runners.items()},
+                                      reps=reps.get(batch, 3), warmup=1 if batch >= 32 else 2)
                 for name, t in timings.items():
                     t["items_per_s"] = batch / (t["median_ms"] / 1e3)
                     t["max_abs_diff_vs_pytorch"] = float(np.abs(outputs[name] - outputs["pytorch"]).max())

@@ -166,8 +166,10 @@ class AdaptiveThreads:
 class BlasLimit:
     """Hold numpy's BLAS to a thread count while any caller is inside (threadpoolctl).
 
-    BLAS thread counts are process-wide: the first caller in sets the limit and
-    the last one out restores it, so concurrent searches never leave it changed.
+    numpy's BLAS (pthreads) thread count is process-wide: the first caller in sets
+    the limit and the last one out restores it, so concurrent searches never leave it
+    changed. An OpenMP-threaded BLAS (faiss's) keeps a count per thread; it is held in
+    the threads that entered.
     """
 
     def __init__(self) -> None:

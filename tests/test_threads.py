@@ -117,9 +117,12 @@ def test_real_load_reading_is_within_the_machine():
 
 
 def _blas_threads() -> list[int]:
+    """Thread counts of the pthreads-threaded BLAS libraries (numpy's): process-wide settings, unlike an
+    OpenMP-threaded BLAS (faiss's), whose count is per calling thread."""
     from threadpoolctl import threadpool_info
 
-    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return [pool["num_threads"] for pool in threadpool_info()
+            if pool["user_api"] == "blas" and pool.get("threading_layer") == "pthreads"]
 
 
 def test_blas_limit_holds_while_inside_and_restores_after_overlapping_callers():
@@ -130,7 +133,7 @@ def test_blas_limit_holds_while_inside_and_restores_after_overlapping_callers():
     np.ones((2, 2)) @ np.ones((2, 2))  # BLAS loaded
     before = _blas_threads()
     if not before:
-        pytest.skip("numpy here has no BLAS that threadpoolctl can see")
+        pytest.skip("no pthreads-threaded BLAS here that threadpoolctl can see")
     limit = policy.BlasLimit()
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
     seen = {}

@@ -126,8 +126,6 @@ def _blas_threads() -> list[int]:
 
 
 def test_blas_limit_holds_while_inside_and_restores_after_overlapping_callers():
-    import threading
-
     import numpy as np
 
     np.ones((2, 2)) @ np.ones((2, 2))  # BLAS loaded
@@ -135,28 +133,13 @@ def test_blas_limit_holds_while_inside_and_restores_after_overlapping_callers():
     if not before:
         pytest.skip("no pthreads-threaded BLAS here that threadpoolctl can see")
     limit = policy.BlasLimit()
-    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-    seen = {}
-
-    def first():
-        with limit.limit(1):
-            first_in.set()
-            second_in.wait(5)
-        first_out.set()
-
-    def second():
-        first_in.wait(5)
-        with limit.limit(1):
-            second_in.set()
-            first_out.wait(5)
-            seen["after first left"] = _blas_threads()  # still held: the second caller is inside
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert seen["after first left"] == [1] * len(before)
-    assert _blas_threads() == before
+    # Two callers whose blocks overlap, the first leaving first (as two searching threads do).
+    first, second = limit.limit(1), limit.limit(1)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert _blas_threads() == [1] * len(before)  # still held: the second caller is inside
+    second.__exit__(None, None, None)
+    assert _blas_threads() == before  # the last one out restores
     with limit.limit(None):  # None: unchanged
         assert _blas_threads() == before

@@ -15,9 +15,7 @@ load (a fresh ``PersonSearch`` per setting and condition: sessions fix their thr
 created; in training ``AdaptiveThreads`` re-checks every ``--every`` steps inside the timed calls),
 and each figure runs its settings in blocks of back-to-back calls, ordered policy, 1, 2, 2, 1,
 policy (:func:`time_blocks`). Fixed counts: PyTorch ``set_num_threads``,
-``PersonSearch.from_bundle(threads=n)``, and numpy's BLAS limited with threadpoolctl for ranking
-(ranking's fixed counts are not measured without it; the policy's ranking is whatever the runtime
-does). Ratios, all within this run: the policy's throughput over the best fixed count's per
+``PersonSearch.from_bundle(threads=n)``, whose ``rank`` holds numpy's BLAS to the same count. Ratios, all within this run: the policy's throughput over the best fixed count's per
 condition, and every setting over itself idle.
 """
 
@@ -44,7 +42,7 @@ from benchmarks.common import (
 )
 from benchmarks.query_latency import QUERY
 from benchmarks.towers import TEXT_LENGTH
-from tbps_runtime.threads import AdaptiveThreads, CpuLoad, choose_threads, pinned_threads, usable_cores
+from tbps_runtime.threads import CpuLoad, pinned_threads, usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -131,12 +129,13 @@ def training_step(model, config) -> Callable[[], None]:
 
 def time_training(step: Callable[[], None], settings: list[int], every: int, reps: int,
                   warmup: int) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """The policy's steps, as the trainer runs them (``choose_threads(None)``, then
+    """The policy's steps, as the trainer runs them (:func:`training_threads`, its
     :class:`AdaptiveThreads` stepped after every step: its re-checks are timed), and each fixed
     count's; and what the policy chose."""
-    choice = choose_threads(None)
+    from tbps_train.train import training_threads
+
+    choice, adaptive = training_threads(None, every)
     record: dict[str, Any] = {"initial": choice.threads, "source": choice.source}
-    adaptive = AdaptiveThreads(torch.set_num_threads, every=every, initial=choice.threads) if choice.adaptive else None
     fns = {POLICY: (lambda: (step(), adaptive.step())) if adaptive else step, **{str(n): step for n in settings}}
     enter = {str(n): partial(torch_threads, n) for n in settings}
     enter[POLICY] = lambda: torch_threads(adaptive.threads if adaptive else choice.threads)  # OMP_NUM_THREADS: pinned
@@ -155,17 +154,11 @@ def torch_threads(n: int) -> Iterator[None]:
     yield
 
 
-def blas_controller():
-    """threadpoolctl's controller of numpy's BLAS, or None without threadpoolctl."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
+def blas_threads() -> int | None:
+    """numpy's BLAS threads outside a search (inside, ``PersonSearch.rank`` holds them to its count)."""
+    from threadpoolctl import threadpool_info
 
-
-def blas_threads(controller) -> int | None:
-    pools = [p.num_threads for p in controller.lib_controllers if p.user_api == "blas"] if controller else []
+    pools = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     return max(pools) if pools else None
 
 
@@ -184,7 +177,7 @@ def session_threads(search) -> dict[str, Any]:
 
 
 def time_runtime(bundle: Path, settings: list[int], gallery: np.ndarray, pixels: np.ndarray, reps: int,
-                 warmup: int, blas) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
+                 warmup: int) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
     """Per runtime figure, the policy's and each fixed count's calls (:func:`time_blocks`), on a
     ``PersonSearch`` per setting created now (under this load); and what the policy chose."""
     from tbps_runtime.search import PersonSearch
@@ -195,17 +188,14 @@ def time_runtime(bundle: Path, settings: list[int], gallery: np.ndarray, pixels:
         search.embed_texts([QUERY])
         search.encoder.embed_pixels(pixels[:1])
     query = searches[POLICY].embed_texts([QUERY])  # (1, K, d)
-    rank_settings = [POLICY] + ([str(n) for n in settings] if blas is not None else [])
     timings = {"image_tower": time_blocks({k: partial(s.encoder.embed_pixels, pixels) for k, s in searches.items()},
                                           reps, warmup),
                "text_query": time_blocks({k: partial(s.embed_texts, [QUERY]) for k, s in searches.items()},
                                          reps, warmup),
-               # the policy: whatever the runtime does with numpy's BLAS threads; fixed: limited with threadpoolctl
-               "ranking": time_blocks({k: partial(searches[k].rank, query, gallery, k=TOP) for k in rank_settings},
-                                      reps, warmup,
-                                      {str(n): partial(blas.limit, limits=n, user_api="blas") for n in settings}
-                                      if blas is not None else None)}
-    return timings, {**session_threads(searches[POLICY]), "ranking_blas_threads": blas_threads(blas)}
+               # rank holds numpy's BLAS to each search's thread count (the policy's or the fixed one)
+               "ranking": time_blocks({k: partial(s.rank, query, gallery, k=TOP) for k, s in searches.items()},
+                                      reps, warmup)}
+    return timings, {**session_threads(searches[POLICY]), "ranking_blas_threads": blas_threads()}
 
 
 def random_gallery(rows: int, slots: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -215,13 +205,13 @@ def random_gallery(rows: int, slots: int, dim: int, seed: int = 0) -> np.ndarray
 
 
 def measure_condition(count: int, step: Callable[[], None], bundle: Path, settings: list[int], every: int,
-                      gallery: np.ndarray, pixels: np.ndarray, reps: int, warmup: int, blas) -> tuple[dict, list]:
+                      gallery: np.ndarray, pixels: np.ndarray, reps: int, warmup: int) -> tuple[dict, list]:
     """One load condition: ``count`` competitors; every figure at every setting. Returns the
     condition's record and its rows."""
     with competitors(count) as pids:
         start_load, others = load_average(), CpuLoad()
         timings, training = time_training(step, settings, every, reps, warmup)
-        runtime_timings, runtime = time_runtime(bundle, settings, gallery, pixels, reps, warmup, blas)
+        runtime_timings, runtime = time_runtime(bundle, settings, gallery, pixels, reps, warmup)
         others_busy = others.others_busy()
     picked = {"training_step": training["threads"], "image_tower": runtime["threads"],
               # PersonSearch.rank holds numpy's BLAS to the sessions' count while it ranks
@@ -377,7 +367,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure(args: argparse.Namespace, model, config, bundle: Path, blas) -> dict[str, Any]:
+def measure(args: argparse.Namespace, model, config, bundle: Path) -> dict[str, Any]:
     """Every load condition of ``args``; the results without the machine."""
     from tbps_runtime.model.bundle import load_manifest
     from tbps_train.train import ADAPT_EVERY
@@ -394,7 +384,7 @@ def measure(args: argparse.Namespace, model, config, bundle: Path, blas) -> dict
     for count in counts:
         logger.info("%d competing process(es)", count)
         condition, condition_rows = measure_condition(count, step, bundle, settings, every, gallery, pixels,
-                                                      reps, warmup, blas)
+                                                      reps, warmup)
         conditions.append(condition)
         rows += condition_rows
     summary = ratios(rows)  # also sets each row's vs_idle
@@ -402,8 +392,7 @@ def measure(args: argparse.Namespace, model, config, bundle: Path, blas) -> dict
              "image_size": list(config.model.image_size), "reps": reps, "warmup": warmup, "policy_every": every,
              "text_length": min(TEXT_LENGTH, config.model.max_text_length), "image_batch": IMAGE_BATCH,
              "gallery_rows": rows_n, "slots": manifest.num_slots, "dim": manifest.embed_dim, "warm_s": WARM_S,
-             "competitor": COMPETITOR, "num_identities": NUM_IDENTITIES,
-             "ranking_fixed_threads": "threadpoolctl" if blas else "not measured: no threadpoolctl"}
+             "competitor": COMPETITOR, "num_identities": NUM_IDENTITIES}
     return {"cores": cores, "thread_settings": settings, "competitor_counts": counts, "setup": setup,
             "conditions": conditions, "rows": rows, "ratios": summary}
 
@@ -414,13 +403,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if pinned_threads() is not None:
         logger.warning("OMP_NUM_THREADS=%d pins the policy's threads: unset it to measure the policy", pinned_threads())
     preset = "tiny" if args.quick else "demo"
-    info, threads_before, blas = machine(), torch.get_num_threads(), blas_controller()
+    info, threads_before = machine(), torch.get_num_threads()
     model, config, tokenizer_json = build_model(preset)
     try:
         with tempfile.TemporaryDirectory(prefix="tbps-bench-contention-") as scratch:
             bundle = Path(args.bundle) if args.bundle else export_untrained(model, config, tokenizer_json,
                                                                               Path(scratch))
-            measured = measure(args, model, config, bundle, blas)
+            measured = measure(args, model, config, bundle)
     finally:
         torch.set_num_threads(threads_before)
     measured["setup"].update(preset=preset, bundle=args.bundle or f"exported from an untrained {preset} model")

@@ -105,18 +105,19 @@ def trt_runners(bundle: Path | None) -> tuple[dict[str, Callable] | None, str]:
     return {spec.name: (lambda feeds, s=spec: backend.run(s, feeds)) for spec in (IMAGE_TOWER, TEXT_TOWER)}, "ok"
 
 
-def export_graphs(model, directory: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Both towers as a bundle holds them (exported, then fused) and as exported (unfused);
-    no parity validation: that is the bundle's job."""
+def export_graphs(model, directory: Path, bundle: Path | None = None) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Both towers as a bundle holds them (``bundle``'s own graphs, or exported then fused here) and
+    as exported (unfused); no parity validation: that is the bundle's job."""
     from tbps_export.fuse import fuse_tower
     from tbps_export.onnx_export import export_tower
 
     (directory / "unfused").mkdir(parents=True, exist_ok=True)
     unfused = {spec.name: export_tower(spec, model, directory / "unfused" / spec.onnx_file)
                for spec in (IMAGE_TOWER, TEXT_TOWER)}
-    fused = {}
+    if bundle is not None:
+        return {spec.name: bundle / spec.onnx_file for spec in (IMAGE_TOWER, TEXT_TOWER)}, unfused
+    fused = {name: directory / path.name for name, path in unfused.items()}
     for name, path in unfused.items():
-        fused[name] = directory / path.name
         fuse_tower(path, fused[name])
     return fused, unfused
 
@@ -222,9 +223,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tbps-bench-towers-") as scratch:
         for label in models:
             model = demo_model(args.ckpt) if label == "demo" else paper_model()
-            graphs, unfused = export_graphs(model, Path(scratch) / label)
-            if label == "demo" and args.bundle:
-                graphs = {s.name: Path(args.bundle) / s.onnx_file for s in (IMAGE_TOWER, TEXT_TOWER)}
+            bundle = Path(args.bundle) if label == "demo" and args.bundle else None
+            graphs, unfused = export_graphs(model, Path(scratch) / label, bundle)
             reps = {b: 2 for b in batches} if args.quick else (
                 {1: 20, 8: 10, 32: 5} if label == "demo" else {1: 5, 8: 3, 32: 2})
             int8 = ({s.name: Path(args.int8_bundle) / s.onnx_file for s in (IMAGE_TOWER, TEXT_TOWER)}

@@ -401,16 +401,16 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return line
 
 
-def training_threads(threads: int | None) -> tuple[ThreadChoice, AdaptiveThreads | None]:
+def training_threads(threads: int | None, every: int = ADAPT_EVERY) -> tuple[ThreadChoice, AdaptiveThreads | None]:
     """``threads`` pins PyTorch's intra-op threads; None follows the load (tbps_runtime.threads),
-    re-checked every ADAPT_EVERY steps: call the returned AdaptiveThreads' ``step()`` once per step."""
+    re-checked every ``every`` steps: call the returned AdaptiveThreads' ``step()`` once per step."""
     choice = choose_threads(threads)
     if not choice.adaptive:
         torch.set_num_threads(choice.threads)
         return choice, None
     logger.info("threads: %d (the policy: cores not busy elsewhere; re-checked every %d steps; "
-                "--threads N pins it)", choice.threads, ADAPT_EVERY)
-    return choice, AdaptiveThreads(torch.set_num_threads, every=ADAPT_EVERY, initial=choice.threads)
+                "--threads N pins it)", choice.threads, every)
+    return choice, AdaptiveThreads(torch.set_num_threads, every=every, initial=choice.threads)
 
 
 def train(config: RunConfig, dataset: str, root: str | Path, output: str | Path, resume: bool = False,

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from tbps_runtime.errors import BundleError, ConfigError, DataError
-from tbps_runtime.gallery.open import load_gallery
+from tbps_runtime.gallery.open import is_store_directory, load_gallery, open_store
+from tbps_runtime.gallery.rows import RowFilter, StoreHit
 from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
 from tbps_runtime.gallery.shards import ShardedGallery
 from tbps_runtime.gallery.storage import Gallery, PartialIndex, check_gallery_output, write_gallery
@@ -120,31 +121,86 @@ class PersonSearch:
         return self.encoder.embed_images(images, batch_size)
 
     def rank(self, queries: str | Sequence[str] | np.ndarray,
-             gallery: Gallery | ShardedGallery | str | Path | np.ndarray, k: int = 10, *,
-             exact: bool = False, nprobe: int | None = None, rescore: int = 0) -> list[list[Match]]:
+             gallery: Gallery | ShardedGallery | Any | str | Path | np.ndarray, k: int = 10, *,
+             exact: bool = False, nprobe: int | None = None, rescore: int = 0,
+             row_filter: RowFilter | None = None, per_track: bool = False,
+             min_score: float | str | None = None) -> list[list[Match]] | list[list[StoreHit]]:
         """The ``k`` best gallery rows for each query, best first (Eq. 14; ties keep gallery order).
 
         A gallery built with a FAISS index (``tbps-index --faiss``) is searched with it
-        unless ``exact``; :func:`describe_search` says which search that is.
+        unless ``exact``; :func:`describe_search` says which search that is. A store (``tbps ingest``)
+        is searched exactly, after its ``row_filter``.
 
         Args:
             queries: a caption, a list of captions, or (Q, K, d) embeddings from :meth:`embed_texts`.
             gallery: a :class:`Gallery`, a sharded gallery (a directory of shards, ranked as one),
-                the path of either, or (N, K, d) normalised embeddings.
+                a store (:func:`~tbps_runtime.gallery.open.open_store`), the path of any of them,
+                or (N, K, d) normalised embeddings.
             k: results per query (fewer when the gallery is smaller, or an approximate
                 FAISS index finds fewer).
             exact: ignore the gallery's FAISS index: score every row.
             nprobe: FAISS IVF lists visited per query (only with a FAISS IVF index).
             rescore: score FAISS's best ``rescore`` candidates again exactly from the gallery's
                 rows and keep the best k (for compressed indexes such as PQ); 0 = off.
+            row_filter: a store's rows to search (camera, time range, track, source).
+            per_track: a store's tracks, each by its best row, instead of rows.
+            min_score: drop hits scoring below it; ``"auto"``: the threshold the bundle was
+                calibrated with (``tbps calibrate``).
 
         Returns:
-            One list of :class:`Match` per query, in query order.
+            One list per query, in query order: :class:`Match` es for a gallery,
+            :class:`~tbps_runtime.gallery.rows.StoreHit` s (with camera, time, box, track) for a store.
         """
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        threshold = self.min_score(min_score)
         if isinstance(gallery, (str, Path)):
-            gallery = load_gallery(gallery)
+            gallery = open_store(gallery) if is_store_directory(gallery) else load_gallery(gallery)
+        if _is_store(gallery):
+            gallery.check_bundle(self.fingerprint, self.directory)
+            if nprobe is not None or rescore:
+                raise ConfigError("nprobe and rescore apply to a FAISS index; a store is searched exactly")
+            embedded = queries if isinstance(queries, np.ndarray) else \
+                self.embed_texts([queries] if isinstance(queries, str) else list(queries))
+            with BLAS.limit(self.threads):
+                return gallery.search(embedded, k, row_filter=row_filter, per_track=per_track, min_score=threshold)
+        if (row_filter is not None and not row_filter.empty) or per_track:
+            raise ConfigError("camera, time and track filters and per-track results need a store made by tbps "
+                              "ingest; this gallery has no such metadata")
+        results = self._rank_gallery(queries, gallery, k, exact, nprobe, rescore)
+        if threshold is None:
+            return results
+        return [[m for m in matches if m.score >= threshold] for matches in results]
+
+    def min_score(self, value: float | str | None) -> float | None:
+        """``value`` as a score threshold: a number, None (no threshold) or ``"auto"`` (the bundle's
+        calibrated one).
+
+        Raises:
+            ConfigError: ``"auto"`` with a bundle that was not calibrated, or not a number.
+        """
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if value.strip().lower() != "auto":
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ConfigError(f"--min-score {value!r} is not a number or 'auto'") from None
+            else:
+                record = getattr(self.manifest, "score_threshold", None) or {}
+                if not isinstance(record, dict) or record.get("value") is None:
+                    raise ConfigError(f"the bundle {self.directory} has no calibrated threshold for --min-score "
+                                      "auto: run tbps calibrate --bundle DIR --dataset NAME --root DIR, or give a "
+                                      "number")
+                return float(record["value"])
+        if not np.isfinite(value):
+            raise ConfigError(f"--min-score must be a finite number, got {value}")
+        return float(value)
+
+    def _rank_gallery(self, queries: str | Sequence[str] | np.ndarray,
+                      gallery: Gallery | ShardedGallery | np.ndarray, k: int, exact: bool, nprobe: int | None,
+                      rescore: int) -> list[list[Match]]:
         parts, entries = self._gallery_rows(gallery)  # [(n_i, K, d)], one entry per row or None
         if isinstance(queries, np.ndarray):
             query_embeddings = queries
@@ -255,6 +311,14 @@ class PersonSearch:
             logger.warning("%d of %d images could not be read and were skipped (listed under 'unreadable' "
                            "in %s)", len(gallery.unreadable), len(paths), output.with_suffix(".json"))
         return gallery
+
+
+def _is_store(gallery: Any) -> bool:
+    from tbps_runtime.gallery.store import LocalStore
+
+    if isinstance(gallery, LocalStore):
+        return True
+    return type(gallery).__name__ == "MilvusStore"  # imported only when pymilvus is installed
 
 
 def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> str:

@@ -7,11 +7,13 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from tbps_runtime.cli.ingest import filter_options, row_filter
 from tbps_runtime.cli.support import MAX_THREADS, TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import BACKENDS
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError, QueryError
@@ -171,15 +173,27 @@ def _files_in(directory: str | Path) -> list[Path]:
 @click.option("--explain", is_flag=True,
               help="In --show/--html, overlay each crop's attention heat map and shade the query's words by "
                    "the text attention (needs a bundle exported with tbps-export --explain).")
+@filter_options
+@click.option("--per-track", is_flag=True,
+              help="A store's tracks instead of its rows: each track once, by its best crop.")
+@click.option("--min-score", "min_score", metavar="SCORE|auto",
+              help="Drop results scoring below SCORE (Eq. 14); 'auto': the threshold the bundle was calibrated "
+                   "with (tbps calibrate), so a person who is not there gives no results.")
 @_backend_option
 @_threads_option
 @quiet_option()
 @user_errors_exit_2
 def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str | None, bundle: str | None, k: int,
                  as_json: bool, show_path: str | None, html_path: str | None, exact: bool, nprobe: int | None,
-                 rescore: int, explain: bool, backend: str, threads: int | None, quiet: bool) -> None:
-    """Rank a gallery for text queries, best first: rank, score, path (the score is the paper's Eq. 14)."""
-    from tbps_runtime.gallery.open import load_gallery
+                 rescore: int, explain: bool, cameras: tuple[str, ...], sources: tuple[str, ...],
+                 tracks: tuple[int, ...], since: str | None, until: str | None, per_track: bool,
+                 min_score: str | None, backend: str, threads: int | None, quiet: bool) -> None:
+    """Rank a gallery for text queries, best first: rank, score, path (the score is the paper's Eq. 14).
+
+    A store made by tbps ingest also gives camera, time and track, and takes filters (--camera, --since,
+    --until, --track, --source) applied before the top k.
+    """
+    from tbps_runtime.gallery.open import is_store_directory, load_gallery
     from tbps_runtime.model.encoder import check_queries
     from tbps_runtime.outputs import check_writable
     from tbps_runtime.search import PersonSearch, describe_search
@@ -189,12 +203,21 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     if not texts:
         raise ConfigError("give a query: --query 'a woman in a red coat' or --queries FILE")
     check_queries(texts)
+    selection = row_filter(cameras, sources, tracks, since, until)
     for option, path in (("--show", show_path), ("--html", html_path)):
         if path:
             check_writable(path, option)  # before the search, so that its log line is not printed
+    if is_store_directory(gallery_path):
+        _rank_store(gallery_path, texts, bundle, k, as_json, show_path, html_path, explain, selection, per_track,
+                   min_score, backend, threads, single=len(queries) == 1 and queries_file is None,
+                   queries_file=queries_file)
+        return
+    if not selection.empty or per_track:
+        raise ConfigError(f"--camera/--source/--track/--since/--until and --per-track need a store made by tbps "
+                          f"ingest; {gallery_path} is a plain gallery without camera or time")
     gallery = load_gallery(gallery_path)
     search = PersonSearch.from_bundle(_bundle_of(gallery, bundle), backend=backend, threads=threads)
-    results = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore)
+    results = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore, min_score=min_score)
     inputs = {"the gallery being ranked (--gallery)": _gallery_files(gallery),
               "a file of the bundle (--bundle)": _files_in(search.directory),
               "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
@@ -271,3 +294,76 @@ def _bundle_of(gallery: Gallery | ShardedGallery, bundle: str | None) -> str:
 def _print_matches(matches: list[Match]) -> None:
     for match in matches:
         click.echo(f"{match.rank:>4}  {match.score:8.4f}  {printable(str(match.path))}")
+
+
+@dataclass(frozen=True)
+class _ShownHit:
+    """A store's hit as the pictures draw it: the crop's file, camera and time, the source at that moment."""
+
+    rank: int
+    score: float
+    path: str
+    detail: str
+    link: str | None = None
+    extra_paths: tuple[str, ...] = ()
+    identity: None = None
+
+
+def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as_json: bool, show_path: str | None,
+                html_path: str | None, explain: bool, selection: Any, per_track: bool, min_score: str | None,
+                backend: str, threads: int | None, single: bool, queries_file: str | None) -> None:
+    """``tbps rank`` on a store: filtered, exact; hits with camera, time, box and track."""
+    from tbps_runtime.gallery.open import open_store
+    from tbps_runtime.gallery.rows import format_time
+    from tbps_runtime.search import PersonSearch
+
+    store = open_store(directory)
+    if bundle is None and not store.bundle:
+        raise ConfigError(f"the store {directory} records no bundle: pass --bundle DIR")
+    search = PersonSearch.from_bundle(bundle or store.bundle, backend=backend, threads=threads)
+    results = search.rank(texts, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
+    if show_path or html_path:
+        shown = [[_shown(store, search, text, hit, per_track, selection) for hit in hits]
+                 for text, hits in zip(texts, results)]
+        inputs = {"a file of the bundle (--bundle)": _files_in(search.directory),
+                  "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
+                  "a crop in the results": [s.path for hits in shown for s in hits],
+                  "the store's catalog": [Path(directory) / "store.sqlite"]}
+        _write_pictures(search, texts, shown, show_path, html_path, explain, inputs)
+    logger.info("search: exact Eq. 14 over %d row(s) of the store %s, %s%s", len(store), directory,
+                selection.describe(), ", per track" if per_track else "")
+    if as_json:
+        documents = [[{**hit.to_json(), "path": str(store.crop_path(hit.record.crop)) if hit.record.crop else None}
+                      for hit in hits] for hits in results]
+        click.echo(json.dumps(documents[0] if single else documents))
+        return
+    for text, hits in zip(texts, results):
+        if not single:
+            click.echo(f"query: {text}")
+        for hit in hits:
+            record = hit.record
+            when = "-" if record.time is None else format_time(record.time)
+            track = "-" if record.track is None else str(record.track)
+            extra = f" ({hit.track_rows} crops)" if hit.track_rows is not None else ""
+            click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {printable(record.camera)}  {when}  track {track}{extra}  "
+                       f"{printable(str(store.crop_path(record.crop))) if record.crop else '-'}")
+
+
+def _shown(store: Any, search: PersonSearch, text: str, hit: Any, per_track: bool, selection: Any) -> _ShownHit:
+    from tbps_runtime.gallery.rows import RowFilter, format_time
+    from tbps_runtime.ingest.sources import is_stream
+
+    record = hit.record
+    if not record.crop:
+        raise ConfigError(f"row {hit.row} of the store has no crop to draw")
+    when = "no time" if record.time is None else format_time(record.time)[11:19] + "Z"
+    detail = f"{record.camera}\n{when}" + ("" if record.track is None else f" · t{record.track}")
+    link = None
+    if record.offset is not None and not is_stream(record.source) and Path(record.source).is_file():
+        link = f"{Path(record.source).resolve().as_uri()}#t={record.offset:.1f}"
+    extra: tuple[str, ...] = ()
+    if per_track and record.track is not None:  # the track's other best crops for this query
+        inside = RowFilter(selection.cameras, selection.sources, (record.track,), selection.since, selection.until)
+        others = search.rank(text, store, k=5, row_filter=inside)[0]
+        extra = tuple(str(store.crop_path(o.record.crop)) for o in others if o.row != hit.row and o.record.crop)[:4]
+    return _ShownHit(hit.rank, hit.score, str(store.crop_path(record.crop)), detail, link, extra)

@@ -134,6 +134,11 @@ def draw_results(queries: Sequence[str], results: Sequence[Sequence[Match]], out
     canvas = Image.new("RGB", (width, pad + len(queries) * row_h), "white")
     draw = ImageDraw.Draw(canvas)
     big, small = _font(17), _font(14)
+    if any(getattr(m, "detail", None) for r in results for m in r):  # camera and time under each crop
+        label += 34
+        row_h += 34
+        canvas = Image.new("RGB", (width, pad + len(queries) * row_h), "white")
+        draw = ImageDraw.Draw(canvas)
     for row, (query, matches) in enumerate(zip(queries, results)):
         y = pad + row * row_h
         if row:
@@ -151,6 +156,8 @@ def draw_results(queries: Sequence[str], results: Sequence[Sequence[Match]], out
             ty = y + crop_size[0] + 2 * frame + 3
             draw.text((x, ty), f"#{match.rank}", fill=(0, 0, 0), font=big)
             draw.text((x, ty + 19), f"{match.score:.3f}", fill=(90, 90, 90), font=small)
+            for line, text in enumerate(str(getattr(match, "detail", "") or "").split("\n")[:2]):
+                draw.text((x, ty + 37 + 16 * line), printable(text)[:16], fill=(90, 90, 90), font=small)
     output = Path(output)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
@@ -182,7 +189,7 @@ figure{margin:0;text-align:center;font-size:13px}figure img{border:5px solid #99
 figure.hit img{border-color:#28aa3c}figure.miss img{border-color:#d72828}
 .tok{padding:1px 2px;margin:1px;display:inline-block;border-radius:2px}.piece{margin-left:-3px}
 details.att{padding:6px 0 12px}table.att{border-collapse:collapse;font-size:12px;margin-top:6px}
-table.att td{padding:0 4px}"""
+table.att td{padding:0 4px}figure img.more{border-width:2px;display:inline-block;margin:2px}"""
 
 
 def _data_uri(image: Image.Image) -> str:
@@ -228,9 +235,19 @@ def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], outpu
             heat = None if explanation is None else explanation.heatmaps[i]
             src = _data_uri(crop_image(match.path, crop_size, heat))
             caption = f"#{match.rank} · {match.score:.3f}"
-            figures.append(f'<figure class="{css}"><img src="{src}" alt="{html.escape(printable(str(match.path)))}" '
-                           f'title="{html.escape(printable(str(match.path)))}"><figcaption>{html.escape(caption)}'
-                           "</figcaption></figure>")
+            detail = getattr(match, "detail", None)
+            if detail:  # camera · time · track of a store's row
+                caption += "\n" + detail
+            image = (f'<img src="{src}" alt="{html.escape(printable(str(match.path)))}" '
+                     f'title="{html.escape(printable(str(match.path)))}">')
+            link = getattr(match, "link", None)
+            if link:  # the source video at that moment
+                image = f'<a href="{html.escape(link)}" title="play the source at this moment">{image}</a>'
+            extra = "".join(f'<img class="more" src="{_data_uri(crop_image(path, (crop_size[0] // 3, crop_size[1] // 3)))}" '
+                            f'alt="another crop of the track">' for path in getattr(match, "extra_paths", ()) or ())
+            caption_html = "<br>".join(html.escape(line) for line in caption.split("\n"))
+            figures.append(f'<figure class="{css}">{image}<figcaption>{caption_html}</figcaption>'
+                           + (f'<div class="track">{extra}</div>' if extra else "") + "</figure>")
         table = ("" if explanation is None else '<details class="att"><summary class="meta">text attention per '
                  f"decoder token</summary>{_attention_table(explanation, explanation.maps.shape[1])}</details>")
         body.append(f'<section><div class="row"><div class="query"><div class="meta">{html.escape(meta)}</div>'

@@ -1,0 +1,250 @@
+"""Command line: ``tbps ingest`` (footage into a store) and ``tbps gallery`` (look after a store). No PyTorch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tbps_runtime.cli.support import (MAX_THREADS, TbpsCommand, TbpsGroup, json_option, quiet_option, setup_logging,
+                                      user_errors_exit_2)
+from tbps_runtime.errors import ConfigError, InputFileNotFoundError, TbpsError
+from tbps_runtime.paths import printable
+
+logger = logging.getLogger(__name__)
+
+
+def _time_option(name: str, help: str) -> Any:
+    return click.option(name, metavar="TIME", help=help + " ISO-8601; no zone means UTC (2026-03-02T14:00).")
+
+
+def filter_options(command: Any) -> Any:
+    """--camera, --source, --track, --since, --until: the rows a command applies to."""
+    options = [
+        click.option("--camera", "cameras", multiple=True, help="Only this camera (repeatable)."),
+        click.option("--source", "sources", multiple=True, help="Only rows cut from this source (repeatable)."),
+        click.option("--track", "tracks", multiple=True, type=click.IntRange(0), help="Only this track (repeatable)."),
+        _time_option("--since", "Only rows seen at or after this time."),
+        _time_option("--until", "Only rows seen before this time."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple[int, ...], since: str | None,
+               until: str | None) -> Any:
+    from tbps_runtime.gallery.rows import RowFilter, parse_time
+
+    return RowFilter(tuple(cameras), tuple(sources), tuple(tracks),
+                     None if since is None else parse_time(since, "--since"),
+                     None if until is None else parse_time(until, "--until"))
+
+
+@click.command(cls=TbpsCommand)
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False),
+              help="The store directory to append to (created when new).")
+@click.option("--bundle", type=click.Path(file_okay=False),
+              help="The bundle whose image tower embeds the crops (default: the one the store was made with).")
+@click.option("--camera", help="Camera name of the rows (default: each source's name, e.g. cam3 for cam3.mp4). "
+                               "Only with one source.")
+@click.option("--fps", type=float, default=2.0, show_default=True,
+              help="Frames sampled per second of video (0: every frame).")
+@click.option("--start", metavar="TIME",
+              help="When the source's first frame was taken (ISO-8601; no zone means UTC). Default: the "
+                   "container's creation time; a stream's: when it was opened.")
+@click.option("--detector", default=None, metavar="hog|PATH.onnx",
+              help="Person detector: OpenCV's HOG (default) or an ultralytics YOLO export (.onnx, class 0 = person).")
+@click.option("--detections", type=click.Path(dir_okay=False),
+              help="Boxes from an upstream pipeline instead of a detector: a MOT-challenge text file "
+                   "(frame,id,left,top,width,height,conf,...), frames counted from 1. Only with one source.")
+@click.option("--min-score", "min_score", type=click.FloatRange(0, 1), help="Drop detections scoring below this.")
+@click.option("--keep", default=2, show_default=True, type=click.IntRange(1, 100),
+              help="Crops kept per track per window (the best: confident, large, sharp).")
+@click.option("--window", default=10.0, show_default=True, type=click.FloatRange(min=0.1, max=86400),
+              help="Seconds of video per appended batch: an interruption loses at most one.")
+@click.option("--store", "milvus", metavar="milvus://HOST:PORT/COLLECTION",
+              help="Keep the rows in Milvus (pip install 'tbps[milvus]'); milvus-lite:DIR/rows.db/NAME for a local "
+                   "file. Recorded in --gallery, which keeps the crops.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS),
+              help="onnxruntime threads (default: the cores other processes leave idle).")
+@json_option("Print one JSON document on stdout: a report per source.")
+@quiet_option()
+@user_errors_exit_2
+def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | None, camera: str | None, fps: float,
+                   start: str | None, detector: str | None, detections: str | None, min_score: float | None,
+                   keep: int, window: float, milvus: str | None, batch_size: int, threads: int | None,
+                   as_json: bool, quiet: bool) -> None:
+    """Cut person crops from video files, streams (rtsp://, http://...) or folders of frames, track them,
+    and append them to a searchable store with camera and time.
+
+    Resumable: an interrupted run continues when the same command runs again; a source ingested to its end
+    is skipped. A source that fails part-way keeps its rows, and the command exits with status 2 after
+    the other sources.
+    """
+    from tbps_runtime.gallery.open import create_store, is_store_directory, open_store
+    from tbps_runtime.gallery.rows import parse_time
+    from tbps_runtime.ingest.detectors import open_detector
+    from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source
+    from tbps_runtime.model.encoder import Encoder
+
+    quiet = setup_logging(quiet)
+    if len(sources) > 1 and (camera or detections):
+        raise ConfigError("--camera and --detections describe one source: give one source per command")
+    start_time = None if start is None else parse_time(start, "--start")
+    from tbps_runtime.ingest.sources import is_stream
+
+    missing = [s for s in sources if not is_stream(s) and not Path(s).exists()]
+    if missing:  # a typo fails before any work
+        raise InputFileNotFoundError(f"no such video or folder: {printable(missing[0])}"
+                                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    existing = open_store(gallery_dir) if is_store_directory(gallery_dir) else None
+    bundle = bundle or (existing.bundle if existing is not None else None)
+    if bundle is None:
+        raise ConfigError(f"--bundle is needed to make the store {gallery_dir}")
+    if not Path(bundle).is_dir():
+        raise InputFileNotFoundError(f"no bundle at {bundle}" + (" (the one the store records): pass --bundle"
+                                                                   if existing is not None else ""))
+    chosen = open_detector(detector, detections=detections, min_score=min_score, threads=threads)
+    settings = IngestSettings(chosen.name, fps or None, camera, start_time, keep, window, batch_size)
+    encoder = Encoder.from_bundle(bundle, threads=threads)
+    store = create_store(gallery_dir, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
+                         embed_dim=encoder.slot_shape[1], bundle=bundle, milvus=milvus)
+    store.check_bundle(encoder.fingerprint, bundle)
+    reports, failed = [], []
+    with store.writing("ingesting into"):
+        for source in sources:
+            try:
+                report = ingest_source(source, store, encoder, chosen, settings, progress=not quiet)
+            except TbpsError as e:  # this source only: the others still run
+                failed.append(str(e) if source in str(e) else f"{printable(source)}: {e}")
+                continue
+            reports.append(report)
+            if report.error:
+                failed.append(report.error)
+            _log_report(report)
+    if as_json:
+        click.echo(json.dumps({"gallery": str(gallery_dir), "sources": [r.to_json() for r in reports],
+                               "errors": failed}))
+    if failed:
+        raise _SourcesFailed(failed, len(sources))
+
+
+class _SourcesFailed(TbpsError):
+    def __init__(self, failures: list[str], total: int):
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        super().__init__(f"{len(failures)} of {total} source(s) failed; rows before each failure are kept: "
+                         f"{failures[0]}{more}")
+
+
+def _log_report(report: Any) -> None:
+    if report.skipped:
+        return
+    rate = report.frames / report.seconds if report.seconds else 0.0
+    resumed = f", resumed after frame {report.resumed_after}" if report.resumed_after is not None else ""
+    logger.info("%s (camera %s): %d frames, %d detections, %d tracks, %d crops in %.1f s (%.1f frames/s)%s",
+                printable(report.source), report.camera, report.frames, report.detections, report.tracks,
+                report.crops, report.seconds, rate, resumed)
+
+
+@click.group(cls=TbpsGroup, name="gallery")
+def gallery_group() -> None:
+    """Look after a store made by tbps ingest: info, prune, delete, reindex."""
+
+
+@gallery_group.command("info")
+@click.argument("directory", type=click.Path(file_okay=False))
+@json_option()
+@user_errors_exit_2
+def info_command(directory: str, as_json: bool) -> None:
+    """Cameras, time span, rows, tracks and size of a store."""
+    from tbps_runtime.gallery.open import open_store
+
+    info = open_store(directory).info()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"store      {printable(info['store'])}")
+    click.echo(f"rows       {info['rows']} in {info['segments']} segment(s), {info['tracks']} track(s), "
+               f"{info['sources']} source(s)")
+    click.echo(f"time       {info['first'] or '-'} .. {info['last'] or '-'}"
+               + (f" ({info['undated_rows']} row(s) without a time)" if info["undated_rows"] else ""))
+    click.echo(f"size       {info['bytes'] / 2**20:.1f} MiB")
+    click.echo(f"bundle     {printable(str(info['bundle']))} (fingerprint {info['fingerprint'][:12]})")
+    for camera in info["cameras"]:
+        click.echo(f"camera     {printable(camera['camera'])}: {camera['rows']} row(s), {camera['tracks']} "
+                   f"track(s), {camera['first'] or '-'} .. {camera['last'] or '-'}")
+
+
+def _deletion(directory: str, row_filter: Any, older_than: float | None, yes: bool, dry_run: bool,
+              as_json: bool) -> None:
+    from tbps_runtime.gallery.open import open_store
+
+    store = open_store(directory)
+    with store.writing("deleting from"):
+        removal = store.delete(row_filter, older_than=older_than, everything=yes, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, **removal.to_json()}))
+        return
+    verb = "would remove" if dry_run else "removed"
+    cameras = ", ".join(f"{printable(c)} {n}" for c, n in sorted(removal.cameras.items()))
+    click.echo(f"{verb} {removal.rows} row(s)" + (f" ({cameras})" if cameras else "")
+               + ("" if dry_run else f", {removal.crops} crop(s), {removal.segments} segment(s), "
+                                     f"{removal.bytes / 2**20:.1f} MiB"))
+
+
+@gallery_group.command("prune")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="Remove rows seen longer ago than this: 30d, 12h, 90m (rows without a time: added).")
+@click.option("--camera", "cameras", multiple=True, help="Only this camera (repeatable).")
+@click.option("--yes", is_flag=True, help="Allow removing every row of the store.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@json_option()
+@user_errors_exit_2
+def prune_command(directory: str, older_than: str, cameras: tuple[str, ...], yes: bool, dry_run: bool,
+                  as_json: bool) -> None:
+    """Retention: remove rows older than AGE with their embeddings and crops, and say what went."""
+    from tbps_runtime.gallery.rows import RowFilter, parse_age
+
+    _deletion(directory, RowFilter(cameras=tuple(cameras)), parse_age(older_than), yes, dry_run, as_json)
+
+
+@gallery_group.command("delete")
+@click.argument("directory", type=click.Path(file_okay=False))
+@filter_options
+@click.option("--yes", is_flag=True, help="Allow removing every row of the store.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@json_option()
+@user_errors_exit_2
+def delete_command(directory: str, cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple[int, ...],
+                   since: str | None, until: str | None, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove the rows of cameras, sources, tracks or a time range, with their embeddings and crops."""
+    _deletion(directory, row_filter(cameras, sources, tracks, since, until), None, yes, dry_run, as_json)
+
+
+@gallery_group.command("reindex")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--bundle", required=True, type=click.Path(file_okay=False), help="The newer bundle.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="The new store directory (the old one is left as it is).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="onnxruntime threads.")
+@quiet_option()
+@user_errors_exit_2
+def reindex_command(directory: str, bundle: str, output: str, batch_size: int, threads: int | None,
+                    quiet: bool) -> None:
+    """Embed a store's crops again with another bundle, into a new store with the same metadata."""
+    from tbps_runtime.ingest.reindex import reindex
+
+    quiet = setup_logging(quiet)
+    started = time.perf_counter()
+    rows = reindex(directory, bundle, output, batch_size=batch_size, threads=threads, progress=not quiet)
+    logger.info("re-embedded %d row(s) into %s in %.1f s", rows, output, time.perf_counter() - started)
+    click.echo(str(output))

@@ -1,0 +1,183 @@
+"""What a store keeps beside each embedding, and how queries select rows: the records every store
+implementation (local SQLite + segments, Milvus) shares.
+
+Times are UTC seconds since the epoch (float). :func:`parse_time` reads the
+ISO-8601 a user types (``2026-03-02T14:00``, ``...Z``, ``...+01:00``; no zone
+means UTC) and :func:`parse_age` the ages of ``--older-than`` (``30d``, ``12h``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from tbps_runtime.errors import ConfigError
+
+MAX_TEXT = 1024  # a camera or source name longer than this is not a name
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class CropRecord:
+    """One store row's metadata: where and when the crop was seen.
+
+    ``box`` is (x0, y0, x1, y1) in the source frame's pixels; ``crop`` the JPEG's
+    path relative to the store directory; ``offset`` seconds into the source
+    (for playing the moment back); ``time`` UTC seconds since the epoch, None when
+    the source's start is unknown.
+    """
+
+    source: str
+    camera: str
+    time: float | None = None
+    offset: float | None = None
+    frame: int | None = None
+    box: tuple[float, float, float, float] | None = None
+    score: float | None = None  # the detector's
+    track: int | None = None
+    crop: str | None = None
+    identity: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["box"] = None if self.box is None else [round(float(v), 2) for v in self.box]
+        record["time_iso"] = None if self.time is None else format_time(self.time)
+        return record
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows a query may return; empty fields select everything. The time range is half-open,
+    ``since <= time < until``; rows without a time never pass a time filter."""
+
+    cameras: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    tracks: tuple[int, ...] = ()
+    since: float | None = None
+    until: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cameras", "sources"):
+            for value in getattr(self, name):
+                if not isinstance(value, str) or not value or len(value) > MAX_TEXT or "\x00" in value:
+                    raise ConfigError(f"{name}: {value!r} is not a name (1..{MAX_TEXT} characters, no NUL)")
+        for value in self.tracks:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+                raise ConfigError(f"track {value!r} is not a track id (a non-negative integer)")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ConfigError(f"--{name} {value!r} is not a time")
+        if self.since is not None and self.until is not None and self.until <= self.since:
+            raise ConfigError(f"--until ({format_time(self.until)}) must be after --since "
+                              f"({format_time(self.since)})")
+
+    @property
+    def empty(self) -> bool:
+        return self == RowFilter()
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """A SQL condition over the ``rows`` table's columns and its parameters (``"1"`` when empty)."""
+        terms, params = [], []
+        for column, values in (("camera", self.cameras), ("source", self.sources), ("track", self.tracks)):
+            if values:
+                terms.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        if self.since is not None:
+            terms.append("time >= ?")
+            params.append(float(self.since))
+        if self.until is not None:
+            terms.append("time < ?")
+            params.append(float(self.until))
+        return (" AND ".join(terms) or "1"), params
+
+    def describe(self) -> str:
+        """The filter in words, for log lines: ``camera in cam1, cam3; 14:00:00Z <= time < 15:00:00Z``."""
+        words = [f"{name} in {', '.join(map(str, values))}"
+                 for name, values in (("camera", self.cameras), ("source", self.sources), ("track", self.tracks))
+                 if values]
+        if self.since is not None or self.until is not None:
+            low = "" if self.since is None else f"{format_time(self.since)} <= "
+            high = "" if self.until is None else f" < {format_time(self.until)}"
+            words.append(f"{low}time{high}")
+        return "; ".join(words) or "no filter"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cameras": list(self.cameras), "sources": list(self.sources), "tracks": list(self.tracks),
+                "since": self.since, "until": self.until}
+
+
+@dataclass(frozen=True)
+class StoreHit:
+    """One ranked store row for one query."""
+
+    rank: int  # 1-based
+    score: float  # Eq. 14
+    row: int  # the store's row id
+    record: CropRecord
+    track_rows: int | None = None  # per-track results: how many rows of the track passed the filter
+
+    @property
+    def path(self) -> str | None:
+        return self.record.crop
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": round(self.score, 6), "row": self.row,
+                **({} if self.track_rows is None else {"track_rows": self.track_rows}),
+                **self.record.to_json()}
+
+
+@dataclass
+class Removal:
+    """What a deletion removed."""
+
+    rows: int = 0
+    segments: int = 0
+    crops: int = 0
+    bytes: int = 0
+    cameras: dict[str, int] = field(default_factory=dict)  # rows removed per camera
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_time(text: str, option: str = "time") -> float:
+    """ISO-8601 date or date-time -> UTC seconds since the epoch; no zone means UTC.
+
+    Raises:
+        ConfigError: not such a time.
+    """
+    cleaned = text.strip()
+    if cleaned.endswith(("Z", "z")):
+        cleaned = cleaned[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a time: use ISO-8601, e.g. 2026-03-02T14:00 (UTC), "
+                          "2026-03-02T14:00+01:00 or 2026-03-02") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def format_time(seconds: float) -> str:
+    """UTC seconds since the epoch -> ``2026-03-02T14:00:05.300Z`` (milliseconds)."""
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds.
+
+    Raises:
+        ConfigError: not such an age.
+    """
+    match = _AGE.match(text)
+    if match is None:
+        raise ConfigError(f"--older-than {text!r} is not an age: a number and a unit, s, m, h, d or w "
+                          "(e.g. 30d, 12h)")
+    return float(match.group(1)) * _AGE_SECONDS[match.group(2)]

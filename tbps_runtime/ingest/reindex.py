@@ -1,0 +1,77 @@
+"""Embed a store's crops again with another bundle (``tbps gallery reindex``): a new store, same metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from tbps_runtime.errors import ConfigError, DataError, OutputError
+from tbps_runtime.gallery.open import create_store, is_store_directory, open_store
+from tbps_runtime.gallery.rows import CropRecord
+from tbps_runtime.gallery.store import LocalStore
+from tbps_runtime.model.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+
+def reindex(directory: str | Path, bundle: str | Path, output: str | Path, *, batch_size: int = 32,
+            threads: int | None = None, progress: bool = False) -> int:
+    """Re-embed every row of the local store ``directory`` with ``bundle`` into a new local store ``output``
+    (crops are hard-linked, or copied across file systems; ingest progress carries over, so ``tbps ingest``
+    can continue into the new store). Returns the number of rows.
+
+    Raises:
+        OutputError: ``output`` exists and is not empty.
+        DataError: a row has no crop to embed.
+    """
+    source = open_store(directory)
+    if not isinstance(source, LocalStore):
+        raise ConfigError("reindex reads a local store; a Milvus store's crops are re-ingested instead")
+    output = Path(output)
+    if is_store_directory(output) or (output.exists() and any(output.iterdir())):
+        raise OutputError(f"{output} exists and is not empty: reindex writes a new store")
+    encoder = Encoder.from_bundle(bundle, threads=threads)
+    target = create_store(output, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
+                          embed_dim=encoder.slot_shape[1], bundle=bundle)
+    total = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(source), unit="row", desc="reindex", leave=False)
+    with target.writing("reindexing into"):
+        for _, records in source.iter_rows(batch=max(batch_size, 256)):
+            batch, folder = target.new_batch()
+            images, moved = [], []
+            for i, record in enumerate(records):
+                if not record.crop:
+                    raise DataError(f"a row of {directory} from {record.source} frame {record.frame} has no crop "
+                                    "to embed")
+                crop = source.crop_path(record.crop)
+                name = f"{i}{crop.suffix}"
+                _link_or_copy(crop, folder / name)
+                images.append(str(folder / name))
+                moved.append(_with_crop(record, f"{batch}/{name}"))
+            target.append(encoder.embed_images(images, batch_size), moved, crops=batch)
+            total += len(moved)
+            if bar is not None:
+                bar.update(len(moved))
+        target.append(encoder.empty(), [], progress=source.all_progress())
+    if bar is not None:
+        bar.close()
+    return total
+
+
+def _with_crop(record: CropRecord, crop: str) -> CropRecord:
+    from dataclasses import replace
+
+    return replace(record, crop=crop)
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)

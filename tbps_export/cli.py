@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
+from tbps_export.calibrate import DEFAULT_FALSE_MATCH_RATE, rate_option
 from tbps_runtime.cli.support import TbpsCommand, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import PARITY_ATOL
-from tbps_runtime.errors import InputFileNotFoundError
+from tbps_runtime.errors import ConfigError, InputFileNotFoundError
+from tbps_train.data.readers import DATASETS
+
+logger = logging.getLogger(__name__)
 
 
 def _profile(allow_max: bool):
@@ -56,19 +61,41 @@ def _profile(allow_max: bool):
                    "quantization; without it the int8 bundle keeps a float32 image tower.")
 @click.option("--calibration-count", type=click.IntRange(1), default=128, show_default=True,
               help="With --int8: how many calibration crops to use (evenly spaced).")
+@click.option("--calibrate-dataset", type=click.Choice(DATASETS), default=None,
+              help="With --calibrate-root: record the score threshold of tbps rank --min-score auto, measured "
+                   "on a split of this dataset (as tbps calibrate does).")
+@click.option("--calibrate-root", type=click.Path(path_type=Path), default=None,
+              help="With --calibrate-dataset: the dataset's root directory.")
+@click.option("--calibrate-split", default=None, help="With --calibrate-dataset: the split the threshold is "
+                                                    "measured on (default: val).")
+@rate_option(None, f" With --calibrate-dataset (default: {DEFAULT_FALSE_MATCH_RATE}).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @user_errors_exit_2
 def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool, fp16: bool,
                    trt_batch: tuple, trt_seq: tuple, trt_workspace_gib: float, trt_timing_cache: Path | None,
                    atol: float, explain: bool, int8: bool, calibration: Path | None, calibration_count: int,
-                   progress: bool, quiet: bool) -> None:
+                   calibrate_dataset: str | None, calibrate_root: Path | None, calibrate_split: str | None,
+                   false_match_rate: float | None, progress: bool, quiet: bool) -> None:
     """Export a checkpoint to a bundle: ONNX towers checked against PyTorch,
-    tokenizer.json, manifest.json, and optionally TensorRT engines."""
+    tokenizer.json, manifest.json, and optionally TensorRT engines and the
+    calibrated score threshold."""
     from tbps_export.bundle_writer import export_bundle
+    from tbps_export.calibrate import check_false_match_rate, read_calibration_split
     from tbps_export.quantize import calibration_paths
 
     quiet = setup_logging(quiet)
+    if (calibrate_dataset is None) != (calibrate_root is None):
+        raise ConfigError("--calibrate-dataset and --calibrate-root go together: give both to record the score "
+                          "threshold, or neither")
+    if calibrate_dataset is None and (calibrate_split, false_match_rate) != (None, None):
+        raise ConfigError("--calibrate-split and --false-match-rate apply to the score threshold: add "
+                          "--calibrate-dataset and --calibrate-root")
+    calibrate_split = calibrate_split or "val"
+    false_match_rate = DEFAULT_FALSE_MATCH_RATE if false_match_rate is None else false_match_rate
+    if calibrate_dataset is not None:  # a bad rate or dataset is one line before the export, not after it
+        check_false_match_rate(false_match_rate)
+        read_calibration_split(calibrate_dataset, calibrate_root, calibrate_split)
     # --calibration is read before the export: a bad one is then one line, with no bundle left behind.
     crops = calibration_paths(calibration, calibration_count) if int8 else []
     missing = [p for p in crops if not Path(p).is_file()]
@@ -79,7 +106,24 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
                          atol=atol, trt_batch=trt_batch, trt_seq=trt_seq, trt_workspace_gib=trt_workspace_gib,
                          trt_timing_cache=trt_timing_cache, explain=explain)
     click.echo(str(path))
+    bundles = [path]
     if int8:
         from tbps_export.quantize import quantize_bundle
 
-        click.echo(str(quantize_bundle(path, calibration=crops, force=force)))
+        bundles.append(quantize_bundle(path, calibration=crops, force=force))
+        click.echo(str(bundles[-1]))
+    if calibrate_dataset is not None:
+        _calibrate(bundles, calibrate_dataset, calibrate_root, calibrate_split, false_match_rate,
+                   progress and not quiet)
+
+
+def _calibrate(bundles: list[Path], dataset: str, root: Path, split: str, false_match_rate: float,
+               progress: bool) -> None:
+    """Each new bundle (float32, int8) calibrated with its own towers; the figures logged (stdout keeps
+    the bundles' paths only)."""
+    from tbps_export.calibrate import calibrate_bundle, describe
+
+    for bundle in bundles:
+        record = calibrate_bundle(bundle, dataset, root, split=split, false_match_rate=false_match_rate,
+                                  progress=progress)
+        logger.info("%s: %s", bundle, "; ".join(describe(record)))

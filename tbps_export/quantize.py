@@ -158,8 +158,9 @@ def _int8_manifest(manifest: Manifest, directory: Path, towers: dict[str, Any], 
     entries = {name: {k: v for k, v in entry.items() if k != "plan"} for name, entry in manifest.towers.items()
                if entry.get("file") in files}
     source = {**manifest.source, "quantization": towers}
+    # A calibrated threshold belongs to the towers that measured it: the int8 towers score differently.
     return dataclasses.replace(manifest, precision="int8", files=files, towers=entries, tensorrt={},
-                               parity={**manifest.parity, "int8": parity}, source=source)
+                               parity={**manifest.parity, "int8": parity}, source=source, score_threshold={})
 
 
 def calibration_paths(source: str | Path | None, count: int) -> list[Path]:

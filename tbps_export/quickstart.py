@@ -1,8 +1,9 @@
 """``tbps quickstart``: the whole toolkit on the embedded default (the synthetic dataset).
 
 Steps: synthetic dataset -> train the demo model -> evaluate -> export the
-bundle (with the explain graphs) -> index the test split with the runtime ->
-rank a few test captions and write ``results.png`` and ``results.html``.
+bundle (with the explain graphs) and calibrate its score threshold on the val
+split -> index the test split with the runtime -> rank a few test captions and
+write ``results.png`` and ``results.html``.
 
 Each step reuses what an earlier run finished: the dataset is generated once,
 training resumes from its checkpoint, a finished run is not retrained, and the
@@ -23,6 +24,7 @@ from tbps_runtime.cli.support import (
     TbpsCommand, output_option, quiet_option, setup_logging, threads_option, user_errors_exit_2,
 )
 from tbps_runtime.atomic import read_json
+from tbps_runtime.errors import ConfigError
 from tbps_train.config import DEFAULT_IDS
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: 
     evaluation = work / "eval.json"
     metrics = _evaluation(checkpoint, data, evaluation)
     bundle = _export(checkpoint, work / "m.bundle", quiet)
+    threshold = _calibrate(bundle, data, quiet, threads)
     gallery, records = _index(bundle, data, work / "g.npy", quiet)
     pictures = _results(bundle, gallery, records, work, examples)
     click.echo(f"test: R@1 {metrics['r1']:.2f}  R@5 {metrics['r5']:.2f}  R@10 {metrics['r10']:.2f}  "
@@ -69,7 +72,8 @@ def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: 
     curves = checkpoint.with_suffix(".curves.png")
     curves_note = f"  (training curves: {curves})" if curves.is_file() else ""
     click.echo(f"dataset     {data}\ncheckpoint  {checkpoint}{curves_note}"
-               f"\nmetrics     {evaluation}\nbundle      {bundle}\ngallery     {gallery}"
+               f"\nmetrics     {evaluation}\nbundle      {bundle}\nthreshold   {_threshold_line(threshold)}"
+               f"\ngallery     {gallery}"
                "\nresults     " + "\n            ".join(str(p) for p in pictures))
     click.echo(f"done in {time.perf_counter() - started:.0f}s")
     click.echo(f"next: tbps-rank --gallery {gallery} --query \"a man in a red shirt\" -k 5 --show me.png --explain")
@@ -145,6 +149,31 @@ def _export(checkpoint: Path, bundle: Path, quiet: bool) -> Path:
     export_bundle(checkpoint, bundle, force=bundle.exists(), progress=not quiet, explain=True)
     logger.info("      export took %.1f s", time.perf_counter() - started)
     return bundle
+
+
+def _calibrate(bundle: Path, data: Path, quiet: bool, threads: int | None) -> dict:
+    """The bundle's score threshold on the val split at the default false-match rate (kept when recorded)."""
+    from tbps_export.calibrate import DEFAULT_FALSE_MATCH_RATE, calibrate_bundle
+    from tbps_runtime.model.bundle import load_manifest
+
+    record = load_manifest(bundle).score_threshold
+    if (record.get("dataset"), record.get("split"), record.get("false_match_rate")) == \
+            ("cuhk-pedes", "val", DEFAULT_FALSE_MATCH_RATE):
+        logger.info("      score threshold: reusing %.4f", record["value"])
+        return record
+    logger.info("      calibrating the score threshold on the val split")
+    try:
+        return calibrate_bundle(bundle, "cuhk-pedes", data, split="val", threads=threads, progress=not quiet)
+    except ConfigError as e:  # a val split of one identity (--ids 8 or 9): the rest of the chain still runs
+        logger.warning("      no score threshold: %s", e)
+        return {}
+
+
+def _threshold_line(record: dict) -> str:
+    if not record:
+        return "not calibrated (the val split needs 2 identities or more)"
+    return (f"{record['value']:.4f} (tbps rank --min-score auto): at most {record['false_match_rate']:.0%} of "
+            f"strangers pass it, {record['found_rate']:.0%} of val captions have their person above it")
 
 
 def _index(bundle: Path, data: Path, gallery: Path, quiet: bool) -> tuple[Path, list]:

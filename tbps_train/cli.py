@@ -1,4 +1,4 @@
-"""Command line: ``tbps-synth``, ``tbps-train``, ``tbps-eval``, ``tbps-ablate``."""
+"""Command line: ``tbps-synth``, ``tbps-synth-footage``, ``tbps-train``, ``tbps-eval``, ``tbps-ablate``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,37 @@ def synth_command(output: str, ids: int, images_per_id: int, seed: int, overwrit
 
     quiet = setup_logging(quiet)
     path = generate(output, ids=ids, images_per_id=images_per_id, seed=seed, overwrite=overwrite, progress=not quiet)
+    click.echo(str(path))
+
+
+@click.command(cls=TbpsCommand)
+@output_option("Directory to write (camN.mp4, camN.gt.txt, footage.json).", file_okay=False)
+@click.option("--cameras", default=2, show_default=True, type=int, help="Number of cameras (1-16).")
+@click.option("--seconds", default=8.0, show_default=True, type=float,
+              help="Length of each camera's clip (>= 2 unless --still).")
+@click.option("--fps", default=10.0, show_default=True, type=float, help="Frames per second (0.01-240).")
+@click.option("--size", default=(640, 360), show_default=True, type=(int, int), metavar="WIDTH HEIGHT",
+              help="Frame size in pixels (even numbers).")
+@click.option("--people", default=6, show_default=True, type=int, help="Number of people (1-200).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--start", default="2026-03-02T14:00:00+00:00", show_default=True,
+              help="When the cameras start: ISO-8601 with a time zone (written as each video's creation_time).")
+@click.option("--outfits", default="synthetic", show_default=True, type=click.Choice(["synthetic", "solid"]),
+              help="synthetic: the dataset's people and captions; solid: each person in one pure colour.")
+@click.option("--still", is_flag=True, help="People stand still for the whole clip (constant boxes).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace earlier footage at --output; only footage tbps synth-footage wrote (its footage.json "
+                   "and nothing else) is ever replaced.")
+@quiet_option()
+@user_errors_exit_2
+def footage_command(output: str, cameras: int, seconds: float, fps: float, size: tuple[int, int], people: int,
+                    seed: int, start: str, outfits: str, still: bool, overwrite: bool, quiet: bool) -> None:
+    """Write synthetic camera footage (H.264) with MOT-style ground truth, for tbps ingest."""
+    from tbps_train.data.footage import generate_footage
+
+    quiet = setup_logging(quiet)
+    path = generate_footage(output, cameras=cameras, seconds=seconds, fps=fps, size=size, people=people, seed=seed,
+                            start=start, outfits=outfits, still=still, overwrite=overwrite, progress=not quiet)
     click.echo(str(path))
 
 

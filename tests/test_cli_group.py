@@ -11,9 +11,11 @@ from click.testing import CliRunner
 import tbps_runtime.cli as group
 from cli_assertions import assert_user_error
 
-SUBCOMMANDS = ["ablate", "eval", "export", "index", "quickstart", "rank", "synth", "train", "trt-selfcheck"]
+SUBCOMMANDS = ["ablate", "calibrate", "eval", "export", "gallery", "index", "ingest", "quickstart", "rank", "synth",
+               "synth-footage", "train", "trt-selfcheck"]
 ALIASES = {"tbps-synth": "synth", "tbps-train": "train", "tbps-eval": "eval", "tbps-ablate": "ablate",
-           "tbps-quickstart": "quickstart", "tbps-export": "export", "tbps-index": "index", "tbps-rank": "rank"}
+           "tbps-quickstart": "quickstart", "tbps-export": "export", "tbps-index": "index", "tbps-rank": "rank",
+           "tbps-ingest": "ingest", "tbps-synth-footage": "synth-footage"}
 
 
 def invoke(args):
@@ -79,7 +81,7 @@ def test_edge_install_lists_only_the_runtime(monkeypatch):
     """Without the [train]/[export] extras (no torch), only what the runtime can run is listed."""
     real = group._installed
     monkeypatch.setattr(group, "_installed", lambda name: name not in ("torch", "onnx") and real(name))
-    assert list(group.available_commands()) == ["index", "rank"]
+    assert list(group.available_commands()) == ["gallery", "index", "ingest", "rank"]
     assert invoke(["train", "--help"]).exit_code == 2  # not a command there
 
 

@@ -42,7 +42,7 @@ class IngestSettings:
     the detector and the camera) as the run it continues."""
 
     detector: str
-    fps: float | None = 2.0  # frames sampled per second of source time; None: every frame
+    fps: float | None = 5.0  # frames sampled per second of source time; None: every frame
     camera: str | None = None  # default: the source's name
     start: float | None = None  # UTC seconds of the source's first frame; default: its creation time
     keep: int = 2  # crops kept per track per window

@@ -17,6 +17,7 @@ import numpy as np
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.ingest.detectors import Detections
 
+SPARSE_FPS = 4.0  # below this sampling rate, tracks match on buffered IoU
 FULL_HEIGHT_PX = 128  # a box this tall or taller counts as full size (the towers see 384x128 or less)
 _SHARP_HALF = 100.0  # Laplacian variance at which sharpness counts half
 
@@ -60,11 +61,15 @@ class TrackKeeper:
             raise ConfigError(f"--keep must be at least 1, got {keep}")
         try:
             from trackers import ByteTrackTracker
+            from trackers.utils.iou import BIoU, IoU
         except ImportError:
             raise ConfigError("tracking needs the trackers package: pip install 'tbps[footage]'") from None
+        # Sampled sparsely, a walker moves more than a body width between frames and plain IoU never
+        # overlaps: match on boxes widened by 60% there (buffered IoU, as C-BIoU does for fast motion).
+        overlap = IoU() if fps >= SPARSE_FPS else BIoU(buffer_ratio=0.6)
         self._tracker = ByteTrackTracker(lost_track_buffer=max(1, round(2 * fps)), frame_rate=fps,
                                          track_activation_threshold=0.3, minimum_consecutive_frames=2,
-                                         high_conf_det_threshold=0.5)
+                                         high_conf_det_threshold=0.5, iou=overlap)
         self.first_track = first_track
         self.keep = keep
         self.min_box_height = min_box_height

@@ -5,7 +5,9 @@ language can preprocess and run the towers from this file alone: image size,
 mean/std, tokenizer and max length, tensor names, dtypes and shapes, K/D/P/d.
 Before a backend loads a file, :func:`verify_files` checks it against the
 SHA-256 the manifest records, and :func:`check_supported` refuses
-preprocessing this runtime does not implement.
+preprocessing this runtime does not implement. ``score_threshold`` is the
+calibrated Eq. 14 score above which a hit is trusted (``tbps calibrate``);
+:func:`score_threshold` reads it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    # {} until calibrated; else the fields of THRESHOLD_FIELDS (tbps_export.calibrate writes it)
+    score_threshold: dict[str, Any] = field(default_factory=dict)
     format: str = BUNDLE_FORMAT
     version: int = BUNDLE_VERSION
 
@@ -90,7 +94,10 @@ def sha256_file(path: str | Path) -> str:
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically (temp file + rename)."""
     path = Path(directory) / MANIFEST_FILE
-    write_json_atomic(path, asdict(manifest))
+    record = asdict(manifest)
+    if not record["score_threshold"]:  # not calibrated: a runtime that predates the field reads it too
+        del record["score_threshold"]
+    write_json_atomic(path, record)
     return path
 
 
@@ -121,6 +128,10 @@ def load_manifest(directory: str | Path) -> Manifest:
     mistyped = mistyped_fields(manifest) + (["fingerprint is empty"] if manifest.fingerprint == "" else [])
     if mistyped:
         raise BundleError(f"{path} mistypes {'; '.join(mistyped)}: re-export the bundle")
+    malformed = threshold_problems(manifest.score_threshold, manifest.num_slots)
+    if malformed:
+        raise BundleError(f"{path} has a malformed score_threshold: {'; '.join(malformed)}; set it to {{}} "
+                          "(not calibrated), then calibrate the bundle again (tbps calibrate)")
     resolve_inside(directory, manifest.tokenizer, f"{path}: 'tokenizer'")
     for name in manifest.files:  # every name it lists stays inside, whether or not a command reads it
         resolve_inside(directory, name, f"{path}: a file name")
@@ -128,6 +139,61 @@ def load_manifest(directory: str | Path) -> Manifest:
     if missing:
         raise BundleError(f"{path} lists no {', '.join(missing)}: re-export the bundle")
     return manifest
+
+
+# The record of a calibrated score threshold (tbps_export.calibrate): field -> what it holds.
+THRESHOLD_FIELDS = {"value": "score", "false_match_rate": "open_rate", "true_match_rate": "rate",
+                    "found_rate": "rate", "dataset": "name", "split": "name", "captions": "positive",
+                    "images": "positive", "non_matching_pairs": "count", "matching_pairs": "count"}
+_EXPECTED = {"score": "a finite number within [-K, K]", "open_rate": "a number in (0, 1)",
+             "rate": "a number in [0, 1]", "positive": "a positive integer", "count": "a non-negative integer",
+             "name": "a non-empty string"}
+# Eq. 14 of unit slots is within [-K, K]; float32 rounding and the threshold's one step above a score
+# may pass K by a few ulps.
+_SCORE_SLACK = 1e-3
+
+
+def score_threshold(manifest: Manifest) -> float | None:
+    """The calibrated Eq. 14 threshold (a hit is trusted when its score is ``>=`` it), or None when the
+    bundle was never calibrated. The value is a float32 number: compare float32 scores with it."""
+    value = manifest.score_threshold.get("value")
+    return None if value is None else float(value)
+
+
+def threshold_problems(record: Any, num_slots: Any) -> list[str]:
+    """What is wrong with a ``score_threshold`` record: ``[]`` for ``{}`` (not calibrated) or a valid one.
+
+    Valid: exactly the keys of :data:`THRESHOLD_FIELDS`; ``value`` finite within [-K, K]
+    (``num_slots`` = K); the rates in [0, 1] (``false_match_rate`` in (0, 1)); integer counts, captions and
+    images at least 1, ``matching_pairs + non_matching_pairs == captions * images``; non-empty names.
+    """
+    if not isinstance(record, dict):
+        return [f"score_threshold is {_short(record, 60)}, expected an object"]
+    if not record:
+        return []
+    problems = [f"score_threshold.{key} is {'missing' if key not in record else 'not a field of it'}"
+                for key in sorted(set(THRESHOLD_FIELDS) ^ set(record))]
+    for key, kind in THRESHOLD_FIELDS.items():
+        if key in record and not _threshold_field_ok(kind, record[key], num_slots):
+            problems.append(f"score_threshold.{key} is {_short(record[key], 60)}, expected {_EXPECTED[kind]}"
+                            + (f" (K = {num_slots})" if kind == "score" else ""))
+    pairs = record.get("matching_pairs", 0), record.get("non_matching_pairs", 0)
+    if not problems and record["captions"] * record["images"] != sum(pairs):
+        problems.append(f"score_threshold's pairs ({pairs[0]} matching + {pairs[1]} non-matching) are not its "
+                        f"{record['captions']} captions x {record['images']} images")
+    return problems
+
+
+def _threshold_field_ok(kind: str, value: Any, num_slots: Any) -> bool:
+    if kind == "name":
+        return isinstance(value, str) and value.strip() != ""
+    if kind in ("positive", "count"):
+        return _is_int(value) and value >= (1 if kind == "positive" else 0)
+    if not _is_number(value):
+        return False
+    if kind == "score":
+        return _is_int(num_slots) and abs(value) <= num_slots + _SCORE_SLACK
+    return 0 < value < 1 if kind == "open_rate" else 0 <= value <= 1
 
 
 def verify_files(directory: str | Path, manifest: Manifest, names: list[str] | None = None) -> None:

@@ -294,3 +294,41 @@ def test_prune_delete_info_and_reindex(footage, bundle, tmp_path):
 def test_plain_galleries_refuse_store_filters(gallery):
     assert_user_error(run(rank_command, ["--gallery", gallery, "--query", "red", "--camera", "cam1"]),
                       "need a store made by tbps ingest")
+
+
+def test_a_yolo_export_finds_people_standing_still(bundle, tmp_path):
+    """The detector path end to end: a still scene, and a graph in YOLOv8's output layout that predicts the
+    people's boxes (letterboxed) plus a shifted duplicate of each (NMS must drop it) and a car (class 1)."""
+    from test_ingest_detectors import yolo_constant_graph
+    from tbps_train.data.footage import generate_footage
+
+    out = generate_footage(tmp_path / "still", cameras=1, seconds=1.0, fps=10.0, size=(320, 180), people=3, seed=2,
+                           outfits="solid", still=True)
+    meta = json.loads((out / "footage.json").read_text())
+    first = {}
+    for line in (out / "cam1.gt.txt").read_text().splitlines():
+        frame, person, left, top, width, height = (float(v) for v in line.split(",")[:6])
+        if frame == 1:
+            first[int(person)] = (left, top, left + width, top + height)
+    scale, pad_y = 640 / 320, (640 - 180 * 2) / 2  # 320x180 letterboxed into 640x640
+    to_input = lambda b: [b[0] * scale, b[1] * scale + pad_y, b[2] * scale, b[3] * scale + pad_y]
+    boxes, scores, classes = [], [], []
+    for box in first.values():
+        boxes += [to_input(box), [v + 3 for v in to_input(box)]]
+        scores += [0.9, 0.5]
+        classes += [0, 0]
+    boxes.append([10, 150, 200, 250])  # a car in the frame's top-left
+    scores.append(0.95)
+    classes.append(1)
+    graph = yolo_constant_graph(tmp_path / "yolo.onnx", boxes, scores, layout="v8", classes=classes, nc=2)
+    result = run(ingest_command, [out / "cam1.mp4", "--gallery", tmp_path / "s", "--bundle", bundle,
+                                  "--detector", graph, "--fps", 10, "--json", "-q", "--threads", 1])
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["sources"]
+    assert report["detections"] == len(first) * report["frames"]  # duplicates and the car are gone
+    assert report["tracks"] == len(first)
+    for person in meta["people"]:
+        hits = json.loads(run(rank_command, ["--gallery", tmp_path / "s", "--query", f"a person in {colour_of(person)}",
+                                             "-k", 1, "--json", "-q"]).stdout)
+        expected = np.array(first[person["id"]])
+        assert np.abs(np.array(hits[0]["box"]) - expected).max() <= 1.0

@@ -53,8 +53,9 @@ def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple
               help="The bundle whose image tower embeds the crops (default: the one the store was made with).")
 @click.option("--camera", help="Camera name of the rows (default: each source's name, e.g. cam3 for cam3.mp4). "
                                "Only with one source.")
-@click.option("--fps", type=float, default=2.0, show_default=True,
-              help="Frames sampled per second of video (0: every frame).")
+@click.option("--fps", type=float, default=5.0, show_default=True,
+              help="Frames sampled per second of video (0: every frame). Below 4, people move more than a "
+                   "body width between frames and tracks match on widened boxes.")
 @click.option("--start", metavar="TIME",
               help="When the source's first frame was taken (ISO-8601; no zone means UTC). Default: the "
                    "container's creation time; a stream's: when it was opened.")

@@ -72,6 +72,11 @@ def _contention(r: dict[str, Any]) -> str:
     return contention.to_markdown(r, r["machine"])
 
 
+def _store(r: dict[str, Any]) -> str:
+    from benchmarks import store
+    return store.to_markdown(r, r["machine"])
+
+
 PAGES = {
     "towers": Page(
         "Tower latency: PyTorch eager, onnxruntime, int8",
@@ -121,6 +126,16 @@ PAGES = {
         "spin-waiting threads would slow the next one's call.",
         "python -m benchmarks.contention --out docs/benchmarks",
         _contention),
+    "store": Page(
+        "Footage store: ingestion throughput and filtered queries",
+        "Ingestion: synthetic footage (`tbps synth-footage`, 2 cameras × 20 s at 10 fps, 640×360, 8 people) "
+        "ingested into a store with the demo bundle, with the footage's ground-truth boxes (the pipeline "
+        "without a detector's cost) and with OpenCV's HOG, sampling 2 frames per second and every frame, at "
+        "1 and 2 threads: frames/s, crops/s and HOG's recall at IoU ≥ 0.5. Queries: stores of 100,000 and "
+        "1,000,000 random rows of the demo bundle's K×d (16 cameras over 24 h, a track per 20 rows), one "
+        "query, k = 10, for each filter; the same rows ranked as a plain gallery in the same run.",
+        "python -m benchmarks.store --bundle runs/bench/m.bundle --out docs/benchmarks",
+        _store),
 }
 
 

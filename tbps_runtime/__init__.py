@@ -15,6 +15,9 @@ _EXPORTS = {
     "load_gallery": "tbps_runtime.gallery.open",
     "Match": "tbps_runtime.search",
     "PersonSearch": "tbps_runtime.search",
+    "open_store": "tbps_runtime.gallery.open",
+    "RowFilter": "tbps_runtime.gallery.rows",
+    "StoreHit": "tbps_runtime.gallery.rows",
     "TbpsError": "tbps_runtime.errors",
     "retrieval_metrics": "tbps_runtime.metrics",
 }

@@ -187,3 +187,23 @@ def test_contention_quick(tmp_path, monkeypatch):
     text = (tmp_path / "contention.md").read_text()
     assert data["machine"]["cpu"] in text.splitlines()[0] and "python -m benchmarks.contention --quick" in text
     assert text.count("**met**") + text.count("**missed**") == sum(q["goal_met"] is not None for q in data["ratios"])
+
+
+def test_store_quick(tmp_path, exported_bundle):
+    pytest.importorskip("av", reason="the footage benchmark needs PyAV: pip install 'tbps[footage]'")
+    from benchmarks import store
+
+    store.main(["--quick", "--out", str(tmp_path), "--bundle", str(exported_bundle)])
+    data = _read(tmp_path, "store")
+    assert {(r["threads"], r["detector"], r["fps"]) for r in data["ingestion"]} == {
+        (1, "ground truth", 2.0), (1, "ground truth", None), (1, "hog", 2.0), (1, "hog", None)}
+    for row in data["ingestion"]:
+        assert row["frames"] > 0 and row["frames_per_s"] > 0 and row["crops"] >= 0
+        assert (row["recall"] is None) == (row["detector"] == "ground truth")
+    (block,) = data["queries"]
+    assert block["rows"] == 2000
+    filters = block["filters"]
+    assert filters["no filter"]["rows_selected"] == 2000 and filters["1 camera of 16"]["rows_selected"] == 125
+    assert filters["1 track"]["rows_selected"] == 20
+    for figure in filters.values():
+        _timing(figure["timing"])

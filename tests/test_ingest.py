@@ -332,3 +332,31 @@ def test_a_yolo_export_finds_people_standing_still(bundle, tmp_path):
                                              "-k", 1, "--json", "-q"]).stdout)
         expected = np.array(first[person["id"]])
         assert np.abs(np.array(hits[0]["box"]) - expected).max() <= 1.0
+
+
+def test_min_score_auto_uses_the_bundles_calibrated_threshold(store, bundle, tmp_path):
+    import dataclasses
+    import shutil
+
+    from tbps_runtime.model.bundle import load_manifest, write_manifest
+
+    plain = run(rank_command, ["--gallery", store, "--query", "a person in red", "--min-score", "auto", "-q"])
+    assert_user_error(plain, "no calibrated threshold", "tbps calibrate")
+    everyone = json.loads(run(rank_command, ["--gallery", store, "--query", "a person in red", "-k", 100, "--json",
+                                             "-q"]).stdout)
+    scores = sorted(hit["score"] for hit in everyone)
+    threshold = (scores[-1] + scores[len(scores) // 2]) / 2  # between the best and the median
+    calibrated = tmp_path / "calibrated.bundle"
+    shutil.copytree(bundle, calibrated)
+    record = {"value": threshold, "false_match_rate": 0.01, "true_match_rate": 0.5, "found_rate": 0.5,
+              "dataset": "cuhk-pedes", "split": "val", "captions": 2, "images": 3, "matching_pairs": 2,
+              "non_matching_pairs": 4}
+    write_manifest(calibrated, dataclasses.replace(load_manifest(calibrated), score_threshold=record))
+    found = json.loads(run(rank_command, ["--gallery", store, "--query", "a person in red", "-k", 100, "--json",
+                                          "-q", "--bundle", calibrated, "--min-score", "auto"]).stdout)
+    assert found == [hit for hit in everyone if hit["score"] >= threshold] and 0 < len(found) < len(everyone)
+    nobody = json.loads(run(rank_command, ["--gallery", store, "--query", "a person in red", "--json", "-q",
+                                           "--bundle", calibrated, "--min-score", "3.5"]).stdout)
+    assert nobody == []  # above K = 3: nobody, rather than the least bad stranger
+    assert_user_error(run(rank_command, ["--gallery", store, "--query", "red", "--min-score", "high"]),
+                      "not a number or 'auto'")

@@ -307,3 +307,13 @@ def test_any_text_is_a_time_or_a_config_error(text):
     except ConfigError:
         return
     assert np.isfinite(value)
+
+
+def test_a_hits_json_keeps_the_eq14_score_apart_from_the_detectors(store):
+    rng = np.random.default_rng(14)
+    with store.writing():
+        store.append(rows(rng, 1), [record(0)])
+    (hit,) = store.search(rows(rng, 1), k=1)[0]
+    document = hit.to_json()
+    assert document["score"] == round(hit.score, 6) and document["detector_score"] == 0.9
+    assert document["time_iso"] == "2026-03-02T14:00:00.000Z" and document["camera"] == "cam1"

@@ -44,6 +44,7 @@ class CropRecord:
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
+        record["detector_score"] = record.pop("score")  # "score" is a hit's Eq. 14 score
         record["box"] = None if self.box is None else [round(float(v), 2) for v in self.box]
         record["time_iso"] = None if self.time is None else format_time(self.time)
         return record
@@ -126,9 +127,8 @@ class StoreHit:
         return self.record.crop
 
     def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": round(self.score, 6), "row": self.row,
-                **({} if self.track_rows is None else {"track_rows": self.track_rows}),
-                **self.record.to_json()}
+        return {**self.record.to_json(), "rank": self.rank, "score": round(self.score, 6), "row": self.row,
+                **({} if self.track_rows is None else {"track_rows": self.track_rows})}
 
 
 @dataclass

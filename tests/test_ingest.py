@@ -360,3 +360,26 @@ def test_min_score_auto_uses_the_bundles_calibrated_threshold(store, bundle, tmp
     assert nobody == []  # above K = 3: nobody, rather than the least bad stranger
     assert_user_error(run(rank_command, ["--gallery", store, "--query", "red", "--min-score", "high"]),
                       "not a number or 'auto'")
+
+
+def test_a_milvus_store_gives_the_local_stores_answers(footage, bundle, store, tmp_path):
+    """--store milvus-lite:DIR/rows.db/NAME: the same ingest into Milvus, recorded in the directory, searched
+    by directory like a local store, with the same hits."""
+    pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus: pip install 'tbps[milvus]'")
+    directory, _ = footage
+    gallery = tmp_path / "m"
+    for camera in ("cam1", "cam2"):
+        result = ingest(gallery, directory, camera, "--bundle", bundle, "--store",
+                        f"milvus-lite:{gallery / 'rows.db'}/people")
+        assert result.exit_code == 0, result.output
+    assert json.loads((gallery / "milvus.json").read_text())["uri"] == "rows.db"
+    for query, extra in (("a person in red", []), ("a person in blue", ["--per-track"]),
+                         ("green", ["--camera", "cam2", "--since", "2026-03-02T14:00:01"])):
+        local, milvus = (json.loads(run(rank_command, ["--gallery", g, "--query", query, "-k", 5, "--json", "-q",
+                                                       *extra]).stdout) for g in (store, gallery))
+        key = lambda hits: [(h["camera"], h["frame"], h["box"], round(h["score"], 4)) for h in hits]
+        assert key(milvus) == key(local)
+    outside = run(ingest_command, [directory / "cam1.mp4", "--gallery", tmp_path / "n", "--bundle", bundle,
+                                   "--detections", directory / "cam1.gt.txt", "--store",
+                                   f"milvus-lite:{tmp_path / 'elsewhere.db'}/people", "-q"])
+    assert_user_error(outside, "must be inside the gallery directory")

@@ -2,8 +2,8 @@
 
     python -m benchmarks.store --bundle m.bundle [--quick] [--out DIR] [--rows 100000,1000000] [--threads 1,2]
 
-Ingestion: synthetic footage (``tbps synth-footage``: 2 cameras, 20 s at 10 fps,
-640x360, 8 people) ingested at 2 sampled frames/s and at every frame, with the
+Ingestion: synthetic footage (``tbps synth-footage``: 2 cameras, 60 s at 10 fps,
+640x360, 16 people) ingested at 2 sampled frames/s and at every frame, with the
 ground-truth boxes (the detector's cost left out: the pipeline's own) and with
 OpenCV's HOG, at each thread count: frames/s and crops/s, plus the detector's
 recall (IoU >= 0.5 against the ground truth, on the sampled frames).
@@ -83,7 +83,7 @@ def ingestion(bundle: Path, threads: list[int], quick: bool, work: Path) -> list
     from tbps_runtime.model.encoder import Encoder
     from tbps_train.data.footage import generate_footage
 
-    seconds, size, people = (2.0, (320, 180), 3) if quick else (20.0, (640, 360), 8)
+    seconds, size, people = (2.0, (320, 180), 3) if quick else (60.0, (640, 360), 16)
     footage = generate_footage(work / "footage", cameras=2, seconds=seconds, fps=10.0, size=size, people=people,
                                seed=0, outfits="synthetic")
     cameras = ["cam1", "cam2"]
@@ -97,7 +97,7 @@ def ingestion(bundle: Path, threads: list[int], quick: bool, work: Path) -> list
                 started = time.perf_counter()
                 for camera in cameras:
                     truth = FileDetections(footage / f"{camera}.gt.txt")
-                    detector = truth if detector_name == "ground truth" else HogDetector()
+                    detector = truth if detector_name == "ground truth" else HogDetector(threads=count)
                     if detector_name == "hog":
                         detector = _RecallCounter(detector, truth)
                     store = LocalStore.create(work / f"s-{count}-{detector_name}-{fps}-{camera}",

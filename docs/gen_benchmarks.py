@@ -128,7 +128,7 @@ PAGES = {
         _contention),
     "store": Page(
         "Footage store: ingestion throughput and filtered queries",
-        "Ingestion: synthetic footage (`tbps synth-footage`, 2 cameras × 20 s at 10 fps, 640×360, 8 people) "
+        "Ingestion: synthetic footage (`tbps synth-footage`, 2 cameras × 60 s at 10 fps, 640×360, 16 people) "
         "ingested into a store with the demo bundle, with the footage's ground-truth boxes (the pipeline "
         "without a detector's cost) and with OpenCV's HOG, sampling 2 frames per second and every frame, at "
         "1 and 2 threads: frames/s, crops/s and HOG's recall at IoU ≥ 0.5. Queries: stores of 100,000 and "

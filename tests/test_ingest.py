@@ -383,3 +383,31 @@ def test_a_milvus_store_gives_the_local_stores_answers(footage, bundle, store, t
                                    "--detections", directory / "cam1.gt.txt", "--store",
                                    f"milvus-lite:{tmp_path / 'elsewhere.db'}/people", "-q"])
     assert_user_error(outside, "must be inside the gallery directory")
+
+
+def test_a_damaged_video_is_ingested_as_far_as_it_decodes(footage, bundle, tmp_path):
+    """Bytes in the middle of the video overwritten (a corrupt stretch): the frames around it still give rows;
+    a corrupt packet is skipped and counted, never a traceback."""
+    directory, _ = footage
+    damaged = tmp_path / "cam1.mp4"
+    data = bytearray((directory / "cam1.mp4").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 2000] = bytes(range(256)) * 7 + bytes(208)
+    damaged.write_bytes(bytes(data))
+    result = run(ingest_command, [damaged, "--gallery", tmp_path / "s", "--bundle", bundle, "--detections",
+                                  directory / "cam1.gt.txt", "--fps", 5, "--window", 1, "--json", "-q"])
+    assert result.exit_code in (0, 2), result.output
+    assert "Traceback" not in result.output
+    (report,) = json.loads(result.stdout)["sources"]
+    assert report["frames"] > 0 and len(LocalStore.open(tmp_path / "s")) > 0
+
+
+def test_a_detector_of_the_wrong_layout_is_one_error_line(footage, bundle, tmp_path):
+    from test_ingest_detectors import constant_graph
+
+    directory, _ = footage
+    graph = constant_graph(tmp_path / "seg.onnx", np.zeros((1, 7, 5, 3)), (640, 640))
+    result = run(ingest_command, [directory / "cam1.mp4", "--gallery", tmp_path / "s", "--bundle", bundle,
+                                  "--detector", graph, "-q"])
+    assert_user_error(result, "seg.onnx")
+    assert not (tmp_path / "s").exists()  # refused before the store was made

@@ -341,7 +341,8 @@ def fake_opencv(rects, margins, seen: list):
 
     return types.SimpleNamespace(
         __version__="4.99", HOGDescriptor=FakeHog, HOGDescriptor_getDefaultPeopleDetector=lambda: None,
-        INTER_LINEAR=1, resize=lambda image, size, interpolation: np.zeros((size[1], size[0], 3), np.uint8))
+        INTER_LINEAR=1, resize=lambda image, size, interpolation: np.zeros((size[1], size[0], 3), np.uint8),
+        setNumThreads=lambda n: seen.append(("threads", n)))
 
 
 def test_auto_upscale():
@@ -352,7 +353,8 @@ def test_auto_upscale():
 def test_hog_maps_windows_back_and_scores_margins(monkeypatch):
     seen = []
     monkeypatch.setitem(sys.modules, "cv2", fake_opencv([[40, 20, 64, 128], [300, 100, 64, 128]], [0.0, 2.0], seen))
-    detector = HogDetector()  # a 100 px high frame is upscaled 2x
+    detector = HogDetector(threads=1)  # a 100 px high frame is upscaled 2x
+    assert seen.pop(0) == ("threads", 1)  # OpenCV's pool follows --threads / the thread policy
     found = detector.detect(np.zeros((100, 200, 3), np.uint8), 0)
     assert seen[0][0] == (200, 400, 3)
     assert seen[0][1] == {"winStride": (8, 8), "padding": (8, 8), "scale": 1.05}
@@ -366,7 +368,7 @@ def test_hog_upscale_option_and_small_frames(monkeypatch):
     seen = []
     monkeypatch.setitem(sys.modules, "cv2", fake_opencv([[8, 8, 64, 128]], [1.0], seen))
     found = HogDetector(upscale=1.0).detect(np.zeros((300, 200, 3), np.uint8), 0)
-    assert seen[-1][0] == (300, 200, 3)
+    assert seen[-1][0] == (300, 200, 3) and seen[0][0] == "threads"
     assert_detections(found, [[17.6, 14.4, 62.4, 129.6]], [1 / (1 + np.exp(-1.0))])
     assert len(HogDetector(upscale=0.5).detect(np.zeros((200, 200, 3), np.uint8), 0)) == 0  # 100 px < 128
     for upscale in (0, -1, 5.0, True):

@@ -317,3 +317,11 @@ def test_a_hits_json_keeps_the_eq14_score_apart_from_the_detectors(store):
     document = hit.to_json()
     assert document["score"] == round(hit.score, 6) and document["detector_score"] == 0.9
     assert document["time_iso"] == "2026-03-02T14:00:00.000Z" and document["camera"] == "cam1"
+
+
+def test_deleting_a_source_forgets_its_ingest_progress(store):
+    rng = np.random.default_rng(15)
+    with store.writing():
+        store.append(rows(rng, 1), [record(0)], progress={"cam1.mp4": '{"frame": 3}', "cam2.mp4": '{"frame": 5}'})
+        store.delete(RowFilter(sources=("cam1.mp4",)), everything=True)
+    assert store.progress("cam1.mp4") is None and store.progress("cam2.mp4") == '{"frame": 5}'

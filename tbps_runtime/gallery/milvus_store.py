@@ -418,6 +418,8 @@ class MilvusStore:
             emptied = self._emptied_batches({int(row["batch"]) for row in doomed})
             if emptied:
                 _delete_meta(self._client, self._meta_name, [f"batch:{first}" for first in emptied])
+            if row_filter.sources:  # deleting a source by name means starting it over: forget its progress
+                _delete_meta(self._client, self._meta_name, [f"progress:{s}" for s in row_filter.sources])
         self._remove_crops(doomed, emptied, removal)
         return removal
 

@@ -1,2 +1,4 @@
-"""Footage into a store: decode video, detect and track people, keep the best crops per track
-(``detectors``: YOLO ONNX exports, OpenCV's HOG, or boxes from a MOT-challenge file)."""
+"""Footage into a store: ``sources`` (video files and streams through PyAV, frame folders; decoded
+on a worker thread), ``detectors`` (YOLO ONNX exports, OpenCV's HOG, or boxes from a MOT-challenge
+file), ``tracking`` (ByteTrack and the best crops per track), ``pipeline`` (window by window into
+a store, resumable) and ``reindex`` (a store's crops embedded again by another bundle)."""

@@ -361,6 +361,7 @@ class HogDetector:
     Args:
         upscale: resize factor applied before detecting (boxes are mapped back); default
             :func:`auto_upscale` of the frame's height. Below 1 shrinks large frames (faster).
+        threads: OpenCV's threads (process-wide; default: the thread policy, :mod:`tbps_runtime.threads`).
 
     Raises:
         ConfigError: OpenCV missing, or without HOG (OpenCV 5).
@@ -368,7 +369,8 @@ class HogDetector:
 
     name = "hog"
 
-    def __init__(self, *, min_score: float = 0.0, iou: float = 0.45, upscale: float | None = None):
+    def __init__(self, *, min_score: float = 0.0, iou: float = 0.45, upscale: float | None = None,
+                 threads: int | None = None):
         _check_fraction("min_score", min_score)
         _check_fraction("iou", iou)
         if upscale is not None and (isinstance(upscale, bool) or not isinstance(upscale, (int, float))
@@ -376,6 +378,9 @@ class HogDetector:
             raise ConfigError(f"upscale must be a number in (0, {HOG_MAX_UPSCALE:g}], got {upscale!r}")
         self.min_score, self.iou, self.upscale = float(min_score), float(iou), upscale
         self._cv2 = _opencv_with_hog()
+        # OpenCV's pool is process-wide and defaults to every core, busy or not: the same policy as the towers.
+        self.threads = choose_threads(threads).threads
+        self._cv2.setNumThreads(self.threads)
         self._hog = self._cv2.HOGDescriptor()
         self._hog.setSVMDetector(self._cv2.HOGDescriptor_getDefaultPeopleDetector())
         self._lock = threading.Lock()  # one HOGDescriptor: not documented as safe to share between threads
@@ -546,7 +551,7 @@ def open_detector(spec: str | None = None, *, detections: str | Path | None = No
         return FileDetections(detections, **scored)
     spec = "hog" if spec is None else str(spec)
     if spec.strip().lower() == "hog":
-        return HogDetector(**scored)
+        return HogDetector(threads=threads, **scored)
     if Path(spec).suffix.lower() == ".onnx":
         return YoloOnnxDetector(spec, threads=threads, **scored)
     raise ConfigError(f"unknown detector {spec!r}: use 'hog' or the path of a YOLO .onnx export")

@@ -89,7 +89,7 @@ def ingestion(bundle: Path, threads: list[int], quick: bool, work: Path) -> list
     cameras = ["cam1", "cam2"]
     out = []
     for count in threads:
-        encoder = Encoder.from_bundle(bundle, threads=count)
+        encoder = Encoder.from_bundle(bundle, threads=count, spinning=False)  # as tbps ingest
         for detector_name in ("ground truth", "hog"):
             for fps in (2.0, None):
                 frames = crops = 0

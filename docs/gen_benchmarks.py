@@ -77,6 +77,11 @@ def _store(r: dict[str, Any]) -> str:
     return store.to_markdown(r, r["machine"])
 
 
+def _milvus_recall(r: dict[str, Any]) -> str:
+    from benchmarks import milvus_recall
+    return milvus_recall.to_markdown(r, r["machine"])
+
+
 PAGES = {
     "towers": Page(
         "Tower latency: PyTorch eager, onnxruntime, int8",
@@ -136,6 +141,14 @@ PAGES = {
         "query, k = 10, for each filter; the same rows ranked as a plain gallery in the same run.",
         "python -m benchmarks.store --bundle runs/bench/m.bundle --out docs/benchmarks",
         _store),
+    "milvus_recall": Page(
+        "Milvus: exact and approximate search against the local store",
+        "Random per-slot-normalised rows of the demo bundle's K×d in a milvus-lite collection (the store's "
+        "Milvus layout: the flattened vector, inner product = Eq. 14): the exact FLAT search and each "
+        "approximate index milvus-lite builds (IVF_FLAT, IVF_SQ8, HNSW, HNSW_SQ) at a few search settings, "
+        "recall@10 against the exact top 10, one query per call; the local store and numpy on the same rows.",
+        "python -m benchmarks.milvus_recall --rows 100000 --out docs/benchmarks",
+        _milvus_recall),
 }
 
 

@@ -43,6 +43,16 @@ def test_onnxruntime_options_and_output(fake_bundle):
         backend.run(TEXT_TOWER, image_feeds())
 
 
+def test_spin_waiting_can_be_turned_off_for_processes_with_other_busy_threads(fake_bundle):
+    """tbps ingest decodes video on a thread beside the towers: its sessions never spin-wait."""
+    entry = "session.intra_op.allow_spinning"
+    quiet = OnnxRuntimeBackend(fake_bundle, load_manifest(fake_bundle), threads=2, spinning=False)
+    assert quiet.options.get_session_config_entry(entry) == "0"
+    pinned = OnnxRuntimeBackend(fake_bundle, load_manifest(fake_bundle), threads=2)  # --threads: onnxruntime's default
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # onnxruntime's default: spin
+        pinned.options.get_session_config_entry(entry)
+
+
 def test_unavailable_provider_is_refused(fake_bundle):
     with pytest.raises(ConfigError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
         OnnxRuntimeBackend(fake_bundle, load_manifest(fake_bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])

@@ -114,7 +114,7 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
                                                                    if existing is not None else ""))
     chosen = open_detector(detector, detections=detections, min_score=min_score, threads=threads)
     settings = IngestSettings(chosen.name, fps or None, camera, start_time, keep, window, batch_size)
-    encoder = Encoder.from_bundle(bundle, threads=threads)
+    encoder = Encoder.from_bundle(bundle, threads=threads, spinning=False)  # decoding runs beside it
     store = create_store(gallery_dir, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
                          embed_dim=encoder.slot_shape[1], bundle=bundle, milvus=milvus)
     store.check_bundle(encoder.fingerprint, bundle)

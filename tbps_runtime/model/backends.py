@@ -42,12 +42,13 @@ def files_for(backend: str, manifest: Manifest) -> list[str]:
 
 
 def create_backend(backend: str, directory: str | Path, manifest: Manifest, *, threads: int | None = None,
-                   providers: Sequence[str] | None = None, device: int = 0) -> Backend:
-    """A backend by name: ``"onnxruntime"`` (``threads``, ``providers``) or ``"tensorrt"`` (``device``)."""
+                   providers: Sequence[str] | None = None, device: int = 0, spinning: bool | None = None) -> Backend:
+    """A backend by name: ``"onnxruntime"`` (``threads``, ``providers``, ``spinning``) or ``"tensorrt"``
+    (``device``)."""
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be at least 1, got {threads}")
     if backend == "onnxruntime":
-        return OnnxRuntimeBackend(directory, manifest, threads=threads, providers=providers)
+        return OnnxRuntimeBackend(directory, manifest, threads=threads, providers=providers, spinning=spinning)
     if backend == "tensorrt":
         return TensorRTBackend(directory, manifest, device=device)
     raise ConfigError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -120,7 +121,7 @@ class OnnxRuntimeBackend:
     """
 
     def __init__(self, directory: str | Path, manifest: Manifest, *, threads: int | None = None,
-                 providers: Sequence[str] | None = None):
+                 providers: Sequence[str] | None = None, spinning: bool | None = None):
         import onnxruntime as ort
 
         self._ort = ort
@@ -138,8 +139,9 @@ class OnnxRuntimeBackend:
         self.threads = choose_threads(threads)
         self.options.intra_op_num_threads = self.threads.threads
         self.options.inter_op_num_threads = 1
-        if self.threads.adaptive and self.threads.threads < usable_cores():
-            # Others are busy: a thread that spin-waits between ops takes the core they need.
+        if spinning is False or spinning is None and self.threads.adaptive and self.threads.threads < usable_cores():
+            # Others are busy (or, spinning=False, this process has other work, e.g. a decoding thread):
+            # a thread that spin-waits between ops takes the core they need.
             self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()

@@ -48,7 +48,8 @@ class Encoder:
 
     @classmethod
     def from_bundle(cls, directory: str | Path, backend: str = "onnxruntime", threads: int | None = None,
-                    providers: Sequence[str] | None = None, device: int = 0) -> Encoder:
+                    providers: Sequence[str] | None = None, device: int = 0,
+                    spinning: bool | None = None) -> Encoder:
         """Load a bundle once, after checking the SHA-256 of every file the backend will read.
 
         Args:
@@ -57,6 +58,8 @@ class Encoder:
             threads: onnxruntime intra-op threads (default: the cores other processes leave idle).
             providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
             device: the CUDA device of the TensorRT backend.
+            spinning: whether onnxruntime's idle threads spin-wait (default: the thread policy's choice);
+                False when this process has other busy threads, e.g. video decoding.
         """
         directory = Path(directory)
         manifest = load_manifest(directory)
@@ -67,7 +70,8 @@ class Encoder:
             tokenizer_json = tokenizer_path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise BundleError(f"{tokenizer_path} is not UTF-8 text ({e}): re-export the bundle") from e
-        engine = create_backend(backend, directory, manifest, threads=threads, providers=providers, device=device)
+        engine = create_backend(backend, directory, manifest, threads=threads, providers=providers, device=device,
+                                spinning=spinning)
         return cls(directory, manifest, engine, tokenizer_json)
 
     @property

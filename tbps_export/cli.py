@@ -69,6 +69,9 @@ def _profile(allow_max: bool):
 @click.option("--calibrate-split", default=None, help="With --calibrate-dataset: the split the threshold is "
                                                     "measured on (default: val).")
 @rate_option(None, f" With --calibrate-dataset (default: {DEFAULT_FALSE_MATCH_RATE}).")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository of the towers to this directory "
+                   "(as tbps triton does, with its defaults).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @user_errors_exit_2
@@ -76,13 +79,15 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
                    trt_batch: tuple, trt_seq: tuple, trt_workspace_gib: float, trt_timing_cache: Path | None,
                    atol: float, explain: bool, int8: bool, calibration: Path | None, calibration_count: int,
                    calibrate_dataset: str | None, calibrate_root: Path | None, calibrate_split: str | None,
-                   false_match_rate: float | None, progress: bool, quiet: bool) -> None:
+                   false_match_rate: float | None, triton_dir: Path | None, progress: bool, quiet: bool) -> None:
     """Export a checkpoint to a bundle: ONNX towers checked against PyTorch,
-    tokenizer.json, manifest.json, and optionally TensorRT engines and the
-    calibrated score threshold."""
+    tokenizer.json, manifest.json, and optionally TensorRT engines, the
+    calibrated score threshold and a Triton model repository."""
     from tbps_export.bundle_writer import export_bundle
     from tbps_export.calibrate import check_false_match_rate, read_calibration_split
     from tbps_export.quantize import calibration_paths
+    from tbps_export.triton import check_output as check_triton_output
+    from tbps_export.triton import write_triton_repository
 
     quiet = setup_logging(quiet)
     if (calibrate_dataset is None) != (calibrate_root is None):
@@ -102,6 +107,8 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
     if missing:
         raise InputFileNotFoundError(f"--calibration: {len(missing)} of {len(crops)} crops not found, "
                                      f"e.g. {missing[0]}")
+    if triton_dir is not None:  # a --triton directory that is not ours to write is refused before the export
+        check_triton_output(triton_dir, force, output if output is not None else checkpoint.with_suffix(".bundle"))
     path = export_bundle(checkpoint, output, force=force, trt=trt, fp16=fp16, progress=progress and not quiet,
                          atol=atol, trt_batch=trt_batch, trt_seq=trt_seq, trt_workspace_gib=trt_workspace_gib,
                          trt_timing_cache=trt_timing_cache, explain=explain)
@@ -115,6 +122,8 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
     if calibrate_dataset is not None:
         _calibrate(bundles, calibrate_dataset, calibrate_root, calibrate_split, false_match_rate,
                    progress and not quiet)
+    if triton_dir is not None:  # from the float32 bundle, calibrated when asked (tbps.json carries the threshold)
+        click.echo(str(write_triton_repository(path, triton_dir, force=force)))
 
 
 def _calibrate(bundles: list[Path], dataset: str, root: Path, split: str, false_match_rate: float,

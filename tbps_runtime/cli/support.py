@@ -192,9 +192,10 @@ def set_verbosity(ctx: click.Context, verbose: int, quiet: int) -> None:
 def output_option(help: str, required: bool = True, file_okay: bool = True, dir_okay: bool = True,
                   default: Any = None, aliases: tuple[str, ...] = ()) -> Callable:
     """``-o/--output`` (older spellings in ``aliases`` keep working)."""
-    return click.option("-o", "--output", *aliases, "output", required=required, default=default,
-                        show_default=default is not None,
-                        type=click.Path(file_okay=file_okay, dir_okay=dir_okay), help=help)
+    # Only a real default is passed: click 8.5 reads an explicit default=None as "has a default", not required.
+    extra = {} if default is None else {"default": default, "show_default": True}
+    return click.option("-o", "--output", *aliases, "output", required=required,
+                        type=click.Path(file_okay=file_okay, dir_okay=dir_okay), help=help, **extra)
 
 
 def quiet_option(help: str = "Warnings only on stderr (no progress bars).") -> Callable:

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 import tbps_runtime.cli as group
 from cli_assertions import assert_user_error
 
-SUBCOMMANDS = ["ablate", "calibrate", "eval", "export", "gallery", "index", "ingest", "quickstart", "rank", "synth",
-               "synth-footage", "train", "trt-selfcheck"]
+SUBCOMMANDS = ["ablate", "calibrate", "eval", "export", "gallery", "index", "ingest", "quickstart", "rank", "serve",
+               "synth", "synth-footage", "train", "triton", "trt-selfcheck"]
 ALIASES = {"tbps-synth": "synth", "tbps-train": "train", "tbps-eval": "eval", "tbps-ablate": "ablate",
            "tbps-quickstart": "quickstart", "tbps-export": "export", "tbps-index": "index", "tbps-rank": "rank",
-           "tbps-ingest": "ingest", "tbps-synth-footage": "synth-footage"}
+           "tbps-ingest": "ingest", "tbps-synth-footage": "synth-footage", "tbps-serve": "serve"}
 
 
 def invoke(args):
@@ -81,7 +81,7 @@ def test_edge_install_lists_only_the_runtime(monkeypatch):
     """Without the [train]/[export] extras (no torch), only what the runtime can run is listed."""
     real = group._installed
     monkeypatch.setattr(group, "_installed", lambda name: name not in ("torch", "onnx") and real(name))
-    assert list(group.available_commands()) == ["gallery", "index", "ingest", "rank"]
+    assert list(group.available_commands()) == ["gallery", "index", "ingest", "rank", "serve"]
     assert invoke(["train", "--help"]).exit_code == 2  # not a command there
 
 
@@ -101,3 +101,8 @@ def test_group_quiet_silences_info_lines(tmp_path):
     quiet = invoke(["-q", "synth", "-o", tmp_path / "b", "--ids", 6, "--images-per-id", 1])
     assert loud.exit_code == quiet.exit_code == 0
     assert quiet.stderr.strip() == ""
+
+
+def test_a_missing_required_output_is_a_usage_error_not_a_traceback():
+    """click 8.5 treats an explicit default=None as a default: -o must stay required."""
+    assert_user_error(invoke(["synth"]), "Missing option '-o'")

@@ -411,3 +411,16 @@ def test_a_detector_of_the_wrong_layout_is_one_error_line(footage, bundle, tmp_p
                                   "--detector", graph, "-q"])
     assert_user_error(result, "seg.onnx")
     assert not (tmp_path / "s").exists()  # refused before the store was made
+
+
+def test_stream_credentials_never_reach_rows_progress_or_messages(bundle, tmp_path):
+    from tbps_runtime.ingest.sources import camera_name, source_name
+
+    assert source_name("rtsp://admin:hunter2@10.0.0.7:554/live?channel=1&token=abc") == \
+        "rtsp://10.0.0.7:554/live?channel=1"
+    assert source_name("foot/cam1.mp4") == "foot/cam1.mp4" and camera_name("rtsp://a:b@cam7/live") == "cam7/live"
+    (tmp_path / "none.txt").write_text("")
+    result = run(ingest_command, ["rtsp://admin:hunter2@127.0.0.1:9/live?token=s3cret", "--gallery", tmp_path / "s",
+                                  "--bundle", bundle, "--detections", tmp_path / "none.txt", "-q"])  # port 9: refused
+    assert_user_error(result, "cannot open rtsp://127.0.0.1:9/live")
+    assert "hunter2" not in result.output and "s3cret" not in result.output

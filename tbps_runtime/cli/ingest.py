@@ -99,7 +99,7 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
     if len(sources) > 1 and (camera or detections):
         raise ConfigError("--camera and --detections describe one source: give one source per command")
     start_time = None if start is None else parse_time(start, "--start")
-    from tbps_runtime.ingest.sources import is_stream
+    from tbps_runtime.ingest.sources import is_stream, source_name
 
     missing = [s for s in sources if not is_stream(s) and not Path(s).exists()]
     if missing:  # a typo fails before any work
@@ -124,7 +124,8 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
             try:
                 report = ingest_source(source, store, encoder, chosen, settings, progress=not quiet)
             except TbpsError as e:  # this source only: the others still run
-                failed.append(str(e) if source in str(e) else f"{printable(source)}: {e}")
+                name = source_name(source)
+                failed.append(str(e) if name in str(e) else f"{printable(name)}: {e}")
                 continue
             reports.append(report)
             if report.error:

@@ -23,7 +23,7 @@ from PIL import Image
 from tbps_runtime.errors import ConfigError, DataError
 from tbps_runtime.gallery.rows import CropRecord
 from tbps_runtime.ingest.detectors import Detector
-from tbps_runtime.ingest.sources import SourceError, camera_name, open_source
+from tbps_runtime.ingest.sources import SourceError, camera_name, open_source, source_name
 from tbps_runtime.ingest.tracking import Candidate, TrackKeeper
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def ingest_source(source: str, store: Any, embedder: ImageEmbedder, detector: De
     """
     started = time.perf_counter()
     camera = settings.camera or camera_name(source)
+    opened_as, source = source, source_name(source)  # rows, progress and messages never hold credentials
     report = SourceReport(source, camera)
     state = _saved_state(store, source)
     identity = settings.identity(camera)
@@ -109,7 +110,7 @@ def ingest_source(source: str, store: Any, embedder: ImageEmbedder, detector: De
         return report
     after = int(state["frame"]) if state is not None else -1
     report.resumed_after = after if after >= 0 else None
-    opened = open_source(source, settings.fps)
+    opened = open_source(opened_as, settings.fps)
     report.start_time = settings.start if settings.start is not None else opened.creation_time()
     if report.start_time is None:
         report.notes.append("no --start and no creation time in the file: its rows have no time (time filters "

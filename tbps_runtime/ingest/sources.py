@@ -50,6 +50,27 @@ def is_stream(source: str) -> bool:
     return source.lower().startswith(STREAM_SCHEMES)
 
 
+_SECRET_PARAMETERS = {"password", "passwd", "pass", "pwd", "token", "access_token", "key", "apikey", "api_key",
+                      "auth", "secret", "signature", "sig", "credential", "credentials"}
+
+
+def source_name(source: str) -> str:
+    """How a source is recorded and reported: a stream's URL without credentials (``user:pass@`` and
+    query parameters such as ``token=``); a file's or folder's path as given."""
+    if not is_stream(source):
+        return source
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(source)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                           if k.lower() not in _SECRET_PARAMETERS])
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:  # not a parseable URL: keep only what precedes any credentials
+        return source.split("://", 1)[0] + "://" + source.split("@")[-1].split("?")[0]
+
+
 def camera_name(source: str) -> str:
     """The default camera name of a source: a file's or folder's name without suffix, a stream's host and path."""
     if is_stream(source):
@@ -68,7 +89,8 @@ class VideoSource:
     """A video file or a stream, opened with PyAV."""
 
     def __init__(self, source: str):
-        self.source = source
+        self.source = source_name(source)  # in messages and records: never a stream's credentials
+        self._raw = source
         self.stream_input = is_stream(source)
         if not self.stream_input and not Path(source).is_file():
             raise InputFileNotFoundError(f"no such video: {source}")
@@ -77,10 +99,10 @@ class VideoSource:
         try:
             self._container = av.open(source, options=options, timeout=(_OPEN_TIMEOUT_S, _READ_TIMEOUT_S))
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise SourceError(f"cannot open {source}: {_reason(e)}") from None
+            raise SourceError(f"cannot open {self.source}: {_reason(e, source, self.source)}") from None
         if not self._container.streams.video:
             self._container.close()
-            raise SourceError(f"{source} has no video stream")
+            raise SourceError(f"{self.source} has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self.opened_at = time.time()
@@ -138,7 +160,7 @@ class VideoSource:
                         continue
                     yield Frame(index, offset, frame.to_ndarray(format="rgb24"))
         except (av.FFmpegError, OSError) as e:
-            raise SourceError(f"{self.source} failed after frame {index}: {_reason(e)}") from None
+            raise SourceError(f"{self.source} failed after frame {index}: {_reason(e, self._raw, self.source)}") from None
         finally:
             if corrupt:
                 logger.warning("%s: %d corrupt packet(s) skipped", self.source, corrupt)
@@ -247,8 +269,13 @@ def _import_av() -> Any:
     return av
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException, raw: str | None = None, name: str | None = None) -> str:
+    """The first line of an FFmpeg error, with the source as recorded (FFmpeg quotes the URL it was given:
+    credentials and all)."""
     text = str(error).strip() or type(error).__name__
+    if raw and name:
+        text = text.replace(raw, name)
+    text = re.sub(r"//[^/@\s'\"]*@", "//", text)  # any other user:password@
     return text.splitlines()[0][:300]
 
 

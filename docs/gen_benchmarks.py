@@ -82,6 +82,11 @@ def _milvus_recall(r: dict[str, Any]) -> str:
     return milvus_recall.to_markdown(r, r["machine"])
 
 
+def _serve(r: dict[str, Any]) -> str:
+    from benchmarks import serve
+    return serve.to_markdown(r, r["machine"])
+
+
 PAGES = {
     "towers": Page(
         "Tower latency: PyTorch eager, onnxruntime, int8",
@@ -149,6 +154,15 @@ PAGES = {
         "recall@10 against the exact top 10, one query per call; the local store and numpy on the same rows.",
         "python -m benchmarks.milvus_recall --rows 100000 --out docs/benchmarks",
         _milvus_recall),
+    "serve": Page(
+        "Search service under load",
+        "`tbps serve` started as its own process on 127.0.0.1 over the quickstart's gallery (800 rows) with the "
+        "demo bundle; 1, 8 and 32 concurrent clients (asyncio + httpx on the same machine) send a fixed count of "
+        "`/search` requests, every one a different caption; throughput, p50/p99 latency and errors per level, "
+        "and from the server's /metrics the queries per text-tower call. One more level: one client against a "
+        "server with no batching window.",
+        "python -m benchmarks.serve --bundle runs/bench/m.bundle --gallery runs/bench/g.npy --out docs/benchmarks",
+        _serve),
 }
 
 

@@ -573,8 +573,12 @@ def test_32_concurrent_requests_each_get_their_own_answer(plain, fake_bundle):
 
 def test_batcher_groups_equal_keys_into_one_ranking_call_and_isolates_failures():
     embedded, ranked = [], []
+    started, gate = threading.Event(), threading.Event()
 
     def embed(texts):
+        if texts == ["blocker"]:
+            started.set()
+            gate.wait(5)
         embedded.append(list(texts))
         if "boom" in texts:
             raise ValueError("boom")
@@ -585,11 +589,15 @@ def test_batcher_groups_equal_keys_into_one_ranking_call_and_isolates_failures()
         return [f"rank:{int(v)}" for v in embeddings[:, 0, 0]]
 
     batcher = QueryBatcher(embed, window_s=0.2, max_batch=8)
+    blocker = batcher.submit(["blocker"])  # holds the tower while the next requests queue up
+    assert started.wait(5)
     futures = [batcher.submit(["a"], rank, key="k1"), batcher.submit(["bb", "ccc"], rank, key="k1"),
                batcher.submit(["dddd"], rank, key="k2"), batcher.submit(["eeeee"])]
+    gate.set()
+    blocker.result(5)
     assert [f.result(5) for f in futures[:3]] == [["rank:1"], ["rank:2", "rank:3"], ["rank:4"]]
     np.testing.assert_array_equal(futures[3].result(5), [[[5.0]]])
-    assert embedded == [["a", "bb", "ccc", "dddd", "eeeee"]]  # one tower call
+    assert embedded == [["blocker"], ["a", "bb", "ccc", "dddd", "eeeee"]]  # one tower call for the four
     assert sorted(ranked) == [[1.0, 2.0, 3.0], [4.0]]  # one ranking per key
     # a failing embedding is retried request by request: only its own request fails
     embedded.clear()
@@ -597,6 +605,14 @@ def test_batcher_groups_equal_keys_into_one_ranking_call_and_isolates_failures()
     assert good.result(5).shape == (1, 1, 1)
     with pytest.raises(ValueError, match="boom"):
         bad.result(5)
+    batcher.close()
+
+
+def test_a_lone_request_does_not_wait_for_the_window():
+    """No other request open: the batcher embeds at once (a 60 s window would otherwise time this out)."""
+    batcher = QueryBatcher(lambda texts: np.zeros((len(texts), 1, 1), np.float32), window_s=60.0, max_batch=8)
+    for _ in range(3):
+        assert batcher.submit(["alone"]).result(10).shape == (1, 1, 1)
     batcher.close()
 
 

@@ -6,7 +6,9 @@ coroutine). One worker thread takes the first waiting request, then collects
 more for up to ``window_s`` after it arrived, or until ``max_batch`` queries,
 embeds all their captions in ONE call, and hands each request its own rows.
 While a call runs, requests queue up and form the next batch at once: under load
-the batch grows by itself, idle the wait is at most the window.
+the batch grows by itself. The window is only waited for when other requests are
+still open (submitted, not yet answered): a lone client never waits for company
+that is not coming.
 
 A request may also pass ``then``, a function of its (q, K, d) embeddings that
 returns one result per query (the ranking), and a hashable ``key``: requests of
@@ -62,10 +64,14 @@ class QueryBatcher:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # the running worker's
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._open = 0  # submitted requests whose futures are not done yet
 
     def submit(self, texts: Sequence[str], then: Then | None = None, key: Hashable | None = None) -> Future:
         """Queue ``texts``; the future's result is their (q, K, d) embeddings, or ``then`` of them."""
         job = _Job(list(texts), then, key)
+        with self._lock:
+            self._open += 1
+        job.future.add_done_callback(self._closed)
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._queue = queue.SimpleQueue()
@@ -74,6 +80,10 @@ class QueryBatcher:
                 self._thread.start()
             self._queue.put(job)
         return job.future
+
+    def _closed(self, _: Future) -> None:
+        with self._lock:
+            self._open -= 1
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Finish the queued requests and stop the worker thread (a later submit starts a new one)."""
@@ -103,7 +113,9 @@ class QueryBatcher:
         batch, count = [first], len(first.texts)
         deadline = first.arrived + self._window
         while count < self._max_batch:
-            wait = deadline - time.monotonic()
+            with self._lock:
+                alone = self._open <= len(batch)  # nobody else is waiting for an answer: do not wait either
+            wait = 0.0 if alone else deadline - time.monotonic()
             try:
                 job = jobs.get(timeout=wait) if wait > 0 else jobs.get_nowait()
             except queue.Empty:

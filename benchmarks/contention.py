@@ -29,16 +29,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from benchmarks.common import (
-    fmt, load_average, machine, machine_line, markdown_table, summarize, time_blocks, write_results,
+    fmt, load_average, machine, machine_line, markdown_table, time_blocks, write_results,
 )
 from benchmarks.query_latency import QUERY
 from benchmarks.towers import TEXT_LENGTH

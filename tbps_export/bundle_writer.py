@@ -38,7 +38,7 @@ from tbps_runtime.machine import cpu_model
 from tbps_runtime.model.bundle import Manifest, sha256_file, write_manifest
 from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
 from tbps_runtime.model.tokenizer import load_tokenizer
-from tbps_runtime.outputs import check_writable
+from tbps_runtime.outputs import check_writable, replace_directory
 from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
 from tbps_train.config import ModelConfig
 from tbps_train.model import TextBasedPersonSearch
@@ -302,17 +302,5 @@ def _publish_permissions(directory: Path) -> None:
 
 def _place(staging: Path, output: Path, force: bool) -> None:
     """Rename the finished bundle into place; an old bundle (``--force``) is moved aside first."""
-    old = None
     _refuse_existing(output, force)  # again: something may have appeared there during the export
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-        os.replace(output, old / output.name)
-    try:
-        os.replace(staging, output)
-    except OSError:
-        if old is not None:
-            os.replace(old / output.name, output)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    replace_directory(staging, output)

@@ -37,6 +37,7 @@ from tbps_runtime.cli.support import TbpsCommand, quiet_option, setup_logging, u
 from tbps_runtime.contract import MANIFEST_FILE, TOKENIZER_FILE, TOWERS, TensorSpec, TowerSpec
 from tbps_runtime.errors import BundleError, ConfigError, ExportError, OutputError
 from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, sha256_file, verify_files
+from tbps_runtime.outputs import replace_directory
 from tbps_runtime.paths import resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -348,19 +349,7 @@ def _publish_permissions(directory: Path) -> None:
 def _place(staging: Path, output: Path, force: bool, bundle: Path) -> None:
     """Rename the finished repository into place; an old one (``force``) is moved aside first, then removed."""
     check_output(output, force, bundle)  # again: something may have appeared there meanwhile
-    old = None
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-        os.replace(output, old / output.name)
-    try:
-        os.replace(staging, output)
-    except OSError:
-        if old is not None:
-            os.replace(old / output.name, output)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    replace_directory(staging, output)
 
 
 # ---- validation --------------------------------------------------------------

@@ -278,3 +278,23 @@ def check_writable(output: str | Path, what: str = "the output") -> None:
     except OSError as e:
         raise OutputError(f"cannot write {what} {output}: {ancestor} is not writable ({e.strerror}); "
                           "choose another path or fix its permissions") from e
+
+
+def replace_directory(staging: str | Path, output: str | Path) -> None:
+    """Rename the finished directory ``staging`` to ``output`` (same file system). An existing ``output`` is
+    first moved aside, restored if the rename fails, and removed only once the new one is in place: a
+    reader sees the old directory or the new one, never neither half-way."""
+    staging, output = Path(staging), Path(output)
+    old = None
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+        os.replace(output, old / output.name)
+    try:
+        os.replace(staging, output)
+    except OSError:
+        if old is not None:
+            os.replace(old / output.name, output)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

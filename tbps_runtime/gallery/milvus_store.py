@@ -38,9 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
-import uuid
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,16 +48,15 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, OutputError
+from tbps_runtime.gallery.crops import CROPS, CropFolders, remove_file, remove_tree, tree_bytes
 from tbps_runtime.gallery.rows import CropRecord, Removal, RowFilter, StoreHit, format_time
 from tbps_runtime.gallery.store import STORE_FORMAT, STORE_VERSION
 from tbps_runtime.outputs import output_lock
-from tbps_runtime.paths import resolve_inside
 from tbps_runtime.ranking import normalize_slots
 
 logger = logging.getLogger(__name__)
 
 META_SUFFIX = "__meta"
-CROPS = "crops"
 WRITER = ".milvus-writer"  # the lock file's name in the store directory
 TOPK_LIMIT = 16384  # Milvus's largest topk and query page
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -172,7 +169,7 @@ def float_literal(value: float) -> str:
 
 # -- the store ------------------------------------------------------------------------------------------
 
-class MilvusStore:
+class MilvusStore(CropFolders):
     """A store in a Milvus collection (see the module's description), with LocalStore's methods.
 
     One writer at a time: :meth:`writing` takes a file lock in ``directory``, which serialises writers on
@@ -312,13 +309,6 @@ class MilvusStore:
             self._sweep()
             yield self
 
-    def new_batch(self) -> tuple[str, Path]:
-        """A fresh crop folder for the next :meth:`append`: (its name relative to the store, its path)."""
-        name = f"{CROPS}/{uuid.uuid4().hex}"
-        path = self.directory / name
-        path.mkdir(parents=True)
-        return name, path
-
     def append(self, embeddings: np.ndarray, records: Sequence[CropRecord], *, crops: str | None = None,
                progress: dict[str, str] | None = None) -> np.ndarray:
         """Add rows: ``embeddings`` (n, K, d) float32, normalised per slot, and one record each.
@@ -432,14 +422,14 @@ class MilvusStore:
         for row in doomed:
             crop = row.get("crop")
             if crop and crop.rsplit("/", 1)[0] not in emptied_crops:
-                removal.bytes += _remove(self._inside(crop))
+                removal.bytes += remove_file(self._inside(crop))
                 removal.crops += 1
         for crops in emptied.values():
             removal.segments += 1
             if crops:
                 folder = self._inside(crops)
                 removal.crops += sum(1 for _ in folder.glob("*")) if folder.is_dir() else 0
-                removal.bytes += _remove_tree(folder)
+                removal.bytes += remove_tree(folder)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -495,10 +485,6 @@ class MilvusStore:
             out[i] = np.asarray(found[int(row)], dtype=np.float32).reshape(self.slot_shape)
         return out
 
-    def crop_path(self, crop: str) -> Path:
-        """The file of a record's ``crop`` (checked to stay inside the store directory)."""
-        return self._inside(crop)
-
     def info(self) -> dict[str, Any]:
         """Rows, tracks, cameras (rows and time span each), sources, appends ("segments") and bytes: the
         crops' plus, for milvus-lite, its data directory's. Reads every row's metadata (not vectors)."""
@@ -520,10 +506,10 @@ class MilvusStore:
                         times.append(row["time"])
                         entry["times"].append(row["time"])
             segments = len(self._batches())
-        size = _tree_bytes(self.directory)
+        size = tree_bytes(self.directory)
         lite = Path(self.uri)
         if not self.uri.startswith(("http://", "https://")) and self.directory.resolve() not in lite.resolve().parents:
-            size += _tree_bytes(lite)
+            size += tree_bytes(lite)
         return {"store": self.location, "fingerprint": self.fingerprint, "bundle": self.bundle,
                 "rows": rows, "tracks": len(tracks), "sources": len(sources), "segments": segments,
                 "first": _iso(min(times, default=None)), "last": _iso(max(times, default=None)),
@@ -652,7 +638,7 @@ class MilvusStore:
         try:
             self._client.delete(self.collection, filter=f"batch == {first}")
             if crops:
-                _remove_tree(self._inside(crops))
+                remove_tree(self._inside(crops))
             _delete_meta(self._client, self._meta_name, [f"batch:{first}"])
         except Exception as e:  # the next writer's sweep retries
             logger.warning("could not remove the incomplete append at row %d of %s (%s)", first, self.location, e)
@@ -670,10 +656,7 @@ class MilvusStore:
         for entry in base.iterdir() if base.is_dir() else ():
             if f"{CROPS}/{entry.name}" not in known and not entry.name.startswith(".tmp"):
                 logger.info("removing %s: left by an interrupted run, never registered", entry)
-                _remove_tree(entry) if entry.is_dir() else _remove(entry)
-
-    def _inside(self, name: str) -> Path:
-        return resolve_inside(self.directory, name, f"{self.location}: a row's crop")
+                remove_tree(entry) if entry.is_dir() else remove_file(entry)
 
     def _errors(self, what: str):
         return _milvus_errors(self.location, what)
@@ -864,25 +847,6 @@ def _best_per_track(hits: list[tuple[float, int, int | None]]) -> list[tuple[flo
 
 def _iso(seconds: float | None) -> str | None:
     return None if seconds is None else format_time(seconds)
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
-
-
-def _remove(path: Path) -> int:
-    try:
-        size = path.stat().st_size
-        path.unlink()
-        return size
-    except FileNotFoundError:
-        return 0
-
-
-def _remove_tree(path: Path) -> int:
-    size = _tree_bytes(path)
-    shutil.rmtree(path, ignore_errors=True)
-    return size
 
 
 __all__ = ["MilvusStore", "check_collection_name", "filter_expression", "float_literal", "parse_store_uri",

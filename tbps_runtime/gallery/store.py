@@ -22,7 +22,6 @@ Row ids are never reused, also after deletions.
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 import threading
 import time
@@ -35,9 +34,9 @@ import numpy as np
 
 from tbps_runtime.atomic import atomic_write
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError, OutputError
+from tbps_runtime.gallery.crops import CROPS, CropFolders, remove_file, remove_tree
 from tbps_runtime.gallery.rows import CropRecord, Removal, RowFilter, StoreHit, format_time
 from tbps_runtime.outputs import ensure_space, output_lock
-from tbps_runtime.paths import resolve_inside
 from tbps_runtime.ranking import merge_top_k, similarity, top_k
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ STORE_FORMAT = "tbps-store"
 STORE_VERSION = 1
 CATALOG = "store.sqlite"
 SEGMENTS = "segments"
-CROPS = "crops"
 _BUSY_MS = 30_000  # how long a statement waits for another process's write transaction
 _ROW_COLUMNS = ("source", "camera", "time", "offset_s", "frame", "x0", "y0", "x1", "y1", "score", "track",
                 "crop", "identity")
@@ -73,7 +71,7 @@ def is_store(path: str | Path) -> bool:
     return (Path(path) / CATALOG).is_file()
 
 
-class LocalStore:
+class LocalStore(CropFolders):
     """A store directory (see the module's description). Thread-safe: each call opens its own
     SQLite connection; memory maps of segments are shared."""
 
@@ -174,13 +172,6 @@ class LocalStore:
         with output_lock(self.directory / CATALOG, what):
             self._sweep()
             yield self
-
-    def new_batch(self) -> tuple[str, Path]:
-        """A fresh crop folder for the next :meth:`append`: (its name relative to the store, its path)."""
-        name = f"{CROPS}/{uuid.uuid4().hex}"
-        path = self.directory / name
-        path.mkdir(parents=True)
-        return name, path
 
     def append(self, embeddings: np.ndarray, records: Sequence[CropRecord], *, crops: str | None = None,
                progress: dict[str, str] | None = None) -> np.ndarray:
@@ -287,15 +278,15 @@ class LocalStore:
         emptied_crops = {crops for _, _, crops in emptied if crops}
         for _, _, _, crop in doomed:
             if crop and crop.rsplit("/", 1)[0] not in emptied_crops:
-                removal.bytes += _remove(self._inside(crop))
+                removal.bytes += remove_file(self._inside(crop))
                 removal.crops += 1
         for _, file, crops in emptied:
-            removal.bytes += _remove(self._inside(file))
+            removal.bytes += remove_file(self._inside(file))
             removal.segments += 1
             if crops:
                 folder = self._inside(crops)
                 removal.crops += sum(1 for _ in folder.glob("*")) if folder.is_dir() else 0
-                removal.bytes += _remove_tree(folder)
+                removal.bytes += remove_tree(folder)
         with self._maps_lock:
             for _, file, _ in emptied:
                 self._maps.pop(file, None)
@@ -389,10 +380,6 @@ class LocalStore:
         with self._read() as db:
             return dict(db.execute("SELECT key, state FROM sources"))
 
-    def crop_path(self, crop: str) -> Path:
-        """The file of a record's ``crop`` (checked to stay inside the store)."""
-        return self._inside(crop)
-
     def info(self) -> dict[str, Any]:
         """Rows, tracks, cameras (rows and time span each), sources, segments and bytes on disk."""
         with self._read() as db:
@@ -485,9 +472,6 @@ class LocalStore:
                 self._maps[file] = array
             return array
 
-    def _inside(self, name: str) -> Path:
-        return resolve_inside(self.directory, name, f"{self.directory / CATALOG}")
-
     def _sweep(self) -> None:
         """Remove segment files and crop folders that no segment row names (a crashed writer's)."""
         with self._read() as db:
@@ -500,7 +484,7 @@ class LocalStore:
                 name = f"{folder}/{entry.name}"
                 if name not in known and not entry.name.startswith(".tmp"):
                     logger.info("removing %s: left by an interrupted run, never registered", entry)
-                    _remove_tree(entry) if entry.is_dir() else _remove(entry)
+                    remove_tree(entry) if entry.is_dir() else remove_file(entry)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -562,21 +546,6 @@ def _ints(cursor: sqlite3.Cursor) -> np.ndarray:
 
 def _iso(seconds: float | None) -> str | None:
     return None if seconds is None else format_time(seconds)
-
-
-def _remove(path: Path) -> int:
-    try:
-        size = path.stat().st_size
-        path.unlink()
-        return size
-    except FileNotFoundError:
-        return 0
-
-
-def _remove_tree(path: Path) -> int:
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
-    shutil.rmtree(path, ignore_errors=True)
-    return size
 
 
 __all__ = ["CATALOG", "LocalStore", "is_store", "STORE_FORMAT", "STORE_VERSION"]

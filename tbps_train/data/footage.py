@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from tbps_runtime.atomic import atomic_write_text, read_json, write_json_atomic
 from tbps_runtime.errors import ConfigError, OutputError
-from tbps_runtime.outputs import ensure_space
+from tbps_runtime.outputs import ensure_space, replace_directory
 from tbps_train.data.synth import SKIN_TONES, Person, SynthConfig, _caption, _draw_person, _Frame, _pick, \
     _sample_people
 
@@ -268,15 +268,9 @@ def _check_replaceable(out: Path) -> None:
 
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished ``tmp`` to ``out``; an old ``out`` is removed only once the new one is complete."""
-    old = None
     if out.is_dir() and any(out.iterdir()):
         _check_replaceable(out)  # again: it may have changed while we rendered
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "d")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_directory(tmp, out)
 
 
 # ---------------------------------------------------------------- people

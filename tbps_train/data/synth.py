@@ -35,7 +35,7 @@ from tqdm import tqdm
 from tbps_train.config import DEFAULT_IDS
 from tbps_runtime.atomic import read_json
 from tbps_runtime.errors import ConfigError, DataError
-from tbps_runtime.outputs import ensure_space
+from tbps_runtime.outputs import ensure_space, replace_directory
 
 __all__ = ["MARKER", "PALETTE", "SynthConfig", "generate"]
 log = logging.getLogger(__name__)
@@ -560,15 +560,9 @@ def _foreign_entry(out: Path) -> str | None:
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished ``tmp`` to ``out``, replacing an old ``out`` only after it is complete
     (and only if it still holds nothing but a dataset this module wrote)."""
-    old = None
     if out.is_dir() and any(out.iterdir()):
         _check_replaceable(out)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "d")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_directory(tmp, out)
 
 
 def _tokens(text: str) -> list[str]:

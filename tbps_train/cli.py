@@ -21,7 +21,11 @@ from tbps_train.config import DEFAULT_IDS, PRESETS, RunConfig, apply_overrides, 
 
 logger = logging.getLogger(__name__)
 
-DATASET_CHOICE = click.Choice(["cuhk-pedes", "icfg-pedes", "rstpreid"])
+DATASET_CHOICE = click.Choice(["cuhk-pedes", "icfg-pedes", "rstpreid", "csv"])  # tbps_train.data.readers.DATASETS
+_DATASET_HELP = ("The annotations' layout: cuhk-pedes, icfg-pedes or rstpreid (the benchmarks' files), or csv "
+                 "(your own captions: one row per image, person_id, caption[, split, camera]).")
+_ROOT_HELP = ("Dataset root directory; for csv, the .csv or .jsonl file, or the folder holding annotations.csv "
+              "or annotations.jsonl (image paths are relative to its folder).")
 
 
 def _quiet_libraries() -> None:
@@ -102,8 +106,8 @@ _TRAIN_THREADS_HELP = ("PyTorch intra-op threads (default: the cores other proce
 def _training_options(command):
     """Options shared by tbps-train and tbps-ablate."""
     options = [
-        click.option("--dataset", required=True, type=DATASET_CHOICE),
-        click.option("--root", required=True, type=click.Path(), help="Dataset root directory."),
+        click.option("--dataset", required=True, type=DATASET_CHOICE, help=_DATASET_HELP),
+        click.option("--root", required=True, type=click.Path(), help=_ROOT_HELP),
         click.option("--preset", default="demo", show_default=True, type=click.Choice(PRESETS)),
         click.option("--epochs", type=click.IntRange(min=1)),
         click.option("--batch-size", type=click.IntRange(min=2)),
@@ -193,8 +197,8 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
 
 @click.command(cls=TbpsCommand)
 @click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by tbps-train.")
-@click.option("--dataset", required=True, type=DATASET_CHOICE)
-@click.option("--root", required=True, type=click.Path())
+@click.option("--dataset", required=True, type=DATASET_CHOICE, help=_DATASET_HELP)
+@click.option("--root", required=True, type=click.Path(), help=_ROOT_HELP)
 @click.option("--split", default="test", show_default=True)
 @device_option()
 @threads_option("PyTorch intra-op threads (default: the cores other processes leave idle).")

@@ -27,7 +27,7 @@ from tbps_train.config import RunConfig, apply_overrides
 from tbps_train.data.pipeline import (
     CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally, random_flips,
 )
-from tbps_train.data.readers import dataset_splits, read_split
+from tbps_train.data.readers import has_split, read_split
 from tbps_train.distributed import Distributed
 from tbps_train.evaluate import evaluate
 from tbps_train.losses import Gather, compute_losses
@@ -227,7 +227,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         self.tokenizer = load_tokenizer(self.tokenizer_json, self.config.model.max_text_length)
-        self.val_records = read_split(dataset, self.root, "val") if "val" in dataset_splits(dataset) else None
+        self.val_records = read_split(dataset, self.root, "val") if has_split(dataset, self.root, "val") else None
         self.text_cache = self._text_cache() if self.config.train.cache_text else None
         if self.distributed.enabled:
             logger.info("data parallel: %d processes, global batch %d", self.distributed.world_size,

@@ -17,6 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ANNOTATION = {"cuhk-pedes": "reid_raw.json", "icfg-pedes": "ICFG-PEDES.json", "rstpreid": "data_captions.json"}
 # dataset -> split -> (records, identities)
 EXPECTED = {
+    "csv": {"train": (4, {0, 1}), "val": (2, {2}), "test": (2, {3, 4})},
     "cuhk-pedes": {"train": (6, {1, 2, 3}), "val": (2, {11004}), "test": (4, {12004, 12005})},
     "icfg-pedes": {"train": (6, {1, 2, 3}), "test": (6, {27, 28, 29})},
     "rstpreid": {"train": (6, {0, 1, 2}), "val": (2, {3}), "test": (4, {4, 5})},
@@ -39,7 +40,7 @@ def _write(root: Path, dataset: str, entries) -> None:
 
 # ---------------------------------------------------------------- good input
 def test_datasets_and_splits():
-    assert DATASETS == ("cuhk-pedes", "icfg-pedes", "rstpreid")
+    assert DATASETS == ("cuhk-pedes", "icfg-pedes", "rstpreid", "csv")
     assert dataset_splits("cuhk-pedes") == ("train", "val", "test")
     assert dataset_splits("icfg-pedes") == ("train", "test")
     assert dataset_splits("rstpreid") == ("train", "val", "test")

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 import tbps_runtime.cli as group
 from cli_assertions import assert_user_error
 
-SUBCOMMANDS = ["ablate", "calibrate", "eval", "export", "gallery", "index", "ingest", "quickstart", "rank", "serve",
-               "synth", "synth-footage", "train", "triton", "trt-selfcheck"]
+SUBCOMMANDS = ["ablate", "calibrate", "data", "eval", "export", "gallery", "index", "ingest", "quickstart", "rank",
+               "serve", "synth", "synth-footage", "train", "triton", "trt-selfcheck"]
 ALIASES = {"tbps-synth": "synth", "tbps-train": "train", "tbps-eval": "eval", "tbps-ablate": "ablate",
            "tbps-quickstart": "quickstart", "tbps-export": "export", "tbps-index": "index", "tbps-rank": "rank",
            "tbps-ingest": "ingest", "tbps-synth-footage": "synth-footage", "tbps-serve": "serve"}

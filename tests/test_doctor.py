@@ -527,10 +527,10 @@ def test_command_user_errors_are_one_line(args, fragment):
     assert_user_error(run_check(*args), fragment)
 
 
-@pytest.mark.skipif(set(DATASETS) <= set(doctor.ADAPTERS), reason="every dataset has an adapter")
-def test_a_dataset_without_an_adapter_is_one_line(root):
-    missing = sorted(set(DATASETS) - set(doctor.ADAPTERS))[0]
-    assert_user_error(run_check("--dataset", missing, "--root", root), "has no adapter")
+def test_every_dataset_has_an_adapter_and_one_without_is_one_line(root, monkeypatch):
+    assert set(DATASETS) == set(doctor.ADAPTERS)
+    monkeypatch.delitem(doctor.ADAPTERS, "csv")
+    assert_user_error(run_check("--dataset", "csv", "--root", root), "has no adapter")
 
 
 # ---------------------------------------------------------------- fuzzing: it reports, it never crashes
@@ -553,3 +553,48 @@ def test_fuzzed_annotations_are_reported_never_raised(tmp_path, annotation):
     assert report.status in (CLEAN, WARNINGS, UNUSABLE)
     json.dumps(report.to_json())
     assert format_report(report).splitlines()[-1].startswith("verdict: ")
+
+
+# ---------------------------------------------------------------- your own data (--dataset csv)
+def write_csv(folder: Path, rows: list[str], images: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in images:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(png_bytes())
+    path = folder / "annotations.csv"
+    path.write_text("image,person_id,caption,split\n" + "".join(row + "\n" for row in rows))
+    return path
+
+
+def test_a_csv_dataset_is_checked_like_the_benchmarks(tmp_path):
+    rows = ["a.png,ann,a woman in red,train", "b.png,bob,a man in blue,train", "c.png,cid,a man in green,test",
+            "d.png,ann,a woman in red,test"]
+    path = write_csv(tmp_path / "mine", rows, ["a.png", "b.png", "c.png", "d.png"])
+    report = check(path, "csv", published={})
+    assert report.status == 1 and codes(report) == ["shared-identity", "split-empty"]  # ann: train and test
+    assert only(report, "split-empty").severity == "warning"  # no val rows: training runs without validation
+    assert report.annotation["file"] == "annotations.csv"
+    (path.parent / "c.png").unlink()
+    assert "missing-images" in codes(report := check(path.parent, "csv", published={})) and report.status == 2
+    assert not list(path.parent.glob("*.splits.json"))  # the doctor never records splits
+
+
+def test_a_csv_without_splits_is_checked_with_the_splits_training_would_make(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    lines = ["image,person_id,caption"]
+    for i in range(12):
+        (folder / f"{i}.png").write_bytes(png_bytes())
+        lines.append(f"{i}.png,p{i // 2},a person number {i}")
+    (folder / "annotations.csv").write_text("\n".join(lines) + "\n")
+    report = check(folder, "csv", published={})
+    assert report.status == 0, format_report(report)
+    assert sum(report.splits[s]["images"] for s in report.splits) == 12
+    assert not list(folder.glob("*.splits.json"))
+
+
+def test_a_bad_csv_row_is_the_reports_error(tmp_path):
+    path = write_csv(tmp_path / "mine", ["a.png,ann,a woman,train", "../x.png,bob,a man,train"], ["a.png"])
+    report = check(path, "csv", published={})
+    assert report.status == 2 and codes(report) == ["annotation-unreadable"]
+    assert "line 3" in report.problems[0].message

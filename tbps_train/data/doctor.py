@@ -137,12 +137,57 @@ class JsonListAdapter:
         return entries, bad
 
 
+@dataclass(frozen=True)
+class CsvAdapter:
+    """Your own data (``--dataset csv``): one row per (image, person_id, caption[, split, camera]), read by the
+    reader itself, which stops at the first bad row (that row is the report's error). Without a split
+    column, the splits are the recorded ones (``<file>.splits.json``) when they are of this very file, else
+    the ones training would make (seed 0); the doctor never writes them."""
+
+    title: str = "your CSV/JSON Lines dataset"
+    expected: str = "annotations.csv or annotations.jsonl (or the file itself as --root)"
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def annotation_path(self, root: Path) -> Path | None:
+        from tbps_train.data import readers
+
+        try:
+            return readers._locate_csv(root)
+        except InputFileNotFoundError:
+            if not root.exists():
+                raise
+            return None
+
+    def image_dir(self, annotation: Path) -> Path:
+        return annotation.parent
+
+    def load(self, annotation: Path) -> tuple[list[Entry], list[str]]:
+        from tbps_train.data import readers
+
+        images, digest = readers._read_images(annotation)
+        splits = {image.person: image.split for image in images if image.split}
+        if not splits:  # no split column: what training would use, without recording anything
+            people = readers._person_ids(images)
+            recorded = readers.csv_splits_path(annotation)
+            splits = None
+            if recorded.is_file():
+                try:
+                    record = readers._load_splits(recorded)
+                    splits = record["splits"] if record["sha256"] == digest else None
+                except DataError:
+                    splits = None
+            splits = splits or readers.make_identity_splits(people)
+        return [Entry(f"line {image.line}", image.split or splits.get(image.person, "train"), image.person,
+                      image.image, tuple(image.captions)) for image in images], []
+
+
 _CUHK_SOURCES = {"CUHK01": "CUHK01", "CUHK03": "CUHK03", "Market": "Market-1501", "cam_a": "VIPeR",
                  "cam_b": "VIPeR", "VIPER": "VIPeR", "train_query": "CUHK-SYSU", "test_query": "CUHK-SYSU"}
 ADAPTERS: dict[str, DatasetAdapter] = {
     "cuhk-pedes": JsonListAdapter("CUHK-PEDES", "reid_raw.json", "file_path", _CUHK_SOURCES),
     "icfg-pedes": JsonListAdapter("ICFG-PEDES", "ICFG-PEDES.json", "file_path"),
     "rstpreid": JsonListAdapter("RSTPReid", "data_captions.json", "img_path"),
+    "csv": CsvAdapter(),
 }
 
 
@@ -389,6 +434,8 @@ def _load(report: Report, adapter: DatasetAdapter, annotation: Path, root: Path)
 
 
 def _relative(path: Path, root: Path) -> str:
+    if path == root:  # a CSV root is the annotation file itself
+        return printable(path.name)
     try:
         return printable(str(path.relative_to(root)))
     except ValueError:
@@ -412,7 +459,10 @@ def _split_check(report: Report, entries: list[Entry], dataset: str,
     for split in splits:
         found = _figures([e for e in kept if e.split == split])
         report.splits[split] = {**asdict(found), "published": _known(figures.get(split))}
-        if not found.images:
+        if not found.images and dataset == "csv" and split != "train":  # your own data: train is enough
+            report.add("warning", "split-empty", "splits", f"split {split!r} has no rows: training runs "
+                       f"without {'validation' if split == 'val' else 'a test split (tbps eval needs one)'}", 1)
+        elif not found.images:
             report.add("error", "split-empty", "splits", f"split {split!r} has no entries: tbps cannot "
                        f"{'train' if split == 'train' else 'evaluate'} on it", 1)
         else:

@@ -63,3 +63,12 @@ def check_command(dataset: str, root: str, as_json: bool, images_sample: int, to
                            token_skip_reason=skipped)
     click.echo(json.dumps(report.to_json()) if as_json else format_report(report))
     click.get_current_context().exit(report.status)
+
+
+def _add_convert() -> None:
+    from tbps_train.data.convert import convert_command
+
+    data_group.add_command(convert_command)
+
+
+_add_convert()

@@ -29,7 +29,6 @@ reads) for the per-split summary.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import logging
@@ -744,9 +743,17 @@ def _count_found(root: Path, images: list[Path]) -> int | None:
 # ---- the command --------------------------------------------------------------------------------------
 
 def _doctor_hint(conversion: Conversion) -> str | None:
-    if conversion.to_format not in readers.DATASETS or importlib.util.find_spec("tbps_train.data.doctor") is None:
+    """The dataset doctor's verdict on what was written (a layout tbps reads), and the command for its report."""
+    if conversion.to_format not in readers.DATASETS:
         return None
-    return f"check it: tbps data check --dataset {conversion.to_format} --root {conversion.root}"
+    from tbps_train.data.doctor import check_dataset
+
+    command = f"tbps data check --dataset {conversion.to_format} --root {conversion.root}"
+    if conversion.images_found is None:
+        return f"images not linked yet: then check it: {command}"
+    report = check_dataset(conversion.to_format, conversion.root, images_sample=100, token_counter=None,
+                           token_skip_reason="not measured right after converting")
+    return f"data check: {report.verdict} (the full report: {command})"
 
 
 def _summary_lines(conversion: Conversion) -> list[str]:

@@ -325,3 +325,12 @@ def test_deleting_a_source_forgets_its_ingest_progress(store):
         store.append(rows(rng, 1), [record(0)], progress={"cam1.mp4": '{"frame": 3}', "cam2.mp4": '{"frame": 5}'})
         store.delete(RowFilter(sources=("cam1.mp4",)), everything=True)
     assert store.progress("cam1.mp4") is None and store.progress("cam2.mp4") == '{"frame": 5}'
+
+
+def test_cameras_lists_the_cameras_with_rows(store):
+    rng = np.random.default_rng(16)
+    fill(store, rng)
+    assert store.cameras() == ["cam1", "cam2"]
+    with store.writing():
+        store.delete(RowFilter(cameras=("cam2",)))
+    assert store.cameras() == ["cam1"]

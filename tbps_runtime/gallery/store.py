@@ -380,6 +380,11 @@ class LocalStore(CropFolders):
         with self._read() as db:
             return dict(db.execute("SELECT key, state FROM sources"))
 
+    def cameras(self) -> list[str]:
+        """The cameras that have rows, sorted (an index lookup: cheap at any size)."""
+        with self._read() as db:
+            return [row[0] for row in db.execute("SELECT DISTINCT camera FROM rows ORDER BY camera")]
+
     def info(self) -> dict[str, Any]:
         """Rows, tracks, cameras (rows and time span each), sources, segments and bytes on disk."""
         with self._read() as db:

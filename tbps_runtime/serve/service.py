@@ -139,7 +139,9 @@ class Service:
             return []
         cached = self._cameras
         if cached is None or time.monotonic() - cached[0] > _CAMERAS_TTL_S:
-            names = sorted(printable(str(c["camera"])) for c in self.gallery.info()["cameras"])
+            listed = getattr(self.gallery, "cameras", None)  # the local store answers from its index
+            names = sorted(printable(str(c)) for c in listed()) if callable(listed) else \
+                sorted(printable(str(c["camera"])) for c in self.gallery.info()["cameras"])
             cached = self._cameras = (time.monotonic(), names)
         return cached[1]
 

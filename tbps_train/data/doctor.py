@@ -144,7 +144,7 @@ class CsvAdapter:
     column, the splits are the recorded ones (``<file>.splits.json``) when they are of this very file, else
     the ones training would make (seed 0); the doctor never writes them."""
 
-    title: str = "your CSV/JSON Lines dataset"
+    title: str = "CSV/JSON Lines dataset"
     expected: str = "annotations.csv or annotations.jsonl (or the file itself as --root)"
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -387,7 +387,9 @@ def check_dataset(dataset: str, root: str | Path, *, images_sample: int = DEFAUL
     adapter = _adapter(dataset)
     root = Path(root).expanduser().absolute()
     if not root.exists():
-        raise InputFileNotFoundError(f"dataset root {root} does not exist: pass the {adapter.title} folder")
+        what = ("your .csv/.jsonl annotation file or its folder" if isinstance(adapter, CsvAdapter)
+                else f"the {adapter.title} folder")
+        raise InputFileNotFoundError(f"dataset root {root} does not exist: pass {what}")
     annotation = adapter.annotation_path(root)
     report = Report(dataset, adapter.title, root, {"file": None, "entries": None, "alternatives": []})
     if annotation is None:

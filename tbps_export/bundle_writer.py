@@ -14,8 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,14 +29,14 @@ from tbps_export.fuse import fuse_tower, load_time_fusions
 from tbps_export.onnx_export import export_tower
 from tbps_export.towers import axis_sizes
 from tbps_export.validate import parity_cases, validate_towers
-from tbps_runtime.atomic import read_json
+from tbps_runtime.atomic import has_format
 from tbps_runtime.contract import BUNDLE_FORMAT, MANIFEST_FILE, OPSET, PARITY_ATOL, TOKENIZER_FILE, TOWERS
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError
 from tbps_runtime.machine import cpu_model
 from tbps_runtime.model.bundle import Manifest, sha256_file, write_manifest
 from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
 from tbps_runtime.model.tokenizer import load_tokenizer
-from tbps_runtime.outputs import check_writable, replace_directory
+from tbps_runtime.outputs import check_writable, publish_permissions, replace_directory, staging_directory
 from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
 from tbps_train.config import ModelConfig
 from tbps_train.model import TextBasedPersonSearch
@@ -95,7 +93,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     trt_options = _trt_options(settings, fp16, model.config) if trt else None
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _progress(progress, total=len(TOWERS) + 1) as bar, _staging(output) as staging, \
+    with _progress(progress, total=len(TOWERS) + 1) as bar, staging_directory(output) as staging, \
             tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".unfused", dir=output.parent) as unfused:
         parity, fusions = _export_onnx(staging, Path(unfused), model, payload, settings.atol, bar)
         if settings.explain:
@@ -109,7 +107,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
         if settings.explain:
             manifest.towers.update(explain_graphs.tower_entries(model, manifest.sizes()))
         write_manifest(staging, manifest)
-        _publish_permissions(staging)
+        publish_permissions(staging)
         _place(staging, output, force)
     logger.info("bundle written to %s in %.1f s", output, time.perf_counter() - start)
     if trt_error is not None:
@@ -273,31 +271,7 @@ def _refuse_existing(output: Path, force: bool) -> None:
 
 def _is_bundle(directory: Path) -> bool:
     """A directory whose manifest.json carries the bundle format tag (a foreign manifest.json does not)."""
-    try:
-        manifest = read_json(directory / MANIFEST_FILE)
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
-
-
-@contextlib.contextmanager
-def _staging(output: Path) -> Iterator[Path]:
-    """A temp directory beside ``output``, removed unless it was renamed into place."""
-    path = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _publish_permissions(directory: Path) -> None:
-    """Temp files and directories are created private (0600/0700): give the
-    bundle the permissions the user's umask gives any new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
+    return has_format(directory / MANIFEST_FILE, BUNDLE_FORMAT)
 
 
 def _place(staging: Path, output: Path, force: bool) -> None:

@@ -23,7 +23,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from tbps_export.bundle_writer import _place, _publish_permissions, _refuse_existing, _staging
+from tbps_export.bundle_writer import _place, _refuse_existing
+from tbps_runtime.outputs import publish_permissions, staging_directory
 from tbps_export.quiet import quiet_loggers
 from tbps_export.validate import compare, text_cases
 from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
@@ -61,7 +62,7 @@ def quantize_bundle(bundle: str | Path, output: str | Path | None = None, *,
         raise ExportError(f"{bundle} is a {manifest.precision} bundle: quantize the float32 one")
     _refuse_existing(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _staging(output) as staging:
+    with staging_directory(output) as staging:
         shutil.copy2(bundle / manifest.tokenizer, staging / manifest.tokenizer)
         towers = {TEXT_TOWER.name: quantize_text_tower(bundle / TEXT_TOWER.onnx_file, staging / TEXT_TOWER.onnx_file)}
         pixels = calibration_pixels(calibration, manifest)
@@ -69,7 +70,7 @@ def quantize_bundle(bundle: str | Path, output: str | Path | None = None, *,
                                                         staging / IMAGE_TOWER.onnx_file, pixels)
         parity = int8_parity(bundle, staging, manifest, pixels, min_cosine)
         write_manifest(staging, _int8_manifest(manifest, staging, towers, parity))
-        _publish_permissions(staging)
+        publish_permissions(staging)
         _place(staging, output, force)
     logger.info("int8 bundle written to %s", output)
     return output

@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tbps_runtime.atomic import atomic_write_text, read_json, write_json_atomic
+from tbps_runtime.atomic import atomic_write_text, has_format, read_json, write_json_atomic
 from tbps_runtime.cli.support import TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import MANIFEST_FILE, TOKENIZER_FILE, TOWERS, TensorSpec, TowerSpec
 from tbps_runtime.errors import BundleError, ConfigError, ExportError, OutputError
 from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, sha256_file, verify_files
-from tbps_runtime.outputs import replace_directory
+from tbps_runtime.outputs import publish_permissions, replace_directory, staging_directory
 from tbps_runtime.paths import resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -224,8 +221,7 @@ def write_triton_repository(bundle: str | Path, output: str | Path, *, max_batch
     sources = sorted({m.source for m in models} | {manifest.tokenizer})
     verify_files(bundle, manifest, sources)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
+    with staging_directory(output) as staging:
         _write_models(staging, bundle, manifest, models, queue_delay_us)
         write_json_atomic(staging / REPOSITORY_FILE, repository_record(bundle, manifest, models))
         if _model_config_pb2() is None:
@@ -233,10 +229,8 @@ def write_triton_repository(bundle: str | Path, output: str | Path, *, max_batch
                         TRITONCLIENT_HINT)
         else:
             validate_repository(staging)
-        _publish_permissions(staging)
+        publish_permissions(staging)
         _place(staging, output, force, bundle)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("Triton model repository written to %s: %s", output, ", ".join(m.name for m in models))
     return output
 
@@ -331,19 +325,7 @@ def check_output(output: str | Path, force: bool, bundle: str | Path | None = No
 
 def is_repository(directory: Path) -> bool:
     """A directory whose ``tbps.json`` carries the repository format tag (a foreign tbps.json does not)."""
-    try:
-        record = read_json(directory / REPOSITORY_FILE)
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("format") == REPOSITORY_FORMAT
-
-
-def _publish_permissions(directory: Path) -> None:
-    """mkdtemp makes the staging directory 0700: give the tree the permissions the umask gives new files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in (directory, *directory.rglob("*")):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    return has_format(directory / REPOSITORY_FILE, REPOSITORY_FORMAT)
 
 
 def _place(staging: Path, output: Path, force: bool, bundle: Path) -> None:

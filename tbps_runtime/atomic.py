@@ -69,3 +69,13 @@ def parse_json(data: str | bytes) -> Any:
 def read_json(path: str | Path) -> Any:
     """:func:`parse_json` of a file's bytes; an ``OSError`` reading it passes through."""
     return parse_json(Path(path).read_bytes())
+
+
+def has_format(path: str | Path, tag: str) -> bool:
+    """Whether ``path`` is a JSON object carrying ``"format": tag`` (how tbps recognises its own files:
+    a bundle's manifest, a gallery's description, a dataset's marker); False when absent or unreadable."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == tag

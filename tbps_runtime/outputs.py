@@ -280,6 +280,28 @@ def check_writable(output: str | Path, what: str = "the output") -> None:
                           "choose another path or fix its permissions") from e
 
 
+@contextlib.contextmanager
+def staging_directory(output: str | Path) -> Iterator[Path]:
+    """A temp directory beside ``output`` (same file system, for :func:`replace_directory`), removed on
+    exit unless it was renamed into place."""
+    output = Path(output)
+    path = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_permissions(directory: str | Path) -> None:
+    """Temp files and directories are created private (0600/0700): give the tree under ``directory`` the
+    permissions the user's umask gives any new file or directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory = Path(directory)
+    for path in (directory, *directory.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def replace_directory(staging: str | Path, output: str | Path) -> None:
     """Rename the finished directory ``staging`` to ``output`` (same file system). An existing ``output`` is
     first moved aside, restored if the rename fails, and removed only once the new one is in place: a

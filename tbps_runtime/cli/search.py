@@ -321,10 +321,11 @@ def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as
     if bundle is None and not store.bundle:
         raise ConfigError(f"the store {directory} records no bundle: pass --bundle DIR")
     search = PersonSearch.from_bundle(bundle or store.bundle, backend=backend, threads=threads)
-    results = search.rank(texts, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
+    embedded = search.embed_texts(texts)  # (Q, K, d): once, for the search and the track rows of the pictures
+    results = search.rank(embedded, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
     if show_path or html_path:
-        shown = [[_shown(store, search, text, hit, per_track, selection) for hit in hits]
-                 for text, hits in zip(texts, results)]
+        shown = [[_shown(store, search, embedded[q:q + 1], hit, per_track, selection) for hit in hits]
+                 for q, hits in enumerate(results)]
         inputs = {"a file of the bundle (--bundle)": _files_in(search.directory),
                   "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
                   "a crop in the results": [s.path for hits in shown for s in hits],
@@ -349,7 +350,7 @@ def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as
                        f"{printable(str(store.crop_path(record.crop))) if record.crop else '-'}")
 
 
-def _shown(store: Any, search: PersonSearch, text: str, hit: Any, per_track: bool, selection: Any) -> _ShownHit:
+def _shown(store: Any, search: PersonSearch, query: Any, hit: Any, per_track: bool, selection: Any) -> _ShownHit:
     from tbps_runtime.gallery.rows import RowFilter, format_time
     from tbps_runtime.ingest.sources import is_stream
 
@@ -364,6 +365,6 @@ def _shown(store: Any, search: PersonSearch, text: str, hit: Any, per_track: boo
     extra: tuple[str, ...] = ()
     if per_track and record.track is not None:  # the track's other best crops for this query
         inside = RowFilter(selection.cameras, selection.sources, (record.track,), selection.since, selection.until)
-        others = search.rank(text, store, k=5, row_filter=inside)[0]
+        others = search.rank(query, store, k=5, row_filter=inside)[0]  # query: its (1, K, d) embedding
         extra = tuple(str(store.crop_path(o.record.crop)) for o in others if o.row != hit.row and o.record.crop)[:4]
     return _ShownHit(hit.rank, hit.score, str(store.crop_path(record.crop)), detail, link, extra)

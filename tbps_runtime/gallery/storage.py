@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tbps_runtime.atomic import atomic_path, atomic_write, read_json, write_json_atomic
+from tbps_runtime.atomic import atomic_path, atomic_write, has_format, read_json, write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, OutputError
 from tbps_runtime.gallery.records import FaissRecord, GalleryEntry, ShardInfo
@@ -108,11 +108,7 @@ def sidecar_path(path: str | Path) -> Path:
 
 def is_gallery_sidecar(path: str | Path) -> bool:
     """Whether ``path`` is a ``g.json`` tbps wrote (a JSON object with the gallery format tag)."""
-    try:
-        meta = read_json(path)
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == GALLERY_FORMAT
+    return has_format(path, GALLERY_FORMAT)
 
 
 def check_gallery_output(output: str | Path, force: bool = False) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from tbps_runtime.atomic import atomic_write_text, read_json, write_json_atomic
+from tbps_runtime.atomic import atomic_write_text, has_format, write_json_atomic
 from tbps_runtime.errors import ConfigError, OutputError
 from tbps_runtime.outputs import ensure_space, replace_directory
 from tbps_train.data.synth import SKIN_TONES, Person, SynthConfig, _caption, _draw_person, _Frame, _pick, \
@@ -253,11 +253,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def _check_replaceable(out: Path) -> None:
     """Refuse to replace ``out`` unless it is footage written here, holding only the files written here."""
-    try:
-        marker = read_json(out / MANIFEST)
-    except (OSError, ValueError):
-        marker = None
-    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+    if not has_format(out / MANIFEST, FORMAT):
         raise OutputError(f"{out} is not footage written by tbps synth-footage (no {MANIFEST} in it): "
                           "not replacing it; pick another directory, or remove it yourself")
     for entry in sorted(out.iterdir()):

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 from tbps_train.config import DEFAULT_IDS
-from tbps_runtime.atomic import read_json
+from tbps_runtime.atomic import has_format
 from tbps_runtime.errors import ConfigError, DataError
 from tbps_runtime.outputs import ensure_space, replace_directory
 
@@ -528,11 +528,7 @@ def _check_replaceable(out: Path) -> None:
     Raises:
         DataError: no marker, or a file (or link) it did not write, named.
     """
-    try:
-        marker = read_json(out / MARKER)
-    except (OSError, ValueError):
-        marker = None
-    if not isinstance(marker, dict) or marker.get("format") != _MARKER_FORMAT:
+    if not has_format(out / MARKER, _MARKER_FORMAT):
         raise DataError(f"{out} is not a dataset written by tbps synth (no {MARKER} in it): not replacing it; "
                         "pick another directory, or remove it yourself")
     foreign = _foreign_entry(out)

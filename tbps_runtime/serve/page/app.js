@@ -279,9 +279,10 @@
     forgetCropsBut(new Set(hits.map((hit) => hit.crop_url)));
   }
 
-  function hitItem(hit, index) {
+  // A list item holding a button with the hit's crop; the caller fills `meta` and the click.
+  function hitButton(hit, css) {
     const item = element("li");
-    const button = element("button", "hit");
+    const button = element("button", css);
     button.type = "button";
     setHitData(button, hit);
     button.setAttribute("aria-label", hitLabel(hit));
@@ -290,6 +291,13 @@
     image.decoding = "async";
     showCrop(image, hit.crop_url);
     const meta = element("span", "meta");
+    button.append(image, meta);
+    item.append(button);
+    return { item, button, meta };
+  }
+
+  function hitItem(hit, index) {
+    const { item, button, meta } = hitButton(hit, "hit");
     meta.append(element("span", "rank", "#" + hit.rank), element("span", "score", formatScore(hit.score)));
     if (hit.camera !== undefined && hit.camera !== null) meta.append(element("span", "camera", hit.camera));
     if (typeof hit.time === "number") meta.append(timeElement(hit));
@@ -300,9 +308,7 @@
     if (hit.identity !== undefined && hit.identity !== null) {
       meta.append(element("span", "identity", "id " + hit.identity));
     }
-    button.append(image, meta);
     button.addEventListener("click", () => openPanel(hit, button));
-    item.append(button);
     return item;
   }
 
@@ -481,20 +487,10 @@
   }
 
   function trackItem(hit) {
-    const item = element("li");
-    const button = element("button", "track-hit");
-    button.type = "button";
-    setHitData(button, hit);
-    button.setAttribute("aria-label", hitLabel(hit));
-    const image = element("img", "crop");
-    image.alt = "crop of row " + hit.row;
-    showCrop(image, hit.crop_url);
-    const meta = element("span", "meta");
+    const { item, button, meta } = hitButton(hit, "track-hit");
     if (typeof hit.time === "number") meta.append(timeElement(hit, "clock"));
     meta.append(element("span", "score", formatScore(hit.score)));
-    button.append(image, meta);
     button.addEventListener("click", () => openPanel(hit, null));
-    item.append(button);
     return item;
   }
 

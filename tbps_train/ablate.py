@@ -39,6 +39,13 @@ class AblationRow:
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    # The row this one trains another way (its Eq. 9/12 reduction); rows of one family are
+    # compared on validation and the better one is kept (choose_variants).
+    variant_of: str | None = None
+
+
+# Eq. 9/12 summed as printed, with one warm-up epoch of hinges averaged over all negatives (not in the paper).
+SUM_WARMUP = {"ranking_reduction": "sum", "ranking_warmup_epochs": 1}
 
 
 ROWS = (
@@ -50,6 +57,14 @@ ROWS = (
     AblationRow("separate-decoders", "separate decoders", "4", {"shared_decoder": False}),
     AblationRow("d2", "D = 2", "supp.", {"num_coarse": 2}),
     AblationRow("d6", "D = 6", "supp.", {"num_coarse": 6}),
+    # Table 2 again with Eq. 9/12 summed as printed, warmed up for one epoch.
+    AblationRow("baseline-sum-warmup", "baseline (global only), summed + warm-up", "2", 
+                {"use_coarse": False, "use_fine": False}, SUM_WARMUP, variant_of="baseline"),
+    AblationRow("coarse-sum-warmup", "+ coarse, summed + warm-up", "2", {"use_fine": False}, SUM_WARMUP,
+                variant_of="coarse"),
+    AblationRow("coarse-fine-ranking-sum-warmup", "+ coarse + fine (ranking loss), summed + warm-up", "2", {},
+                {**SUM_WARMUP, "fine_loss": "ranking"}, variant_of="coarse-fine-ranking"),
+    AblationRow("full-sum-warmup", "full model (CMR), summed + warm-up", "2", {}, SUM_WARMUP, variant_of="full"),
     # Diagnostics: the full model with one setting changed, each one a hypothesis of why parts may hurt.
     AblationRow("sum-reduction", "Eq. 9/12 summed, Eq. 7 averaged over the batch", "diag.", {},
                 {"ranking_reduction": "sum"}),
@@ -60,15 +75,37 @@ ROWS = (
     AblationRow("pretrained-full-lr", "pretrained backbone at the full lr", "diag.", {}, {},
                 {"image_backbone_lr_scale": 1.0}),
     AblationRow("baseline-sum", "baseline (global only), Eq. 9 summed", "diag.",
-                {"use_coarse": False, "use_fine": False}, {"ranking_reduction": "sum"}),
+                {"use_coarse": False, "use_fine": False}, {"ranking_reduction": "sum"}, variant_of="baseline"),
     AblationRow("warmup", "2 warm-up epochs", "diag.", {}, {}, {"warmup_epochs": 2}),
     AblationRow("lr-5e-4", "learning rate 5e-4 (the paper's; ½×)", "diag.", {}, {}, {"lr": 5e-4}),
     AblationRow("size-128x48", "input 128×48 (8×3 map)", "diag.", {"image_size": (128, 48)}),
+    # What makes the decoder's tokens specialise (within the paper: its text leaves both open).
+    AblationRow("orthogonal-tokens", "orthogonal initial tokens", "tokens", {"token_init": "orthogonal"}),
+    AblationRow("no-query-bias", "no query bias in the decoder (as Eq. 4)", "tokens", {"decoder_query_bias": False}),
+    AblationRow("orthogonal-no-query-bias", "orthogonal tokens, no query bias", "tokens",
+                {"token_init": "orthogonal", "decoder_query_bias": False}),
+    AblationRow("orthogonal-tokens-sum-warmup", "orthogonal initial tokens, summed + warm-up", "tokens",
+                {"token_init": "orthogonal"}, SUM_WARMUP, variant_of="orthogonal-tokens"),
+    AblationRow("no-query-bias-sum-warmup", "no query bias, summed + warm-up", "tokens",
+                {"decoder_query_bias": False}, SUM_WARMUP, variant_of="no-query-bias"),
+    AblationRow("orthogonal-no-query-bias-sum-warmup", "orthogonal tokens, no query bias, summed + warm-up",
+                "tokens", {"token_init": "orthogonal", "decoder_query_bias": False}, SUM_WARMUP,
+                variant_of="orthogonal-no-query-bias"),
+    # Why the global slot falls when parts are added (diagnostic, not a proposal).
+    AblationRow("full-detached-parts", "full model, part gradients stopped at the features", "global",
+                {"detach_part_features": True}),
+    AblationRow("full-detached-parts-sum-warmup", "full model, part gradients stopped, summed + warm-up",
+                "global", {"detach_part_features": True}, SUM_WARMUP, variant_of="full-detached-parts"),
 )
 ROW_SETS = {"table2": ("baseline", "coarse", "coarse-fine-ranking", "full"),
+            "table2-sum-warmup": ("baseline-sum-warmup", "coarse-sum-warmup", "coarse-fine-ranking-sum-warmup",
+                                  "full-sum-warmup"),
+            "tokens": tuple(row.slug for row in ROWS if row.table == "tokens"),
+            "global": ("full-detached-parts", "full-detached-parts-sum-warmup"),
             "extra": ("cmr-coarse", "separate-decoders", "d2", "d6"),
             "diag": tuple(row.slug for row in ROWS if row.table == "diag.")}
-ROW_SETS["all"] = ROW_SETS["table2"] + ROW_SETS["extra"] + ROW_SETS["diag"]
+ROW_SETS["all"] = (ROW_SETS["table2"] + ROW_SETS["table2-sum-warmup"] + ROW_SETS["extra"] + ROW_SETS["diag"]
+                   + ROW_SETS["tokens"] + ROW_SETS["global"])
 
 
 def _read_run(path: Path) -> dict[str, Any]:
@@ -143,7 +180,11 @@ def _run_one(config: RunConfig, row: AblationRow, seed: int, dataset: str, root:
     payload = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(payload)
     tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
-    test = evaluate(model, tokenizer, read_split(dataset, root, "test"), device=config.train.device, per_slot=True)
+    from tbps_train.train import twin_subsets
+
+    test_records = read_split(dataset, root, "test")
+    test = evaluate(model, tokenizer, test_records, device=config.train.device, per_slot=True,
+                    query_subsets=twin_subsets(dataset, Path(root), "test", test_records))
     history = payload.get("history", [])
     evaluated = [r for r in history if "val" in r]
     best = max(evaluated, key=lambda r: r["val"]["r1"], default=None)

@@ -42,20 +42,33 @@ def _quiet_libraries() -> None:
 
 @click.command(cls=TbpsCommand)
 @output_option("Directory to write (CUHK-PEDES layout).", file_okay=False, aliases=("--out",))
-@click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=3), help="Number of identities.")
+@click.option("--ids", default=None, type=click.IntRange(min=3),
+              help=f"Number of identities [default: {DEFAULT_IDS}, or 3000 with --parts].")
 @click.option("--images-per-id", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--parts", is_flag=True,
+              help="Write the part-sensitive set instead: more and smaller parts (glasses, belt, strap), swap "
+                   "twins (same colours on other parts) and one-part twins, captions that tell twins apart, "
+                   "and twins.json, a val/test query split for checking that a model binds colours to parts.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset at --out; only one tbps synth wrote (with its .tbps-synth.json "
                    "and nothing else) is ever replaced.")
 @quiet_option()
 @user_errors_exit_2
-def synth_command(output: str, ids: int, images_per_id: int, seed: int, overwrite: bool, quiet: bool) -> None:
+def synth_command(output: str, ids: int | None, images_per_id: int, seed: int, parts: bool, overwrite: bool,
+                  quiet: bool) -> None:
     """Write the procedural synthetic person dataset (CUHK-PEDES layout)."""
-    from tbps_train.data.synth import generate
-
     quiet = setup_logging(quiet)
-    path = generate(output, ids=ids, images_per_id=images_per_id, seed=seed, overwrite=overwrite, progress=not quiet)
+    if parts:
+        from tbps_train.data.synth_parts import DEFAULT_PARTS_IDS, generate_parts
+
+        path = generate_parts(output, ids=ids or DEFAULT_PARTS_IDS, images_per_id=images_per_id, seed=seed,
+                              overwrite=overwrite, progress=not quiet)
+    else:
+        from tbps_train.data.synth import generate
+
+        path = generate(output, ids=ids or DEFAULT_IDS, images_per_id=images_per_id, seed=seed,
+                        overwrite=overwrite, progress=not quiet)
     click.echo(str(path))
 
 
@@ -117,6 +130,10 @@ def _training_options(command):
         threads_option(_TRAIN_THREADS_HELP),
         click.option("--image-backbone", help="resnet50, vit_b_16, resnet_small, ... (overrides the preset)"),
         click.option("--text-backbone", help="'minilm', 'tiny' or a local BERT directory (e.g. bert-base-uncased)"),
+        click.option("--cache-image-features", is_flag=True, default=None,
+                     help="Fast head training: freeze the image backbone and run it once per image and its "
+                          "mirror image; trains everything above the backbones, without fine-tuning the "
+                          "backbone as the paper does."),
         quiet_option("No progress bars or per-epoch lines."),
     ]
     for option in reversed(options):
@@ -124,9 +141,11 @@ def _training_options(command):
     return command
 
 
-def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbone, text_backbone) -> RunConfig:
+def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
+                 cache_image_features=None) -> RunConfig:
     config = load_preset(preset)
-    config = apply_overrides(config, "train", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    config = apply_overrides(config, "train", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                             cache_image_features=True if cache_image_features else None)
     return apply_overrides(config, "model", image_backbone=image_backbone, text_backbone=text_backbone)
 
 
@@ -156,11 +175,15 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 @click.option("--ranking-reduction", type=click.Choice(["sum", "mean"]),
               help="Eq. 9/12 over the batch: mean (default; see docs/model.md) or summed as printed.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), help="Linear lr warm-up epochs (not in the paper; 0).")
+@click.option("--ranking-warmup-epochs", type=click.IntRange(min=0),
+              help="Epochs whose Eq. 9/12 hinges are averaged over all negatives before the hardest one is "
+                   "used (not in the paper; VSE-infinity's warm-up; keeps summed Eq. 9/12 from collapsing).")
+@click.option("--no-query-bias", is_flag=True, help="Hold the decoder's query bias at zero (Eq. 4 has none).")
 @user_errors_exit_2
 def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, threads, image_backbone,
-                  text_backbone, quiet, output, resume, image_weights, eval_every, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
+                  text_backbone, cache_image_features, quiet, output, resume, image_weights, eval_every, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
                   separate_decoders, num_coarse, image_size, image_lr_scale, id_classifier, token_init,
-                  token_init_std, ranking_reduction, warmup_epochs) -> None:
+                  token_init_std, ranking_reduction, warmup_epochs, ranking_warmup_epochs, no_query_bias) -> None:
     """Train the model on a dataset and write a self-contained checkpoint.
 
     On several GPUs or machines, start it with torchrun (data parallel, one
@@ -175,16 +198,18 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     quiet = setup_logging(quiet or not main_process)
     _quiet_libraries()
-    config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone)
+    config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
+                          cache_image_features)
     config = apply_overrides(config, "train", eval_every=eval_every, image_backbone_lr_scale=image_lr_scale,
                              warmup_epochs=warmup_epochs)
     config = apply_overrides(config, "model", use_coarse=False if no_coarse else None,
                              use_fine=False if no_fine else None,
                              shared_decoder=False if separate_decoders else None, num_coarse=num_coarse,
                              image_size=image_size, id_classifier=id_classifier, token_init=token_init,
-                             token_init_std=token_init_std)
+                             token_init_std=token_init_std, decoder_query_bias=False if no_query_bias else None)
     config = apply_overrides(config, "loss", margin=margin, fine_loss=fine_loss,
-                             cmr_on_coarse=True if cmr_on_coarse else None, ranking_reduction=ranking_reduction)
+                             cmr_on_coarse=True if cmr_on_coarse else None, ranking_reduction=ranking_reduction,
+                             ranking_warmup_epochs=ranking_warmup_epochs)
     check_checkpoint_output(output)  # never over a dataset's annotations, an image or anybody's data
     record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet,
                    resume_epochs=epochs, threads=threads)
@@ -229,8 +254,10 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str | N
     model, config = model_from_checkpoint(payload)
     records = read_split(dataset, root, split)
     tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
+    from tbps_train.train import twin_subsets
+
     metrics = evaluate(model.to(device), tokenizer, records, device=device, progress=not as_json,
-                       per_slot=per_slot)
+                       per_slot=per_slot, query_subsets=twin_subsets(dataset, Path(root), split, records))
     if as_json:
         click.echo(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
         return
@@ -238,6 +265,12 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str | N
     if per_slot:
         click.echo("R@1 by slot: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics["per_slot"].items()))
         click.echo("token cosine: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics["token_cosine"].items()))
+        click.echo("token query cosine: " + "  ".join(f"{k} {v:.3f}"
+                                                      for k, v in metrics["token_query_cosine"].items()))
+    for name, subset in metrics.get("subsets", {}).items():
+        click.echo(_metrics_line(subset, f"{name} split ({subset['queries']} captions)"))
+        if per_slot:
+            click.echo(f"{name} R@1 by slot: " + "  ".join(f"{k} {v:.2f}" for k, v in subset["per_slot"].items()))
 
 
 def _metrics_line(metrics: dict[str, float], label: str) -> str:
@@ -255,7 +288,7 @@ def _metrics_line(metrics: dict[str, float], label: str) -> str:
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
 @user_errors_exit_2
 def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, threads, image_backbone,
-                   text_backbone, quiet, output, row_spec, seeds) -> None:
+                   text_backbone, cache_image_features, quiet, output, row_spec, seeds) -> None:
     """Train and evaluate the paper's ablation rows (Tables 2-4) over seeds: mean ± std per row.
 
     Each run keeps its last epoch and is evaluated on the test split once;
@@ -273,7 +306,8 @@ def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, 
         raise ConfigError(f"--seeds must be comma-separated integers, not {seeds!r}") from e
     if seed is not None or not seed_list:
         raise ConfigError("give tbps-ablate its seeds as --seeds 0,1,2")
-    config = _config_from(preset, epochs, batch_size, lr, None, device, image_backbone, text_backbone)
+    config = _config_from(preset, epochs, batch_size, lr, None, device, image_backbone, text_backbone,
+                          cache_image_features)
     meta = {"dataset": dataset, "preset": preset, "selection": "last epoch",
             "test_evaluated": "once per run, at the end", "machine": cpu_model(),
             "threads": threads or pinned_threads() or "policy"}

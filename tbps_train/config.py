@@ -16,7 +16,7 @@ from typing import Any
 from tbps_runtime.contract import mistyped_fields
 from tbps_runtime.errors import ConfigError
 
-PRESETS = ("tiny", "demo", "paper")
+PRESETS = ("tiny", "demo", "heads", "paper")
 DEFAULT_IDS = 800  # identities of the synthetic dataset tbps-synth and the quickstart make
 
 
@@ -51,6 +51,12 @@ class ModelConfig:
     # direction of norm token_init_std * sqrt(d) (same expected norm).
     token_init: str = "normal"
     token_init_std: float = 0.02
+    # The equations have no query bias; nn.MultiheadAttention adds one b_q that all D tokens share.
+    # False keeps it at zero (a hypothesis of why the tokens do not specialise).
+    decoder_query_bias: bool = True
+    # Diagnostic, not the paper: the coarse and fine slots' gradients stop at the projected
+    # features, so the global embedding alone shapes the backbone and the projection.
+    detach_part_features: bool = False
 
     @property
     def num_slots(self) -> int:
@@ -86,6 +92,10 @@ class LossConfig:
     # same as summing every term). "sum" keeps Eq. 9/12 summed while Eq. 7 is
     # averaged: the ranking terms then weigh N times the identity terms.
     ranking_reduction: str = "mean"
+    # Not in the paper (VSE-infinity's warm-up, its ref. [4]): for this many first epochs each
+    # Eq. 9/12 hinge is averaged over all negatives, then the hardest negative is used as printed.
+    # Summed, the hardest-negative loss has a stationary point where every embedding is equal.
+    ranking_warmup_epochs: int = 0
 
     def validate(self) -> None:
         check_fields("loss", self)
@@ -117,6 +127,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation runs; 0 disables
     num_workers: int = 0
     cache_text: bool = True  # the text backbone is frozen: run it once per caption
+    # Freeze the image backbone and run it once per training image and its mirror image (not the
+    # paper's schedule, which fine-tunes it): fast training of everything above the backbones.
+    cache_image_features: bool = False
     device: str = "cpu"
     sync_batchnorm: bool = True  # several GPUs: BatchNorm statistics over the global batch
 
@@ -162,7 +175,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "model.image_size": (16, 4096), "model.last_stride": (1, 2), "model.max_text_length": (2, 4096),
     "model.embed_dim": (1, 8192), "model.num_heads": (1, 1024), "model.num_coarse": (1, 1024),
     "model.num_fine": (1, 1024), "model.id_scale": (1e-3, 1e4), "model.token_init_std": (0, 100),
-    "loss.margin": (1e-9, 100),
+    "loss.margin": (1e-9, 100), "loss.ranking_warmup_epochs": (0, 100_000),
     "train.epochs": (1, 100_000), "train.batch_size": (2, 1_000_000), "train.lr": (1e-12, 100),
     "train.lr_milestones": (1, 100_000), "train.lr_gamma": (1e-9, 100), "train.image_backbone_lr_scale": (0, 1000),
     "train.warmup_epochs": (0, 100_000), "train.weight_decay": (0, 100), "train.flip_probability": (0, 1),

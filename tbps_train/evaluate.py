@@ -39,6 +39,24 @@ class TokenSimilarity:
         self.sums[name] += float(values.sum())
         self.counts[name] += len(values)
 
+    def add_attention(self, name: str, maps: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """maps (B, T, n) attention over n positions (``valid`` (B, n) bool: real positions; None: all).
+
+        Adds the raw maps' pairwise cosine as ``name``, the cosine of the maps
+        minus the uniform map as ``name_centred`` (two near-uniform maps always
+        have raw cosine ~1), and the mean entropy over log(positions) as
+        ``name_entropy`` (1: uniform)."""
+        self.add(name, maps)
+        valid = torch.ones(maps.shape[0], maps.shape[2], dtype=torch.bool) if valid is None else valid.bool()
+        counts = valid.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+        uniform = (valid.float() / counts).unsqueeze(1)  # (B, 1, n)
+        self.add(f"{name}_centred", (maps.float() - uniform) * valid.unsqueeze(1))
+        p = maps.float().clamp(min=1e-12)
+        entropy = -(maps.float() * p.log() * valid.unsqueeze(1)).sum(dim=-1)  # (B, T)
+        normalised = entropy / counts.float().log().clamp(min=1e-12)
+        self.sums[f"{name}_entropy"] += float(normalised.mean(dim=1).sum())
+        self.counts[f"{name}_entropy"] += len(normalised)
+
     def means(self) -> dict[str, float]:
         return {name: round(self.sums[name] / self.counts[name], 4) for name in sorted(self.sums)}
 
@@ -67,7 +85,7 @@ def embed_images(model: TextBasedPersonSearch, store: ImageStore, batch_size: in
         indices = np.arange(start, min(start + batch_size, len(store)))
         embeddings = model.encode_image(store.batch(indices).to(device))
         if similarity is not None:
-            similarity.add("coarse_image_attention", embeddings.attention)
+            similarity.add_attention("coarse_image_attention", embeddings.attention.cpu())
             similarity.add("coarse_image_embedding", embeddings.slots[:, groups["coarse"]])
             similarity.add("fine_image_embedding", embeddings.slots[:, groups["fine"]])
         out.append(normalize_slots(embeddings.slots).cpu())
@@ -89,12 +107,31 @@ def embed_texts(model: TextBasedPersonSearch, tokenizer: Tokenizer, texts: list[
         ids, mask = tokenize(tokenizer, texts[start:start + batch_size])
         embeddings = model.encode_text(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
         if similarity is not None:
-            similarity.add("coarse_text_attention", embeddings.attention[:, :d])  # padding weights are 0
-            similarity.add("fine_text_attention", embeddings.attention[:, d:])
+            valid = torch.from_numpy(mask).bool()
+            similarity.add_attention("coarse_text_attention", embeddings.attention[:, :d].cpu(), valid)
+            similarity.add_attention("fine_text_attention", embeddings.attention[:, d:].cpu(), valid)
             similarity.add("coarse_text_embedding", embeddings.slots[:, groups["coarse"]])
             similarity.add("fine_text_embedding", embeddings.slots[:, groups["fine"]])
         out.append(normalize_slots(embeddings.slots).cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def token_query_cosine(model: TextBasedPersonSearch) -> dict[str, float]:
+    """How alike the decoder's learnable tokens are: the mean pairwise cosine of the tokens
+    themselves and of their query vectors (W_q token + b_q, the bias shared by all tokens)."""
+    out = {}
+    token_sets = {"shared": model.shared_tokens, "text": model.text_tokens}
+    attention = model.decoder.attention
+    d = model.config.embed_dim
+    weight = attention.in_proj_weight[:d]
+    bias = attention.in_proj_bias[:d] if attention.in_proj_bias is not None else torch.zeros(d)
+    for name, tokens in token_sets.items():
+        if len(tokens) < 2:
+            continue
+        out[f"{name}_tokens"] = round(float(mean_pairwise_cosine(tokens.unsqueeze(0))[0]), 4)
+        out[f"{name}_queries"] = round(float(mean_pairwise_cosine((tokens @ weight.T + bias).unsqueeze(0))[0]), 4)
+    return out
 
 
 def slot_subsets(model: TextBasedPersonSearch) -> dict[str, list[int]]:
@@ -122,11 +159,14 @@ def per_slot_r1(queries: torch.Tensor, gallery: torch.Tensor, subsets: dict[str,
 
 def evaluate(model: TextBasedPersonSearch, tokenizer: Tokenizer, records: list[ImageRecord],
              store: ImageStore | None = None, device: str = "cpu", progress: bool = False,
-             per_slot: bool = False) -> dict:
+             per_slot: bool = False, query_subsets: dict[str, np.ndarray] | None = None) -> dict:
     """R@1/5/10, mAP and mINP of every caption of ``records`` against all their images.
 
     With ``per_slot``, adds ``per_slot`` (R@1 of each slot, group and of all
-    slots) and ``token_cosine`` (:class:`TokenSimilarity` means).
+    slots), ``token_cosine`` (:class:`TokenSimilarity` means) and
+    ``token_query_cosine``. ``query_subsets`` names (T,) caption rows (e.g. the
+    twin split) whose own metrics (and per-slot R@1) go under ``subsets``,
+    ranked against the same whole gallery.
     """
     was_training = model.training
     model.eval()
@@ -144,6 +184,18 @@ def evaluate(model: TextBasedPersonSearch, tokenizer: Tokenizer, records: list[I
             metrics["per_slot"] = per_slot_r1(queries, gallery, slot_subsets(model), captions.person_ids,
                                               gallery_ids)
             metrics["token_cosine"] = similarity.means()
+            metrics["token_query_cosine"] = token_query_cosine(model)
+        subsets = {}
+        for name, rows in (query_subsets or {}).items():
+            if len(rows):
+                subsets[name] = {**retrieval_metrics(scores[rows], captions.person_ids[rows], gallery_ids),
+                                 "queries": len(rows)}
+                if per_slot:
+                    subsets[name]["per_slot"] = per_slot_r1(queries[torch.from_numpy(rows)], gallery,
+                                                            slot_subsets(model), captions.person_ids[rows],
+                                                            gallery_ids)
+        if subsets:
+            metrics["subsets"] = subsets
         return metrics
     finally:
         model.train(was_training)

@@ -66,6 +66,7 @@ def margin_ranking_loss(
     image_margin: torch.Tensor | float,
     text_margin: torch.Tensor | float,
     batch: GlobalBatch | None = None,
+    negatives: str = "hardest",
 ) -> torch.Tensor:
     """Bidirectional hardest-negative triplet loss, summed over the batch.
 
@@ -76,6 +77,11 @@ def margin_ranking_loss(
     per-anchor tensors (Eq. 12). With ``batch``, the rows here are anchors
     ``batch.start:batch.start + N`` of the global batch, and negatives are
     mined over all of it.
+
+    ``negatives="all"`` is the warm-up form (not in the paper; VSE-infinity's
+    ``vse_mean_warmup``): each anchor's hinge averaged over all its negatives
+    instead of taken at the hardest one. Its gradient reaches every negative,
+    so it has no stationary point where all embeddings are equal.
     """
     image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
     if batch is None:
@@ -90,11 +96,31 @@ def margin_ranking_loss(
         positive = image_sims[rows, batch.start + rows]
         image_negative = labels.unsqueeze(1) == batch.labels.unsqueeze(0)
         text_negative = batch.labels.unsqueeze(1) == labels.unsqueeze(0)
+    if negatives == "all":
+        return (_mean_hinge(image_margin, positive, image_sims, image_negative, dim=1)
+                + _mean_hinge(text_margin, positive, text_sims, text_negative, dim=0))
+    if negatives != "hardest":
+        raise ValueError(f"negatives must be 'hardest' or 'all', not {negatives!r}")
     hardest_text = image_sims.masked_fill(image_negative, float("-inf")).amax(dim=1)  # s(v_k, t_h)
     hardest_image = text_sims.masked_fill(text_negative, float("-inf")).amax(dim=0)  # s(t_k, v_h)
     image_term = _hinge(image_margin - positive + hardest_text)
     text_term = _hinge(text_margin - positive + hardest_image)
     return image_term.sum() + text_term.sum()
+
+
+def _mean_hinge(margin: torch.Tensor | float, positive: torch.Tensor, sims: torch.Tensor,
+                same_person: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum over anchors of the mean over each anchor's negatives of [margin - s_pos + s_neg]_+.
+
+    ``sims`` holds the anchors along the axis other than ``dim``; an anchor with no negative adds 0.
+    """
+    margin = torch.as_tensor(margin, dtype=sims.dtype, device=sims.device)
+    if margin.dim():
+        margin = margin.unsqueeze(dim)  # (N,) per anchor -> broadcast along the negatives
+    positive = positive.unsqueeze(dim)
+    hinges = _hinge(margin - positive + sims).masked_fill(same_person, 0.0)
+    counts = (~same_person).sum(dim=dim).clamp(min=1)
+    return (hinges.sum(dim=dim) / counts).sum()
 
 
 def _hinge(values: torch.Tensor) -> torch.Tensor:
@@ -103,9 +129,9 @@ def _hinge(values: torch.Tensor) -> torch.Tensor:
 
 
 def ranking_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, margin: float,
-                 batch: GlobalBatch | None = None) -> torch.Tensor:
+                 batch: GlobalBatch | None = None, negatives: str = "hardest") -> torch.Tensor:
     """Eq. 9: l_R with a fixed margin alpha."""
-    return margin_ranking_loss(image, text, labels, margin, margin, batch)
+    return margin_ranking_loss(image, text, labels, margin, margin, batch, negatives)
 
 
 def cmr_loss(
@@ -116,6 +142,7 @@ def cmr_loss(
     image_logits: torch.Tensor,
     text_logits: torch.Tensor,
     batch: GlobalBatch | None = None,
+    negatives: str = "hardest",
 ) -> torch.Tensor:
     """Eq. 12: l_CMR, the ranking loss with margin alpha (1 - C(f)) per anchor.
 
@@ -124,7 +151,12 @@ def cmr_loss(
     """
     image_margin = margin * (1.0 - commonality(image_logits))
     text_margin = margin * (1.0 - commonality(text_logits))
-    return margin_ranking_loss(image, text, labels, image_margin, text_margin, batch)
+    return margin_ranking_loss(image, text, labels, image_margin, text_margin, batch, negatives)
+
+
+def ranking_negatives(config: LossConfig, epoch: int) -> str:
+    """Which negatives Eq. 9/12 use in (0-based) ``epoch``: "all" during the warm-up, "hardest" after."""
+    return "all" if epoch < config.ranking_warmup_epochs else "hardest"
 
 
 def compute_losses(
@@ -136,13 +168,15 @@ def compute_losses(
     groups: dict[str, slice],
     config: LossConfig,
     gather: Gather | None = None,
+    negatives: str = "hardest",
 ) -> dict[str, torch.Tensor]:
     """Eq. 13's terms for a batch of N image-caption pairs.
 
     image_slots, text_slots (N, K, d); image_logits, text_logits (N, K, c);
     ``groups`` maps "global"/"coarse"/"fine" to slot ranges. With ``gather``
     (data parallelism) the terms are this process's share of the global
-    batch's terms (module docstring).
+    batch's terms (module docstring). ``negatives`` is "all" during the
+    ranking warm-up (:func:`ranking_negatives`).
     """
     alpha = config.margin
     batch_size: int | None = None
@@ -167,11 +201,11 @@ def compute_losses(
     scale = 1.0 if config.ranking_reduction == "sum" else 1.0 / (batch_size or len(labels))
 
     def rank(k: int) -> torch.Tensor:
-        return scale * ranking_loss(image_slots[:, k], text_slots[:, k], labels, alpha, slot_batches[k])
+        return scale * ranking_loss(image_slots[:, k], text_slots[:, k], labels, alpha, slot_batches[k], negatives)
 
     def cmr(k: int) -> torch.Tensor:
         return scale * cmr_loss(image_slots[:, k], text_slots[:, k], labels, alpha, image_logits[:, k],
-                                text_logits[:, k], slot_batches[k])
+                                text_logits[:, k], slot_batches[k], negatives)
 
     coarse = _slots(groups["coarse"])
     fine = _slots(groups["fine"])

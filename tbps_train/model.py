@@ -55,9 +55,16 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Cross-attention from learnable query tokens to encoded features (Eq. 4, Eq. 6)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, query_bias: bool = True):
         super().__init__()
         self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        if not query_bias:
+            # Eq. 4 has no query bias: hold nn.MultiheadAttention's b_q (shared by all tokens) at zero.
+            with torch.no_grad():
+                self.attention.in_proj_bias[:dim].zero_()
+            keep = torch.ones(3 * dim)
+            keep[:dim] = 0
+            self.attention.in_proj_bias.register_hook(lambda grad: grad * keep.to(grad.device))
 
     def forward(
         self, tokens: torch.Tensor, features: torch.Tensor, padding_mask: torch.Tensor | None = None
@@ -93,11 +100,11 @@ class TextBasedPersonSearch(nn.Module):
         r = self.feature_hw[0] * self.feature_hw[1]
         self.visual_encoder = Encoder(d, heads, num_positions=r)
         self.text_encoder = Encoder(d, heads)
-        self.decoder = Decoder(d, heads)
+        self.decoder = Decoder(d, heads, config.decoder_query_bias)
         self.shared_tokens = nn.Parameter(_initial_tokens(config.num_coarse, config))  # D (Eq. 4)
         self.text_tokens = nn.Parameter(_initial_tokens(config.num_fine, config))  # D_t (Eq. 6)
         if not config.shared_decoder:  # Table 4's variant: the text side gets its own decoder and tokens
-            self.text_decoder = Decoder(d, heads)
+            self.text_decoder = Decoder(d, heads, config.decoder_query_bias)
             self.text_shared_tokens = nn.Parameter(_initial_tokens(config.num_coarse, config))
         # Eq. 7: one classifier W_ID per embedding slot, shared by the two modalities.
         self.id_classifiers = nn.ModuleList(
@@ -114,10 +121,18 @@ class TextBasedPersonSearch(nn.Module):
 
     def encode_image(self, pixel_values: torch.Tensor) -> Embeddings:
         """(B, 3, H, W) normalised pixels -> S_v as (B, K, d) plus A_avg's per-token maps."""
-        feature_map = self.image_projection(self.image_backbone(pixel_values))  # (B, d, h, w)
+        return self.encode_image_features(self.image_backbone(pixel_values))
+
+    def encode_image_features(self, backbone_map: torch.Tensor) -> Embeddings:
+        """The image backbone's (B, C, h, w) output -> S_v as (B, K, d) plus A_avg's maps (B, D, r).
+
+        Everything of the image tower above the backbone: training from cached
+        features of a frozen backbone calls this directly.
+        """
+        feature_map = self.image_projection(backbone_map)  # (B, d, h, w)
         features = feature_map.flatten(2).transpose(1, 2)  # V_bar: (B, r, d), row-major over (h, w)
         global_embedding = features.amax(dim=1)  # g_v = GMP(V)
-        encoded = self.visual_encoder(features)  # M~_v (Eq. 1-3)
+        encoded = self.visual_encoder(self._part_input(features))  # M~_v (Eq. 1-3)
         coarse, weights = self.decoder(self.shared_tokens, encoded)  # C_v (Eq. 4), weights (B, D, r)
         slots = [global_embedding.unsqueeze(1)]
         if self.config.use_coarse:
@@ -156,7 +171,7 @@ class TextBasedPersonSearch(nn.Module):
         features = self.text_projection(hidden)  # T: (B, L, d)
         # g_t = GMP over real tokens only.
         global_embedding = features.masked_fill(padding.unsqueeze(-1), torch.finfo(features.dtype).min).amax(dim=1)
-        encoded = self.text_encoder(features, padding)  # M~_t (Eq. 1-3)
+        encoded = self.text_encoder(self._part_input(features), padding)  # M~_t (Eq. 1-3)
         decoder, shared_tokens = self.decoder, self.shared_tokens
         if not self.config.shared_decoder:
             decoder, shared_tokens = self.text_decoder, self.text_shared_tokens
@@ -170,6 +185,10 @@ class TextBasedPersonSearch(nn.Module):
         return Embeddings(torch.cat(slots, dim=1), torch.cat([coarse_weights, fine_weights], dim=1))
 
     # ---- helpers -----------------------------------------------------------
+
+    def _part_input(self, features: torch.Tensor) -> torch.Tensor:
+        """The encoders' input; detached under the ``detach_part_features`` diagnostic."""
+        return features.detach() if self.config.detach_part_features else features
 
     def identity_logits(self, slots: torch.Tensor) -> torch.Tensor:
         """(B, K, d) embeddings -> (B, K, c): e W_ID for each slot's classifier (Eq. 7)."""

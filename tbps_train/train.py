@@ -28,9 +28,11 @@ from tbps_train.data.pipeline import (
     CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally, random_flips,
 )
 from tbps_train.data.readers import has_split, read_split
+from tbps_train.data.twins import read_twin_queries
 from tbps_train.distributed import Distributed
 from tbps_train.evaluate import evaluate
-from tbps_train.losses import Gather, compute_losses
+from tbps_train.collapse import CollapseMonitor, collapsed_slots, slot_names
+from tbps_train.losses import Gather, compute_losses, ranking_negatives
 from tbps_train.model import TextBasedPersonSearch
 from tbps_train.plots import curves_path, plot_history
 from tbps_train.text import load_text_backbone
@@ -85,6 +87,46 @@ def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
 
 _TEXT_CACHES: dict[str, TextFeatureCache] = {}
 
+# Cached backbone maps are kept in float32 up to this many bytes (then the training loss equals
+# the full model's with a frozen backbone), in float16 beyond it.
+IMAGE_CACHE_FLOAT32_BYTES = 4 << 30
+
+
+class ImageFeatureCache:
+    """The frozen image backbone's output for every training image and its mirror image, computed once.
+
+    ``--cache-image-features``: training then runs only what is above the
+    backbone, tens of milliseconds a step on a CPU. It gives up fine-tuning
+    the backbone (the paper trains it at 0.1x the learning rate).
+    """
+
+    def __init__(self, model: TextBasedPersonSearch, store: ImageStore, batch_size: int = 64,
+                 device: str = "cpu", progress: bool = True):
+        backbone = model.image_backbone
+        h, w = model.feature_hw
+        size = len(store) * 2 * backbone.out_channels * h * w
+        dtype = torch.float32 if size * 4 <= IMAGE_CACHE_FLOAT32_BYTES else torch.float16
+        logger.info("caching image backbone features: %d images x 2 flips, %.1f GB (%s)",
+                    len(store), size * (4 if dtype == torch.float32 else 2) / 1e9, str(dtype).removeprefix("torch."))
+        self.maps = torch.empty(len(store), 2, backbone.out_channels, h, w, dtype=dtype)  # (N, 2, C, h, w)
+        was_training = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            for start in tqdm(range(0, len(store), batch_size), desc="cache image features",
+                              disable=not progress, leave=False):
+                indices = np.arange(start, min(start + batch_size, len(store)))
+                pixels = store.batch(indices).to(device).contiguous(memory_format=torch.channels_last)
+                for flip, batch in enumerate((pixels, pixels.flip(-1))):
+                    self.maps[indices, flip] = backbone(batch).to(dtype).cpu()
+        backbone.train(was_training)
+
+    def batch(self, images: np.ndarray, flips: torch.Tensor) -> torch.Tensor:
+        """(B,) image indices and (B,) bool mirror flags -> (B, C, h, w) float32 backbone maps."""
+        return self.maps[torch.from_numpy(images), flips.long()].float()
+
+
+_IMAGE_CACHES: dict[str, ImageFeatureCache] = {}
+
 
 @dataclass
 class TrainingData:
@@ -135,30 +177,39 @@ def build_optimizer(model: TextBasedPersonSearch, config: RunConfig) -> tuple[to
 class TrainingPass(torch.nn.Module):
     """The training forward pass as one module call: DistributedDataParallel only hooks ``forward``."""
 
-    def __init__(self, model: TextBasedPersonSearch):
+    def __init__(self, model: TextBasedPersonSearch, from_image_features: bool = False):
         super().__init__()
         self.model = model
+        self.from_image_features = from_image_features
 
     def forward(self, pixels: torch.Tensor, hidden: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """S_v, S_t (B, K, d) and their identity logits (B, K, c)."""
-        image = self.model.encode_image(pixels)
+        """S_v, S_t (B, K, d) and their identity logits (B, K, c). ``pixels`` are the backbone's
+        (B, C, h, w) maps when the pass runs from cached image features."""
+        encode = self.model.encode_image_features if self.from_image_features else self.model.encode_image
+        image = encode(pixels)
         text = self.model.encode_text_features(hidden, mask)
         return image.slots, text.slots, self.model.identity_logits(image.slots), self.model.identity_logits(text.slots)
 
 
 def train_step(model: TextBasedPersonSearch, pixels: torch.Tensor, hidden: torch.Tensor,
                mask: torch.Tensor, labels: torch.Tensor, config: RunConfig,
-               forward: torch.nn.Module | None = None, gather: Gather | None = None) -> dict[str, torch.Tensor]:
+               forward: torch.nn.Module | None = None, gather: Gather | None = None,
+               negatives: str = "hardest", monitor: CollapseMonitor | None = None) -> dict[str, torch.Tensor]:
     """One batch's loss terms (Eq. 13's parts); the caller sums those ending in ``_loss``.
 
-    ``forward`` is the model's TrainingPass wrapped for data parallelism,
-    ``gather`` the matching :meth:`Distributed.gather`; with them the terms
-    are this process's share of the global batch's terms.
+    ``pixels`` are (B, 3, H, W) images, or the frozen backbone's (B, C, h, w)
+    maps when ``forward`` runs from cached image features. ``forward`` is the
+    model's TrainingPass wrapped for data parallelism, ``gather`` the matching
+    :meth:`Distributed.gather`; with them the terms are this process's share
+    of the global batch's terms. ``negatives`` is "all" during the ranking
+    warm-up; ``monitor`` sees every step's embeddings.
     """
     image_slots, text_slots, image_logits, text_logits = (forward or TrainingPass(model))(pixels, hidden, mask)
+    if monitor is not None:
+        monitor.add(image_slots.detach(), text_slots.detach(), labels)
     return compute_losses(image_slots, text_slots, image_logits, text_logits, labels, model.slot_groups(),
-                          config.loss, gather)
+                          config.loss, gather, negatives)
 
 
 def wrap_for_data_parallel(model: TextBasedPersonSearch, config: RunConfig,
@@ -169,7 +220,7 @@ def wrap_for_data_parallel(model: TextBasedPersonSearch, config: RunConfig,
     so the statistics are the global batch's, as on one GPU. PyTorch's
     SyncBatchNorm has no CPU implementation: on gloo they stay per process.
     """
-    forward = TrainingPass(model)
+    forward = TrainingPass(model, config.train.cache_image_features)
     if not distributed.enabled:
         return forward
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -219,6 +270,8 @@ class Trainer:
             )
         device = self.distributed.device
         self.model.to(device)
+        if self.config.train.cache_image_features:
+            self.model.image_backbone.requires_grad_(False)  # frozen: not optimised, maps cached once
         # NHWC convolutions train the image backbone faster on CPUs; weights and results are unchanged.
         self.model.image_backbone.to(memory_format=torch.channels_last)
         self.forward = wrap_for_data_parallel(self.model, self.config, self.distributed)
@@ -228,7 +281,10 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.tokenizer = load_tokenizer(self.tokenizer_json, self.config.model.max_text_length)
         self.val_records = read_split(dataset, self.root, "val") if has_split(dataset, self.root, "val") else None
+        self.val_subsets = twin_subsets(dataset, self.root, "val", self.val_records)
         self.text_cache = self._text_cache() if self.config.train.cache_text else None
+        self.image_cache = self._image_cache() if self.config.train.cache_image_features else None
+        self.monitor = CollapseMonitor(slot_names(self.model.slot_groups()), self.config.loss.margin)
         if self.distributed.enabled:
             logger.info("data parallel: %d processes, global batch %d", self.distributed.world_size,
                         self.config.train.batch_size)
@@ -255,6 +311,20 @@ class Trainer:
             _TEXT_CACHES[key] = TextFeatureCache(self.model, self.tokenizer, texts, device=device,
                                                  progress=self.progress)
         return _TEXT_CACHES[key]
+
+    def _image_cache(self) -> ImageFeatureCache:
+        """The frozen backbone's maps of the train split, reused by the next run in this process when
+        the backbone's weights, the image size and the images are the same (an ablation's rows)."""
+        digest = hashlib.sha256(str(self.config.model.image_size).encode())
+        for tensor in self.model.image_backbone.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update("\0".join(str(p) for p in self.data.store.paths).encode())
+        key = digest.hexdigest()
+        if key not in _IMAGE_CACHES:
+            _IMAGE_CACHES.clear()
+            _IMAGE_CACHES[key] = ImageFeatureCache(self.model, self.data.store, device=self.distributed.device,
+                                                   progress=self.progress)
+        return _IMAGE_CACHES[key]
 
     def _new_model(self) -> TextBasedPersonSearch:
         torch.manual_seed(self.config.train.seed)
@@ -294,10 +364,13 @@ class Trainer:
             started = time.perf_counter()
             losses = self._epoch(epoch)
             record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
-                      "threads": self._epoch_threads(), **losses}
+                      "threads": self._epoch_threads(),
+                      "ranking_negatives": ranking_negatives(self.config.loss, epoch), **losses,
+                      **self._health(epoch)}
             if main and self._evaluate_now(epoch):
                 record["val"] = evaluate(self.model, self.tokenizer, self.val_records,
-                                         device=self.distributed.device, progress=False, per_slot=True)
+                                         device=self.distributed.device, progress=False, per_slot=True,
+                                         query_subsets=self.val_subsets)
             self.history.append(record)
             if main:  # rank 0 alone logs and writes; the others wait for the checkpoint
                 logger.info(_epoch_line(record, epochs))
@@ -308,6 +381,19 @@ class Trainer:
                                 title=f"{self.output.name} on {self.dataset}")
             logger.info("training curves: %s", plot)
         return self.history[-1]
+
+    def _health(self, epoch: int) -> dict[str, Any]:
+        """The epoch's collapse diagnostics (tbps_train.collapse), with a warning for each collapsed slot."""
+        health = self.monitor.epoch_summary()
+        collapsed = collapsed_slots(health)
+        if collapsed and self.distributed.is_main:
+            worst = health[collapsed[0]]
+            logger.warning("epoch %d: %d slot(s) collapsed (%s): hinges at %.2f of the margin, %.0f%% active, "
+                           "embedding spread %.4f; the ranking loss gives no gradient there (see "
+                           "--ranking-warmup-epochs)", epoch + 1, len(collapsed), ", ".join(collapsed),
+                           worst["loss_ratio"], 100 * worst["active_hinges"],
+                           max(worst["spread_image"], worst["spread_text"]))
+        return {"health": health, "collapsed": collapsed}
 
     def _epoch_threads(self) -> int | dict[str, int]:
         """The fixed thread count, or (policy) the steps run at each count this epoch."""
@@ -328,6 +414,8 @@ class Trainer:
         # and every process draws the same global batches (a batch smaller than the job is skipped).
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         self.model.train()
+        if self.image_cache is not None:
+            self.model.image_backbone.eval()  # frozen: its BatchNorm statistics stay the pretrained ones
         totals: dict[str, float] = {}
         steps = [chunk for chunk in batches(len(self.data.labels), cfg.batch_size, generator)
                  if len(chunk) >= distributed.world_size]
@@ -336,12 +424,14 @@ class Trainer:
         progress = tqdm(self._image_batches([chunk[share] for chunk, share in zip(steps, shares)]),
                         total=len(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
                         leave=False)
+        negatives = ranking_negatives(self.config.loss, epoch)
         for (chunk, pixels), share, batch in zip(progress, shares, steps):
             flips = random_flips(len(batch), generator, cfg.flip_probability)[share]
-            pixels = flip_horizontally(pixels, flips).to(device).contiguous(memory_format=torch.channels_last)
+            pixels = self._image_input(chunk, pixels, flips).to(device)
             hidden, mask = self._text_batch(chunk)
             terms = train_step(self.model, pixels, hidden.to(device), mask.to(device),
-                               self.data.labels[chunk].to(device), self.config, self.forward, gather)
+                               self.data.labels[chunk].to(device), self.config, self.forward, gather,
+                               negatives, self.monitor)
             loss = sum(v for k, v in terms.items() if k.endswith("_loss"))  # Eq. 13 (this process's share)
             self.optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over processes; the global loss is the sum of the shares.
@@ -357,8 +447,11 @@ class Trainer:
         return {name: round(value / max(len(steps), 1), 4) for name, value in totals.items()}
 
     def _image_batches(self, steps: list[np.ndarray]):
-        """(chunk, pixels) per step; decoded by worker processes when the split is not in memory."""
+        """(chunk, pixels) per step; decoded by worker processes when the split is not in memory;
+        (chunk, None) when training from cached image features."""
         image_index = self.data.captions.image_index
+        if self.image_cache is not None:
+            return ((chunk, None) for chunk in steps)
         workers = self.config.train.num_workers
         if self.data.store.preloaded or workers == 0:
             return ((chunk, self.data.store.batch(image_index[chunk])) for chunk in steps)
@@ -367,6 +460,12 @@ class Trainer:
             num_workers=workers, collate_fn=collate_pixels,
         )
         return zip(steps, loader)
+
+    def _image_input(self, chunk: np.ndarray, pixels: torch.Tensor | None, flips: torch.Tensor) -> torch.Tensor:
+        """The step's (B, 3, H, W) pixels mirrored where ``flips`` says, or their cached backbone maps."""
+        if self.image_cache is not None:
+            return self.image_cache.batch(self.data.captions.image_index[chunk], flips)
+        return flip_horizontally(pixels, flips).contiguous(memory_format=torch.channels_last)
 
     def _text_batch(self, chunk: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.text_cache is not None:
@@ -390,6 +489,14 @@ class Trainer:
                          "scheduler": self.scheduler.state_dict()},
         )
         save_checkpoint(self.output, payload)
+
+
+def twin_subsets(dataset: str, root: Path, split: str, records: list | None) -> dict[str, np.ndarray]:
+    """{"twins": caption rows} when the dataset has a twin split (tbps synth --parts), else {}."""
+    if not records or dataset == "csv":
+        return {}
+    rows = read_twin_queries(root, split, records)
+    return {"twins": rows} if rows is not None and len(rows) else {}
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -56,10 +56,13 @@ def test_per_slot_r1_equals_naive_restricted_eq14(tiny_checkpoint, synth_root):
                                                           abs=0.01), name
     assert metrics["per_slot"]["all"] == pytest.approx(metrics["r1"], abs=0.01)
     cosines = metrics["token_cosine"]
-    assert set(cosines) == {"coarse_image_attention", "coarse_image_embedding", "coarse_text_attention",
-                            "coarse_text_embedding", "fine_image_embedding", "fine_text_attention",
-                            "fine_text_embedding"}
+    attention = {f"{group}_attention{suffix}" for group in ("coarse_image", "coarse_text", "fine_text")
+                 for suffix in ("", "_centred", "_entropy")}
+    assert set(cosines) == attention | {"coarse_image_embedding", "coarse_text_embedding", "fine_image_embedding",
+                                        "fine_text_embedding"}
     assert all(-1.0 <= v <= 1.0 for v in cosines.values())
+    assert all(0.0 <= v <= 1.0 for k, v in cosines.items() if k.endswith("_entropy"))
+    assert set(metrics["token_query_cosine"]) == {"shared_tokens", "shared_queries", "text_tokens", "text_queries"}
 
 
 def test_collapsed_tokens_show_as_cosine_one(tiny_text_backbone, synth_root):
@@ -88,3 +91,58 @@ def test_token_init(tiny_text_backbone, init):
         torch.testing.assert_close(gram, torch.eye(4) * expected_norm ** 2, atol=1e-4, rtol=1e-4)
     else:
         assert tokens.norm(dim=1).mean().item() == pytest.approx(expected_norm, rel=0.35)
+
+
+def test_centred_attention_cosine_and_entropy_by_hand():
+    # Two tokens over 4 positions: near-uniform maps that tilt opposite ways. Raw cosine ~1, centred -1.
+    maps = torch.tensor([[[0.3, 0.2, 0.25, 0.25], [0.2, 0.3, 0.25, 0.25]]])
+    similarity = TokenSimilarity()
+    similarity.add_attention("a", maps)
+    means = similarity.means()
+    raw = (0.3 * 0.2 * 2 + 0.25 ** 2 * 2) / (0.3 ** 2 + 0.2 ** 2 + 2 * 0.25 ** 2)
+    assert means["a"] == pytest.approx(raw, abs=1e-4)
+    assert means["a_centred"] == pytest.approx(-1.0, abs=1e-4)
+    entropy = -(0.3 * np.log(0.3) + 0.2 * np.log(0.2) + 2 * 0.25 * np.log(0.25)) / np.log(4)
+    assert means["a_entropy"] == pytest.approx(entropy, abs=1e-4)
+
+
+def test_centred_attention_ignores_padding():
+    # Three real words and one padding position (weight 0): uniform over 3 is the reference.
+    maps = torch.tensor([[[0.5, 0.25, 0.25, 0.0], [1 / 3, 1 / 3, 1 / 3, 0.0]]])
+    similarity = TokenSimilarity()
+    similarity.add_attention("t", maps, torch.tensor([[True, True, True, False]]))
+    means = similarity.means()
+    assert means["t_entropy"] == pytest.approx((-(0.5 * np.log(0.5) + 0.5 * np.log(0.25)) / np.log(3) + 1) / 2,
+                                               abs=1e-4)
+    assert means["t_centred"] == pytest.approx(0.0, abs=1e-4)  # the second map is the uniform one: cosine 0
+
+
+def test_token_query_cosine_reads_the_shared_query_bias(tiny_text_backbone):
+    from tbps_train.evaluate import token_query_cosine
+
+    config = dataclasses.replace(load_preset("tiny").model, num_coarse=3, token_init="orthogonal")
+    model = TextBasedPersonSearch(config, copy.deepcopy(tiny_text_backbone[0]), 5)
+    d = config.embed_dim
+    with torch.no_grad():
+        model.decoder.attention.in_proj_weight[:d] = torch.eye(d)
+        model.decoder.attention.in_proj_bias[:d] = 0
+    assert token_query_cosine(model)["shared_tokens"] == pytest.approx(0.0, abs=1e-5)
+    assert token_query_cosine(model)["shared_queries"] == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        model.decoder.attention.in_proj_bias[:d] = 1e3  # a large shared bias makes every query alike
+    assert token_query_cosine(model)["shared_queries"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_no_query_bias_keeps_the_bias_at_zero_while_training(tiny_text_backbone):
+    config = dataclasses.replace(load_preset("tiny").model, decoder_query_bias=False)
+    model = TextBasedPersonSearch(config, copy.deepcopy(tiny_text_backbone[0]), 5)
+    optimizer = torch.optim.Adam(model.decoder.parameters(), lr=0.1)
+    features = torch.randn(3, 6, config.embed_dim)
+    for _ in range(3):
+        embeddings, _ = model.decoder(model.shared_tokens, features)
+        optimizer.zero_grad()
+        embeddings.pow(2).sum().backward()
+        optimizer.step()
+    d = config.embed_dim
+    bias = model.decoder.attention.in_proj_bias
+    assert torch.count_nonzero(bias[:d]) == 0 and torch.count_nonzero(bias[d:]) > 0

@@ -144,3 +144,61 @@ def test_unknown_reduction_is_refused():
 
     with pytest.raises(ConfigError, match="ranking_reduction"):
         LossConfig(ranking_reduction="max").validate()
+
+
+# Three people; cosines s(v_i, t_j): v0 -> (0.8, 1, 0), v1 -> (0.8, 1, 0), v2 -> (0.6, 0, 1).
+THREE_IMAGE = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+THREE_TEXT = torch.tensor([[0.8, 0.6], [1.0, 0.0], [0.0, 1.0]])
+THREE_LABELS = torch.tensor([0, 1, 2])
+
+
+def test_warmup_hinge_is_averaged_over_all_negatives_by_hand():
+    # alpha 0.2. Image anchors: v0 over t1, t2: ([0.2 - 0.8 + 1]+ + [0.2 - 0.8 + 0]+) / 2 = 0.2; v1, v2: 0.
+    # Text anchors: t0 over v1, v2: ([0.2 - 0.8 + 0.8]+ + [0.2 - 0.8 + 0.6]+) / 2 = 0.1;
+    # t1 over v0, v2: ([0.2 - 1 + 1]+ + 0) / 2 = 0.1; t2: 0. Total 0.4.
+    loss = ranking_loss(THREE_IMAGE, THREE_TEXT, THREE_LABELS, 0.2, negatives="all")
+    assert loss.item() == pytest.approx(0.4)
+    # The hardest negatives of the same batch: v0 0.4, t0 0.2, t1 0.2.
+    assert ranking_loss(THREE_IMAGE, THREE_TEXT, THREE_LABELS, 0.2).item() == pytest.approx(0.8)
+
+
+def test_warmup_hinge_skips_the_same_person_and_takes_per_anchor_margins():
+    # v0 and v1 are one person: v0's only negative is t2 (cosine 0): [m - 0.8 + 0]+ = 0 for m <= 0.8.
+    # With image margins (1.0, 0, 0): v0 gives [1 - 0.8 + 0]+ = 0.2; text margins 0 leave t0: [0 - 0.8 + 0.6]+ = 0.
+    loss = margin_ranking_loss(THREE_IMAGE, THREE_TEXT, torch.tensor([4, 4, 9]), torch.tensor([1.0, 0.0, 0.0]),
+                               torch.zeros(3), negatives="all")
+    assert loss.item() == pytest.approx(0.2)
+
+
+def test_warmup_has_gradient_where_the_hardest_negative_has_none():
+    # Every embedding equal: each hardest hinge is alpha and the max gives no useful direction;
+    # averaged over negatives the loss still pushes (its gradient is not zero).
+    image = torch.ones(4, 3, requires_grad=True)
+    text = (torch.ones(4, 3) + 0.01 * torch.randn(4, 3)).requires_grad_()
+    ranking_loss(image, text, torch.arange(4), 0.2, negatives="all").backward()
+    assert text.grad.abs().sum() > 0
+
+
+def test_unknown_negatives_are_refused():
+    with pytest.raises(ValueError, match="negatives"):
+        ranking_loss(IMAGE, TEXT, LABELS, 0.2, negatives="semi-hard")
+
+
+def test_ranking_warmup_switches_at_its_epoch():
+    from tbps_train.losses import ranking_negatives
+
+    config = LossConfig(ranking_warmup_epochs=2)
+    assert [ranking_negatives(config, epoch) for epoch in range(4)] == ["all", "all", "hardest", "hardest"]
+    assert ranking_negatives(LossConfig(), 0) == "hardest"
+
+
+def test_compute_losses_passes_the_negatives_to_every_ranking_term():
+    image = torch.stack([THREE_IMAGE] * 3, dim=1)  # (3, K=3, 2)
+    text = torch.stack([THREE_TEXT] * 3, dim=1)
+    logits = torch.zeros(3, 3, 3)  # commonality 1: CMR margins 0
+    groups = {"global": slice(0, 1), "coarse": slice(1, 2), "fine": slice(2, 3)}
+    config = LossConfig(margin=0.2, fine_loss="ranking", ranking_reduction="sum")
+    warm = compute_losses(image, text, logits, logits, THREE_LABELS, groups, config, negatives="all")
+    hard = compute_losses(image, text, logits, logits, THREE_LABELS, groups, config)
+    for name in ("ranking_global_loss", "ranking_coarse_loss", "ranking_fine_loss"):
+        assert warm[name].item() == pytest.approx(0.4) and hard[name].item() == pytest.approx(0.8)

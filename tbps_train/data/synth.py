@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 # (or no marker) is refused.
 MARKER = ".tbps-synth.json"
 _MARKER_FORMAT = "tbps-synth"
-_OWN_FILES = {MARKER, "reid_raw.json", "synth.json"}
+_OWN_FILES = {MARKER, "reid_raw.json", "synth.json", "twins.json"}  # twins.json: the --parts set (synth_parts)
 _OWN_DIRS = {"imgs", "imgs/SYNTH"}
 _OWN_IMAGE = re.compile(r"imgs/SYNTH/\d{5,}_\d{2,}\.png")
 
@@ -213,8 +214,17 @@ def _quad_between(top, bottom, ya, yb):
     return [(la, ya), (ra, ya), (rb, yb), (lb, yb)]
 
 
-def _draw_person(d: ImageDraw.ImageDraw, p: Person, f: _Frame, side: int, spread: float) -> None:
-    """Front view of ``p``; ``side`` (+1/-1) is where a bag hangs, ``spread`` how far the arms swing out."""
+# Draws small extras over a finished body, below a carried bag: (draw, frame, waist half-width) -> None.
+Accents = Callable[[ImageDraw.ImageDraw, "_Frame", float], None]
+
+
+def _draw_person(d: ImageDraw.ImageDraw, p: Person, f: _Frame, side: int, spread: float, *,
+                 strap: RGB | None = None, accents: Accents | None = None) -> None:
+    """Front view of ``p``; ``side`` (+1/-1) is where a bag hangs, ``spread`` how far the arms swing out.
+
+    ``strap`` colours the bag's straps (default: the bag's colour); ``accents`` draws extras (the parts
+    set's glasses and belt) after the head and before a carried bag.
+    """
     woman = p.gender == "woman"
     skin, upper = SKIN_TONES[p.skin], PALETTE[p.upper_colour]
     second = PALETTE[p.pattern_colour] if p.pattern_colour else upper
@@ -238,12 +248,14 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Person, f: _Frame, side: int, spread
             d.polygon(f.poly(_quad_between(*torso, y, y + 0.03)), fill=second)
     if p.bag == "backpack":  # straps over both shoulders
         for s in (-1, 1):
-            d.line(f.poly([(s * 0.6 * sh, 0.155), (s * 0.62 * sh, 0.37)]), fill=PALETTE[p.bag_colour],
+            d.line(f.poly([(s * 0.6 * sh, 0.155), (s * 0.62 * sh, 0.37)]), fill=strap or PALETTE[p.bag_colour],
                    width=max(1, round(0.014 * f.h)))
     _draw_lower(d, p, f, hip, skin)
     _draw_head(d, p, f, woman, skin)
+    if accents is not None:
+        accents(d, f, waist)
     if p.bag in ("handbag", "shoulder bag"):
-        _draw_carried_bag(d, p, f, side, sh, hip, aw, spread)
+        _draw_carried_bag(d, p, f, side, sh, hip, aw, spread, strap)
 
 
 def _draw_lower(d, p: Person, f: _Frame, hip: float, skin: RGB) -> None:
@@ -279,15 +291,16 @@ def _draw_head(d, p: Person, f: _Frame, woman: bool, skin: RGB) -> None:
         d.rectangle(f.box(0.8 * hw, 0.06, 1.12 * hw, 0.085), fill=hair)
 
 
-def _draw_carried_bag(d, p: Person, f: _Frame, side: int, sh, hip, aw, spread) -> None:
+def _draw_carried_bag(d, p: Person, f: _Frame, side: int, sh, hip, aw, spread, strap: RGB | None = None) -> None:
     colour, s = PALETTE[p.bag_colour], side
+    strap = strap or colour
     width = max(1, round(0.012 * f.h))
     if p.bag == "handbag":  # hangs from the hand
         hx = s * (sh + aw / 2 + spread)
-        d.line(f.poly([(hx - 0.02, 0.52), (hx, 0.49), (hx + 0.02, 0.52)]), fill=colour, width=width)
+        d.line(f.poly([(hx - 0.02, 0.52), (hx, 0.49), (hx + 0.02, 0.52)]), fill=strap, width=width)
         d.rectangle(f.box(hx - 0.036, 0.515, hx + 0.036, 0.60), fill=colour)
     else:  # shoulder bag: strap across the chest to a bag at the hip
-        d.line(f.poly([(-s * sh * 0.7, 0.16), (s * hip, 0.45)]), fill=colour, width=width)
+        d.line(f.poly([(-s * sh * 0.7, 0.16), (s * hip, 0.45)]), fill=strap, width=width)
         x0, x1 = sorted((s * (hip - 0.01), s * (hip + 0.07)))
         d.rectangle(f.box(x0, 0.43, x1, 0.535), fill=colour)
 
@@ -316,8 +329,9 @@ def _background(rng, height: int, width: int, clutter: float) -> Image.Image:
 
 
 def _render(p: Person, rng: np.random.Generator, size: tuple[int, int], cfg: SynthConfig,
-            distractor: Person) -> Image.Image:
-    """One image of ``p``, (height, width) = ``size``."""
+            distractor: Person, draw: Callable[..., None] = _draw_person) -> Image.Image:
+    """One image of ``p``, (height, width) = ``size``; ``draw`` has :func:`_draw_person`'s signature
+    (the parts set passes one that adds its accents), the distractor is always drawn plainly."""
     height, width = size
     ss = cfg.supersample
     img = _background(rng, height * ss, width * ss, cfg.clutter)
@@ -330,7 +344,7 @@ def _render(p: Person, rng: np.random.Generator, size: tuple[int, int], cfg: Syn
     h = height * ss * float(np.clip(0.85 + j * rng.uniform(-0.1, 0.1), 0.5, 0.98))
     top = (0.5 + j * rng.uniform(-0.49, 0.49)) * (height * ss - h - 0.01 * height * ss)
     frame = _Frame(width * ss * (0.5 + j * rng.uniform(-0.08, 0.08)), top, h, 1 + j * rng.uniform(-0.08, 0.08))
-    _draw_person(d, p, frame, int(rng.choice((-1, 1))), j * rng.uniform(0, 0.02))
+    draw(d, p, frame, int(rng.choice((-1, 1))), j * rng.uniform(0, 0.02))
     if rng.random() < 0.15 * cfg.clutter:  # a pole or passer-by cutting the edge
         w = width * ss * rng.uniform(0.04, 0.14)
         x0 = 0 if rng.random() < 0.5 else width * ss - w
@@ -561,6 +575,34 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     replace_directory(tmp, out)
 
 
+def _begin(out: str | Path, ids: int, images_per_id: int, image_size: tuple[int, int],
+           splits: tuple[float, float, float], seed: int, overwrite: bool) -> Path:
+    """Check the arguments, the free space and ``out`` (refused unless empty or replaceable); absolute ``out``."""
+    _check_args(ids, images_per_id, image_size, splits, seed)
+    out = Path(out).expanduser().absolute()
+    existing = next(p for p in out.parents if p.is_dir())
+    # Before drawing people (or creating a directory): a count no disk can hold would otherwise run for hours.
+    least = ids * images_per_id * image_size[0] * image_size[1] * 3 // 16  # PNG: ~1/8 of raw without noise, ~2/3 with
+    ensure_space(existing, least, f"{ids} x {images_per_id} synthetic images")
+    _prepare_out(out, overwrite)
+    return out
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` in a fresh sibling ``tmp`` of ``out`` holding an empty ``imgs/SYNTH/``, add the
+    marker and move ``tmp`` into place; ``tmp`` is removed on any failure, so ``out`` is all or nothing."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        (tmp / "imgs" / "SYNTH").mkdir(parents=True)
+        write(tmp)
+        (tmp / MARKER).write_text(json.dumps({"format": _MARKER_FORMAT, "version": 1}) + "\n")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _tokens(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
@@ -588,20 +630,12 @@ def generate(
     written here): nothing else is ever deleted.
     """
     cfg = config or SynthConfig()
-    _check_args(ids, images_per_id, image_size, splits, seed)
-    out = Path(out).expanduser().absolute()
-    existing = next(p for p in out.parents if p.is_dir())
-    # Before drawing people (or creating a directory): a count no disk can hold would otherwise run for hours.
-    least = ids * images_per_id * image_size[0] * image_size[1] * 3 // 16  # PNG: ~1/8 of raw without noise, ~2/3 with
-    ensure_space(existing, least, f"{ids} x {images_per_id} synthetic images")
-    _prepare_out(out, overwrite)
+    out = _begin(out, ids, images_per_id, image_size, splits, seed, overwrite)
     people = _sample_people(np.random.default_rng([seed, 0]), ids, cfg)
     split_names = [n for n, size in zip(("train", "val", "test"), _split_sizes(ids, splits)) for _ in range(size)]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        (tmp / "imgs" / "SYNTH").mkdir(parents=True)
-        entries = []
+    entries = []
+
+    def write(tmp: Path) -> None:
         bar = tqdm(total=ids * images_per_id, desc="synth images", unit="img", disable=not progress)
         with bar:
             for pid, (person, split) in enumerate(zip(people, split_names), start=1):
@@ -612,11 +646,8 @@ def generate(
         settings = dict(ids=ids, images_per_id=images_per_id, seed=seed, image_size=list(image_size),
                         splits=list(splits), config=dataclasses.asdict(cfg))
         (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
-        (tmp / MARKER).write_text(json.dumps({"format": _MARKER_FORMAT, "version": 1}) + "\n")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    _write_atomically(out, write)
     counts = {s: split_names.count(s) for s in ("train", "val", "test")}
     log.info("wrote %d synthetic images of %d identities (train/val/test %d/%d/%d ids) to %s",
              len(entries), ids, counts["train"], counts["val"], counts["test"], out)

@@ -64,7 +64,8 @@ ROWS = (
                 variant_of="coarse"),
     AblationRow("coarse-fine-ranking-sum-warmup", "+ coarse + fine (ranking loss), summed + warm-up", "2", {},
                 {**SUM_WARMUP, "fine_loss": "ranking"}, variant_of="coarse-fine-ranking"),
-    AblationRow("full-sum-warmup", "full model (CMR), summed + warm-up", "2", {}, SUM_WARMUP, variant_of="full"),
+    AblationRow("full-sum-warmup", "full model (CMR), summed + warm-up", "2", {}, {**SUM_WARMUP, "fine_loss": "cmr"},
+                variant_of="full"),
     # Diagnostics: the full model with one setting changed, each one a hypothesis of why parts may hurt.
     AblationRow("sum-reduction", "Eq. 9/12 summed, Eq. 7 averaged over the batch", "diag.", {},
                 {"ranking_reduction": "sum"}),
@@ -209,7 +210,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for slug, runs in by_row.items():
         entry = {"row": slug, "name": runs[0]["name"], "table": runs[0]["table"], "K": runs[0]["K"],
-                 "seeds": [r["seed"] for r in runs]}
+                 "reduction": reduction_label(runs[0].get("config", {})), "seeds": [r["seed"] for r in runs]}
         for split in ("test", "val"):
             for key in ("r1", "r5", "r10", "map", "minp"):
                 values = [r[split][key] for r in runs if r.get(split)]
@@ -220,13 +221,34 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def choose_variants(summary: list[dict[str, Any]]) -> dict[str, str]:
+    """Per row family (a row and the rows that train it another way, AblationRow.variant_of): the row
+    kept, the one with the highest mean validation R@1. Test figures play no part in the choice."""
+    variant_of = {row.slug: row.variant_of or row.slug for row in ROWS}
+    best: dict[str, dict[str, Any]] = {}
+    for entry in summary:
+        family = variant_of.get(entry["row"], entry["row"])
+        if "val_r1" in entry and (family not in best or entry["val_r1"] > best[family]["val_r1"]):
+            best[family] = entry
+    return {family: entry["row"] for family, entry in best.items()}
+
+
+def reduction_label(config: dict[str, Any]) -> str:
+    """How a run reduced Eq. 9/12: "mean", "sum" or "sum + N warm-up epoch(s)"."""
+    loss = config.get("loss", {})
+    label = loss.get("ranking_reduction", "mean")
+    warmup = loss.get("ranking_warmup_epochs", 0)
+    return f"{label} + {warmup} warm-up epoch{'s' if warmup > 1 else ''}" if warmup else label
+
+
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     """Test R@1/5/10, mAP (mean ± std over seeds) and validation R@1 per row."""
-    lines = ["| table | row | K | seeds | test R@1 | test R@5 | test R@10 | test mAP | val R@1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| table | row | K | Eq. 9/12 | seeds | test R@1 | test R@5 | test R@10 | test mAP | val R@1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary:
         cells = [_mean_std(e, f"test_{k}") for k in ("r1", "r5", "r10", "map")] + [_mean_std(e, "val_r1")]
-        lines.append(f"| {e['table']} | {e['name']} | {e['K']} | {len(e['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {e['table']} | {e['name']} | {e['K']} | {e.get('reduction', 'mean')} | {len(e['seeds'])} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -242,7 +264,7 @@ def write_summary(out_dir: str | Path, meta: dict[str, Any] | None = None) -> di
     out_dir = Path(out_dir)
     runs = [_read_run(p) for p in sorted(out_dir.glob("*-s*.json"))]
     summary = summarize(runs)
-    document = {"meta": meta or {}, "summary": summary, "runs": runs}
+    document = {"meta": meta or {}, "summary": summary, "kept": choose_variants(summary), "runs": runs}
     atomic_write_text(out_dir / "ablation.json", json.dumps(document, indent=2))
     atomic_write_text(out_dir / "ablation.md", markdown_table(summary) + "\n")
     return document

@@ -24,7 +24,7 @@ from typing import Any
 from tbps_runtime.atomic import atomic_write_text, read_json
 from tbps_runtime.errors import ConfigError, DataError
 from tbps_runtime.machine import cpu_model
-from tbps_train.config import RunConfig, apply_overrides
+from tbps_train.config import RunConfig, apply_overrides, not_in_paper
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _run_one(config: RunConfig, row: AblationRow, seed: int, dataset: str, root:
         "val": evaluated[-1]["val"] if evaluated else None,
         "best_val_epoch": best["epoch"] if best else None,
         "test": test, "seconds": round(time.perf_counter() - started, 1),
-        "checkpoint": checkpoint.name, "config": config.to_dict(),
+        "checkpoint": checkpoint.name, "config": config.to_dict(), "not_in_paper": not_in_paper(config),
         "machine": cpu_model(),
     }
 

@@ -169,6 +169,33 @@ class RunConfig:
         )
 
 
+def not_in_paper(config: RunConfig) -> list[str]:
+    """The settings of ``config`` that the paper does not print (or prints otherwise), one line each:
+    recorded in every checkpoint and ablation record, so no figure passes for the paper's own."""
+    m, loss, t = config.model, config.loss, config.train
+    notes = []
+    if m.foreground_scaling == "max":
+        notes.append("Eq. 5: A_avg scaled to [0, 1] by its per-image maximum")
+    if m.id_classifier == "cosine":
+        notes.append(f"Eq. 7: scaled cosine classifier ({m.id_scale:g} cos(e, w)) instead of e W_ID")
+    if loss.ranking_reduction == "mean":
+        notes.append("Eq. 9/12: averaged over the batch instead of summed")
+    if loss.ranking_warmup_epochs:
+        notes.append(f"Eq. 9/12: hinges averaged over all negatives for the first {loss.ranking_warmup_epochs} "
+                     "epoch(s), then the hardest (VSE-infinity's warm-up)")
+    if not m.decoder_query_bias:
+        notes.append("Eq. 4: no query bias (nn.MultiheadAttention adds one; the equation has none)")
+    if m.detach_part_features:
+        notes.append("diagnostic: coarse and fine gradients stopped at the projected features")
+    if t.cache_image_features:
+        notes.append("image backbone frozen (features cached) instead of fine-tuned at 0.1x the learning rate")
+    if t.warmup_epochs:
+        notes.append(f"{t.warmup_epochs} epoch(s) of linear learning-rate warm-up")
+    if t.weight_decay:
+        notes.append(f"weight decay {t.weight_decay:g}")
+    return notes
+
+
 # Inclusive bounds of the numeric fields (each item of a tuple): beyond them a run cannot train, or would
 # exhaust memory or overflow a seed before it started.
 LIMITS: dict[str, tuple[float, float]] = {

@@ -67,3 +67,45 @@ def _plot_parts(axes, evaluated: list[dict[str, Any]]) -> None:
             similarity.plot(epochs, values, linestyle="--", label=name.replace("_", " "))
     similarity.set(ylim=(0, 1.05), ylabel="mean pairwise cosine")
     similarity.legend(fontsize=7, loc="lower right")
+
+
+# (history key path, panel title) of the token-specialisation picture, one panel each.
+_TOKEN_PANELS = (
+    (("token_cosine", "coarse_image_attention_centred"), "shared tokens' image attention\n(centred pairwise cosine)"),
+    (("token_cosine", "fine_text_attention_centred"), "text tokens' word attention\n(centred pairwise cosine)"),
+    (("token_query_cosine", "shared_queries"), "shared tokens' query vectors\n(pairwise cosine)"),
+    (("per_slot", "coarse"), "val R@1 of the coarse slots (%)"),
+)
+
+
+def plot_token_specialisation(runs: dict[str, tuple[list[dict[str, Any]], int]], path: str | Path,
+                              title: str = "") -> Path:
+    """How alike the decoder's tokens stay as training goes: one line per run, x = training steps.
+
+    ``runs`` maps a label to (the checkpoint's history, steps per epoch). A
+    centred cosine near 1 means every token attends to the same positions
+    (not specialised); near 0 or below, to different ones.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, len(_TOKEN_PANELS), figsize=(4.2 * len(_TOKEN_PANELS), 3.8), dpi=100)
+    for (group, key), panel_title in zip((p for p, _ in _TOKEN_PANELS), (t for _, t in _TOKEN_PANELS)):
+        ax = axes[[p for p, _ in _TOKEN_PANELS].index((group, key))]
+        for label, (history, steps_per_epoch) in runs.items():
+            points = [(r["epoch"] * steps_per_epoch, r["val"].get(group, {}).get(key))
+                      for r in history if "val" in r]
+            points = [(x, y) for x, y in points if y is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+        ax.set(xlabel="training steps", title=panel_title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
+    plt.close(figure)
+    return Path(path)

@@ -23,7 +23,7 @@ from tbps_train.backbones import load_image_weights, resolve_image_weights
 from tbps_train.checkpoint import (
     check_checkpoint_output, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint,
 )
-from tbps_train.config import RunConfig, apply_overrides
+from tbps_train.config import RunConfig, apply_overrides, not_in_paper
 from tbps_train.data.pipeline import (
     CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally, random_flips,
 )
@@ -285,6 +285,8 @@ class Trainer:
         self.text_cache = self._text_cache() if self.config.train.cache_text else None
         self.image_cache = self._image_cache() if self.config.train.cache_image_features else None
         self.monitor = CollapseMonitor(slot_names(self.model.slot_groups()), self.config.loss.margin)
+        for note in not_in_paper(self.config):
+            logger.info("not in the paper: %s", note)
         if self.distributed.enabled:
             logger.info("data parallel: %d processes, global batch %d", self.distributed.world_size,
                         self.config.train.batch_size)
@@ -482,6 +484,7 @@ class Trainer:
             metrics={"val": last_val} if last_val else {},
             history=self.history,
             dataset={"name": self.dataset, "root": str(self.root)},
+            not_in_paper=not_in_paper(self.config),
             image_weights=self.image_weights,
             # Training is deterministic per machine; another CPU's kernels round differently.
             machine={"cpu": cpu_model(), "torch": str(torch.__version__), "threads": self.threads.source},

@@ -92,6 +92,11 @@ ROWS = (
     AblationRow("orthogonal-no-query-bias-sum-warmup", "orthogonal tokens, no query bias, summed + warm-up",
                 "tokens", {"token_init": "orthogonal", "decoder_query_bias": False}, SUM_WARMUP,
                 variant_of="orthogonal-no-query-bias"),
+    # Outside the paper, labelled diagnostics: does an explicit push apart make the tokens specialise?
+    AblationRow("token-diversity", "token query diversity term, weight 1 (not in the paper)", "tokens",
+                {"token_init": "orthogonal", "decoder_query_bias": False}, {"token_diversity_weight": 1.0}),
+    AblationRow("token-lr-10", "decoder tokens at 10x the learning rate (not in the paper)", "tokens",
+                {"token_init": "orthogonal", "decoder_query_bias": False}, {}, {"token_lr_scale": 10.0}),
     # Why the global slot falls when parts are added (diagnostic, not a proposal).
     AblationRow("full-detached-parts", "full model, part gradients stopped at the features", "global",
                 {"detach_part_features": True}),
@@ -197,6 +202,7 @@ def _run_one(config: RunConfig, row: AblationRow, seed: int, dataset: str, root:
         "best_val_epoch": best["epoch"] if best else None,
         "test": test, "seconds": round(time.perf_counter() - started, 1),
         "checkpoint": checkpoint.name, "config": config.to_dict(), "not_in_paper": not_in_paper(config),
+        "history": history,
         "machine": cpu_model(),
     }
 

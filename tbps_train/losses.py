@@ -225,6 +225,17 @@ def compute_losses(
     return losses
 
 
+def token_diversity_loss(queries: list[torch.Tensor]) -> torch.Tensor:
+    """Diagnostic, not in the paper: the mean pairwise cosine of each set of (T, d) token query
+    vectors, summed over the sets (1 per set when every token asks the same; -1/(T-1) at best)."""
+    total = queries[0].new_zeros(())
+    for q in queries:
+        unit = F.normalize(q, dim=-1)
+        t = len(q)
+        total = total + ((unit @ unit.T).sum() - t) / (t * (t - 1))
+    return total
+
+
 def _slots(group: slice) -> range:
     return range(group.start, group.stop)
 

@@ -199,6 +199,12 @@ class TextBasedPersonSearch(nn.Module):
             ], dim=1)
         return torch.stack([head(slots[:, k]) for k, head in enumerate(self.id_classifiers)], dim=1)
 
+    def token_queries(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, d) decoder tokens -> (T, d) query vectors W_q t + b_q of the shared decoder's attention."""
+        attention, d = self.decoder.attention, self.config.embed_dim
+        bias = attention.in_proj_bias[:d] if attention.in_proj_bias is not None else 0.0
+        return tokens @ attention.in_proj_weight[:d].T + bias
+
     def slot_groups(self) -> dict[str, slice]:
         """Which slots hold g, C and F."""
         cfg = self.config

@@ -32,7 +32,7 @@ from tbps_train.data.twins import read_twin_queries
 from tbps_train.distributed import Distributed
 from tbps_train.evaluate import evaluate
 from tbps_train.collapse import CollapseMonitor, collapsed_slots, slot_names
-from tbps_train.losses import Gather, compute_losses, ranking_negatives
+from tbps_train.losses import Gather, compute_losses, ranking_negatives, token_diversity_loss
 from tbps_train.model import TextBasedPersonSearch
 from tbps_train.plots import curves_path, plot_history
 from tbps_train.text import load_text_backbone
@@ -122,7 +122,8 @@ class ImageFeatureCache:
 
     def batch(self, images: np.ndarray, flips: torch.Tensor) -> torch.Tensor:
         """(B,) image indices and (B,) bool mirror flags -> (B, C, h, w) float32 backbone maps."""
-        return self.maps[torch.from_numpy(images), flips.long()].float()
+        maps = self.maps[torch.from_numpy(images), flips.long()].float()
+        return maps.contiguous(memory_format=torch.channels_last)  # as the backbone's output: a faster 1x1 conv
 
 
 _IMAGE_CACHES: dict[str, ImageFeatureCache] = {}
@@ -156,14 +157,17 @@ def build_optimizer(model: TextBasedPersonSearch, config: RunConfig) -> tuple[to
     """Adam with the image backbone at lr x image_backbone_lr_scale; the text backbone is not optimised."""
     train_cfg = config.train
     backbone = [p for p in model.image_backbone.parameters() if p.requires_grad]
-    backbone_ids = {id(p) for p in backbone}
+    # The decoder tokens get a group of their own only under the token_lr_scale diagnostic.
+    token_names = {"shared_tokens", "text_tokens", "text_shared_tokens"} if train_cfg.token_lr_scale != 1 else set()
+    tokens = [p for n, p in model.named_parameters() if n in token_names and p.requires_grad]
+    grouped = {id(p) for p in backbone + tokens}
     rest = [p for n, p in model.named_parameters()
-            if p.requires_grad and id(p) not in backbone_ids and not n.startswith("text_backbone.")]
-    optimizer = torch.optim.Adam(
-        [{"params": backbone, "lr": train_cfg.lr * train_cfg.image_backbone_lr_scale},
-         {"params": rest, "lr": train_cfg.lr}],
-        weight_decay=train_cfg.weight_decay,
-    )
+            if p.requires_grad and id(p) not in grouped and not n.startswith("text_backbone.")]
+    groups = [{"params": backbone, "lr": train_cfg.lr * train_cfg.image_backbone_lr_scale},
+              {"params": rest, "lr": train_cfg.lr}]
+    if tokens:
+        groups.append({"params": tokens, "lr": train_cfg.lr * train_cfg.token_lr_scale})
+    optimizer = torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay)
     milestones, gamma, warmup = list(train_cfg.lr_milestones), train_cfg.lr_gamma, train_cfg.warmup_epochs
     if not warmup:
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma)
@@ -208,8 +212,13 @@ def train_step(model: TextBasedPersonSearch, pixels: torch.Tensor, hidden: torch
     image_slots, text_slots, image_logits, text_logits = (forward or TrainingPass(model))(pixels, hidden, mask)
     if monitor is not None:
         monitor.add(image_slots.detach(), text_slots.detach(), labels)
-    return compute_losses(image_slots, text_slots, image_logits, text_logits, labels, model.slot_groups(),
-                          config.loss, gather, negatives)
+    terms = compute_losses(image_slots, text_slots, image_logits, text_logits, labels, model.slot_groups(),
+                           config.loss, gather, negatives)
+    if config.loss.token_diversity_weight:
+        queries = [model.token_queries(t) for t in (model.shared_tokens, model.text_tokens) if len(t) > 1]
+        if queries:
+            terms["token_diversity_loss"] = config.loss.token_diversity_weight * token_diversity_loss(queries)
+    return terms
 
 
 def wrap_for_data_parallel(model: TextBasedPersonSearch, config: RunConfig,
@@ -446,7 +455,7 @@ class Trainer:
             totals["loss"] = totals.get("loss", 0.0) + loss.detach().item()
         self.scheduler.step()
         totals = distributed.sum(totals)
-        return {name: round(value / max(len(steps), 1), 4) for name, value in totals.items()}
+        return {**{name: round(value / max(len(steps), 1), 4) for name, value in totals.items()}, "steps": len(steps)}
 
     def _image_batches(self, steps: list[np.ndarray]):
         """(chunk, pixels) per step; decoded by worker processes when the split is not in memory;

@@ -146,3 +146,24 @@ def test_no_query_bias_keeps_the_bias_at_zero_while_training(tiny_text_backbone)
     d = config.embed_dim
     bias = model.decoder.attention.in_proj_bias
     assert torch.count_nonzero(bias[:d]) == 0 and torch.count_nonzero(bias[d:]) > 0
+
+
+def test_token_diagnostics_train_the_tokens_apart(tiny_text_backbone, tiny_config):
+    """The two labelled diagnostics outside the paper: a diversity term and a token learning rate."""
+    from tbps_train.config import apply_overrides
+    from tbps_train.train import build_optimizer, train_step
+
+    config = apply_overrides(apply_overrides(tiny_config, "loss", token_diversity_weight=2.0), "train",
+                             token_lr_scale=10.0)
+    torch.manual_seed(0)
+    model = TextBasedPersonSearch(config.model, copy.deepcopy(tiny_text_backbone[0]), 6)
+    optimizer, _ = build_optimizer(model, config)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([config.train.lr * 1.0, config.train.lr,
+                                                                        config.train.lr * 10])
+    assert {id(p) for p in optimizer.param_groups[2]["params"]} == {id(model.shared_tokens), id(model.text_tokens)}
+    pixels = torch.randn(4, 3, *config.model.image_size)
+    hidden, mask = torch.randn(4, 5, 32), torch.ones(4, 5, dtype=torch.long)
+    terms = train_step(model, pixels, hidden, mask, torch.tensor([0, 1, 2, 3]), config)
+    queries = [model.token_queries(model.shared_tokens), model.token_queries(model.text_tokens)]
+    expected = 2.0 * sum(float(mean_pairwise_cosine(q.unsqueeze(0))[0]) for q in queries)
+    assert terms["token_diversity_loss"].item() == pytest.approx(expected, abs=1e-5)

@@ -202,3 +202,16 @@ def test_compute_losses_passes_the_negatives_to_every_ranking_term():
     hard = compute_losses(image, text, logits, logits, THREE_LABELS, groups, config)
     for name in ("ranking_global_loss", "ranking_coarse_loss", "ranking_fine_loss"):
         assert warm[name].item() == pytest.approx(0.4) and hard[name].item() == pytest.approx(0.8)
+
+
+def test_token_diversity_loss_by_hand():
+    from tbps_train.losses import token_diversity_loss
+
+    same = torch.ones(3, 4)
+    assert token_diversity_loss([same]).item() == pytest.approx(1.0)
+    orthogonal = torch.eye(3)
+    assert token_diversity_loss([orthogonal]).item() == pytest.approx(0.0, abs=1e-6)
+    # Two sets add: cosines (1, 0) -> mean 0.5 for [[1,0],[1,1]]/... : rows (1,0), (0,1), (1,1)/sqrt2.
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    expected = (0 + 2 ** -0.5 + 2 ** -0.5) / 3
+    assert token_diversity_loss([rows, same]).item() == pytest.approx(expected + 1.0, abs=1e-6)

@@ -128,10 +128,10 @@ def _cos(vals: list[float]) -> str:
 
 
 def replace_section(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- gen:{re.escape(name)} -->\n).*?(\n<!-- /gen -->)", re.S)
+    pattern = re.compile(rf"(<!-- gen:{re.escape(name)} -->\n)(.*?)(<!-- /gen -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"docs/results.md has no <!-- gen:{name} --> section")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text)
 
 
 def token_picture(heads: dict, out: Path) -> None:

@@ -9,7 +9,7 @@ import click
 from tbps_runtime.cli.support import TbpsCommand, TbpsGroup, json_option, setup_logging, user_errors_exit_2
 from tbps_train.config import PRESETS
 from tbps_train.data.doctor import DEFAULT_IMAGES_SAMPLE
-from tbps_train.data.readers import DATASETS
+from tbps_train.data.formats import DATASETS
 
 
 @click.group(cls=TbpsGroup, name="data")
@@ -66,7 +66,7 @@ def check_command(dataset: str, root: str, as_json: bool, images_sample: int, to
 
 
 def _add_convert() -> None:
-    from tbps_train.data.convert import convert_command
+    from tbps_train.data.convert.command import convert_command
 
     data_group.add_command(convert_command)
 

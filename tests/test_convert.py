@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 from cli_assertions import assert_user_error, run
 from tbps_runtime.errors import DataError, InputFileNotFoundError, OutputError
-from tbps_train.data import convert as convert_module
+from tbps_train.data.convert import images as convert_images
 from tbps_train.data.convert import (
     FORMATS, convert, convert_command, convert_dataset, detect_format, read_layout, standard_cuhk_split,
 )
+from tbps_train.data.formats import has_visible_text
 from tbps_train.data.readers import dataset_splits, read_csv_dataset, read_split
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -214,7 +215,7 @@ def test_csv_without_split_column_uses_the_readers_recorded_identity_splits(tmp_
 @given(st.lists(st.tuples(st.integers(-2 ** 63, 2 ** 63 - 1), st.sampled_from(["train", "val", "test"]),
                           st.lists(st.text(st.characters(blacklist_categories=["Cs"]) | st.sampled_from("\r\n,\" "),
                                            min_size=1, max_size=30).filter(
-                              lambda t: convert_module.visible_text(t).strip()), min_size=1, max_size=3)),
+                              has_visible_text), min_size=1, max_size=3)),
                 min_size=1, max_size=6))
 def test_random_entries_round_trip_through_csv(items):
     with tempfile.TemporaryDirectory() as folder:
@@ -429,7 +430,7 @@ def test_no_symlinks_allowed_says_the_command_to_run(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(convert_module.os, "symlink", refuse)
+    monkeypatch.setattr(convert_images.os, "symlink", refuse)
     conversion = convert_dataset("cuhk-original", "cuhk-pedes", CONVERT / "cuhk-original", tmp_path,
                                  images=CUHK_IMAGES)
     relative = os.path.relpath(CUHK_IMAGES.resolve(), tmp_path.resolve())

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tbps_runtime.errors import DataError, InputFileNotFoundError, TbpsError
+from tbps_runtime.errors import DataError, InputFileNotFoundError, TbpsError, UnsafePathError
 from tbps_train.data import DATASETS, ImageRecord, dataset_splits, read_split
+from tbps_train.data.formats import LAYOUTS, Entry, EntryProblem, parse_entry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ANNOTATION = {"cuhk-pedes": "reid_raw.json", "icfg-pedes": "ICFG-PEDES.json", "rstpreid": "data_captions.json"}
@@ -205,6 +206,31 @@ def test_entry_not_an_object(tmp_path):
     entries[1] = ["train", 1]
     _write(root, "icfg-pedes", entries)
     _raises(DataError, r"ICFG-PEDES\.json: entry 1 is a JSON list, expected an object", "icfg-pedes", root, "test")
+
+
+def test_a_path_out_of_imgs_is_an_unsafe_path_error(tmp_path):
+    root = _copy("cuhk-pedes", tmp_path)
+    entries = _entries(root, "cuhk-pedes")
+    entries[1]["file_path"] = "../reid_raw.json"
+    _write(root, "cuhk-pedes", entries)
+    _raises(UnsafePathError, r"entry 1: 'file_path' is '\.\./reid_raw\.json'", "cuhk-pedes", root, "test")
+
+
+def test_one_parser_says_a_problem_for_one_entry_or_for_many():
+    """The reader raises ``str(problem)``, the doctor lists ``sentence``, the converter groups by ``fact``."""
+    layout = LAYOUTS["rstpreid"]
+    problem = parse_entry({"split": "train", "img_path": "a.jpg"}, "entry 4", layout)
+    assert isinstance(problem, EntryProblem)
+    assert (problem.where, problem.fact, problem.sentence) == ("entry 4", "no 'id', 'captions' field",
+                                                               "entry 4 has no 'id', 'captions' field")
+    assert str(problem) == "entry 4 has no 'id', 'captions' field (it has 'split', 'img_path')"
+    item = {"split": "test", "id": 3, "img_path": "a.jpg", "captions": [" a man ", ""]}
+    entry = parse_entry(item, "entry 5", layout)
+    assert entry == Entry("test", 3, "a.jpg", (" a man ", "")) and entry.where == "entry 5"  # captions as written
+    unsafe = {**item, "img_path": "/a.jpg", "captions": [" "]}
+    assert parse_entry(unsafe, "entry 6", layout).error is UnsafePathError
+    # the doctor reports paths and captions in their own sections
+    assert parse_entry(unsafe, "entry 6", layout, content=False) == Entry("test", 3, "/a.jpg", (" ",))
 
 
 def test_missing_images_names_first_five_and_count(tmp_path):

@@ -3,8 +3,10 @@
 Every public codebase of the field (IRRA, SSAN, LGUR) uses the same layout: a
 JSON list of image entries beside an ``imgs/`` folder, the image path in each
 entry relative to ``imgs/``. The three formats differ only in the annotation
-file's name, the name of the path field and the splits they hold, so one
-declarative table describes them and one function reads them all.
+file's name, the name of the path field and the splits they hold: the table of
+layouts (:data:`tbps_train.data.formats.LAYOUTS`) describes them, and one
+function reads them all, entry by entry with
+:func:`~tbps_train.data.formats.parse_entry`.
 
 Every problem with the files raises :class:`DataError` (or
 :class:`InputFileNotFoundError` when the root or the annotation file is
@@ -13,7 +15,9 @@ missing) with one message that names the file and the fix.
 ``--dataset csv`` reads a team's own captions: one row per (image, person id,
 caption) in a CSV or JSON Lines file, images relative to that file's folder,
 splits taken from a ``split`` column or made by identity and recorded beside
-the file (:func:`read_csv_dataset`).
+the file (:func:`read_csv_dataset`; :func:`locate_csv`,
+:func:`read_csv_images` and :func:`recorded_csv_splits` are its steps, for
+tools that check a file without training on it).
 """
 
 from __future__ import annotations
@@ -30,42 +34,28 @@ from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple
 
 from tbps_runtime.atomic import parse_json, read_json, write_json_atomic
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, OutputError
-from tbps_runtime.model.encoder import visible_text
 from tbps_runtime.paths import resolve_inside
+from tbps_train.data.formats import (
+    DATASETS, LAYOUTS, EntryProblem, Layout, has_visible_text, kept_captions, load_entry_list,
+    parse_entry, quoted, short,
+)
 from tbps_train.data.records import ImageRecord
 
 __all__ = [
-    "CSV_ANNOTATION_NAMES", "CSV_DATASET", "CsvDataset", "DATASETS", "SPLIT_FRACTIONS", "csv_splits_path",
-    "dataset_splits", "has_split", "make_csv_splits", "make_identity_splits", "read_csv_dataset", "read_split",
+    "CSV_ANNOTATION_NAMES", "CSV_DATASET", "CsvDataset", "CsvImage", "DATASETS", "SPLIT_FRACTIONS",
+    "csv_splits_path", "dataset_splits", "has_split", "locate_csv", "make_csv_splits", "make_identity_splits",
+    "read_csv_dataset", "read_csv_images", "read_split", "recorded_csv_splits",
 ]
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class _Format:
-    title: str  # the dataset's usual spelling, for messages
-    annotation: str  # file name under the root
-    path_field: str  # entry field holding the image path, relative to imgs/
-    splits: tuple[str, ...]
-
-
-_FORMATS: dict[str, _Format] = {
-    "cuhk-pedes": _Format("CUHK-PEDES", "reid_raw.json", "file_path", ("train", "val", "test")),
-    "icfg-pedes": _Format("ICFG-PEDES", "ICFG-PEDES.json", "file_path", ("train", "test")),
-    "rstpreid": _Format("RSTPReid", "data_captions.json", "img_path", ("train", "val", "test")),
-}
 CSV_DATASET = "csv"  # your own captions: a .csv or .jsonl file, see read_csv_dataset
-DATASETS: tuple[str, ...] = (*_FORMATS, CSV_DATASET)
-IMAGE_DIR = "imgs"
 _MAX_LISTED = 5  # missing images named in a message
 
 
 def dataset_splits(dataset: str) -> tuple[str, ...]:
     """The splits ``dataset`` defines, e.g. ``("train", "test")`` for ICFG-PEDES."""
-    if dataset == CSV_DATASET:
-        return CSV_SPLITS
-    return _format(dataset).splits
+    return _layout(dataset).splits
 
 
 def read_split(
@@ -82,110 +72,55 @@ def read_split(
     """
     if dataset == CSV_DATASET:
         return _read_csv_split(root, split, check_images)
-    fmt = _format(dataset)
-    if split not in fmt.splits:
+    layout = _layout(dataset)
+    if split not in layout.splits:
         raise DataError(
-            f"unknown split {split!r} for {dataset}: it has {_quoted(fmt.splits)}"
+            f"unknown split {split!r} for {dataset}: it has {quoted(layout.splits)}"
         )
-    root = _check_root(root, fmt)
-    path = root / fmt.annotation
-    entries = _load_entries(path)
+    root = _check_root(root, layout)
+    path = root / layout.annotation
+    entries = load_entry_list(path)
+    image_dir = root / layout.image_dir
     records = []
-    for index, entry in enumerate(entries):
-        entry_split, record = _parse_entry(entry, index, path, fmt, root / IMAGE_DIR)
-        if entry_split == split:
-            records.append(record)
+    for index, item in enumerate(entries):
+        entry = parse_entry(item, f"entry {index}", layout)
+        if isinstance(entry, EntryProblem):
+            raise entry.error(f"{path}: {entry}")
+        if entry.split == split:
+            records.append(ImageRecord(image_dir / entry.image, entry.person_id, kept_captions(entry.captions)))
     if not records:
         found = sorted({e["split"] for e in entries})
         raise DataError(
             f"split {split!r} of {root} has no entries "
-            f"({path.name} holds splits: {_quoted(found) or 'none'})"
+            f"({path.name} holds splits: {quoted(found) or 'none'})"
         )
     if check_images:
-        _check_images(records, root / IMAGE_DIR)
+        _check_images(records, image_dir)
     return records
 
 
-def _format(dataset: str) -> _Format:
-    if dataset not in _FORMATS:
-        raise DataError(f"unknown dataset {dataset!r}: choose one of {_quoted(DATASETS)}")
-    return _FORMATS[dataset]
+def _layout(dataset: str) -> Layout:
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}: choose one of {quoted(DATASETS)}")
+    return LAYOUTS[dataset]
 
 
-def _quoted(names) -> str:
-    return ", ".join(repr(n) for n in names)
-
-
-def _check_root(root: str | Path, fmt: _Format) -> Path:
+def _check_root(root: str | Path, layout: Layout) -> Path:
     root = Path(root).expanduser().absolute()
+    title = layout.title
     if not root.exists():
-        raise InputFileNotFoundError(f"dataset root {root} does not exist: pass the {fmt.title} folder")
+        raise InputFileNotFoundError(f"dataset root {root} does not exist: pass the {title} folder")
     if not root.is_dir():
-        raise DataError(f"dataset root {root} is a file: pass the {fmt.title} folder that holds it")
-    if not (root / fmt.annotation).is_file():
-        article = "an" if fmt.title[0] in "AEIOU" else "a"
+        raise DataError(f"dataset root {root} is a file: pass the {title} folder that holds it")
+    if not (root / layout.annotation).is_file():
+        article = "an" if title[0] in "AEIOU" else "a"
         others = sorted(p.name for p in root.glob("*.json"))[:3]
         found = f"; it holds {', '.join(others)}" if others else ""
         raise InputFileNotFoundError(
-            f"no {fmt.annotation} under {root}: is this {article} {fmt.title} root? "
-            f"({fmt.title} keeps its annotations in ROOT/{fmt.annotation}, images in ROOT/{IMAGE_DIR}/{found})"
+            f"no {layout.annotation} under {root}: is this {article} {title} root? "
+            f"({title} keeps its annotations in ROOT/{layout.annotation}, images in ROOT/{layout.image_dir}/{found})"
         )
     return root
-
-
-def _load_entries(path: Path) -> list[dict[str, Any]]:
-    """The annotation file's top-level list; entries are checked one by one later."""
-    try:
-        data = parse_json(path.read_bytes())
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}; "
-            f"restore the file from the dataset archive"
-        ) from e
-    except ValueError as e:  # not UTF-8, nested too deeply, an integer too long
-        raise DataError(f"{path} is not readable JSON text ({e}); restore it from the dataset archive") from e
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, list):
-        raise DataError(
-            f"{path} holds a JSON {type(data).__name__}, expected a list of image entries"
-        )
-    return data
-
-
-def _parse_entry(
-    entry: Any, index: int, path: Path, fmt: _Format, image_dir: Path
-) -> tuple[str, ImageRecord]:
-    """``(split, record)`` for one entry; raises :class:`DataError` naming the index and field."""
-    where = f"{path}: entry {index}"
-    if not isinstance(entry, dict):
-        raise DataError(f"{where} is a JSON {type(entry).__name__}, expected an object")
-    for field in ("split", "id", fmt.path_field, "captions"):
-        if field not in entry:
-            raise DataError(f"{where} has no {field!r} field (it has {_quoted(entry) or 'none'})")
-    split, person_id, rel, captions = (entry[f] for f in ("split", "id", fmt.path_field, "captions"))
-    if not isinstance(split, str):
-        raise DataError(f"{where}: 'split' is {split!r}, expected a string such as 'train'")
-    if not isinstance(person_id, int) or isinstance(person_id, bool) or not -2 ** 63 <= person_id < 2 ** 63:
-        raise DataError(f"{where}: 'id' is {_short(person_id)}, expected an integer identity (64-bit)")
-    _check_image_path(rel, where, fmt.path_field)
-    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise DataError(f"{where}: 'captions' is {_short(captions)}, expected a list of strings")
-    kept = tuple(c.strip() for c in captions if visible_text(c).strip())  # as a query: invisible-only is empty
-    if not kept:
-        raise DataError(f"{where} ({rel}) has no non-empty caption: every image needs at least one")
-    return split, ImageRecord(image_dir / rel, person_id, kept)
-
-
-def _check_image_path(rel: Any, where: str, field: str) -> None:
-    if not isinstance(rel, str) or not rel.strip():
-        raise DataError(f"{where}: {field!r} is {_short(rel)}, expected an image path relative to {IMAGE_DIR}/")
-    resolve_inside(IMAGE_DIR, rel, f"{where}: {field!r}")  # no absolute path, no '..'
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_images(records: list[ImageRecord], image_dir: Path,
@@ -204,15 +139,16 @@ def _check_images(records: list[ImageRecord], image_dir: Path,
 
 
 # ---------------------------------------------------------------- your own data: --dataset csv
-CSV_ANNOTATION_NAMES = ("annotations.csv", "annotations.jsonl")  # looked for when the root is a folder
-CSV_SPLITS = ("train", "val", "test")
+_CSV = LAYOUTS[CSV_DATASET]
+CSV_ANNOTATION_NAMES = _CSV.names  # looked for when the root is a folder
+CSV_SPLITS = _CSV.splits
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test: identities when the file has no split column
 MAX_CSV_ROWS = 10_000_000
 SPLITS_FORMAT = "tbps-csv-splits"
 _SPLITS_VERSION = 1
-_COLUMNS = ("image", "person_id", "caption", "split", "camera")
-_REQUIRED = ("image", "person_id", "caption")
-_SUFFIXES = (".csv", ".jsonl")
+_COLUMNS = _CSV.fields  # image, person_id, caption, split, camera
+_REQUIRED = (_CSV.path_field, _CSV.id_field, _CSV.captions_field)
+_SUFFIXES = tuple(Path(name).suffix for name in CSV_ANNOTATION_NAMES)
 
 
 @dataclass(frozen=True)
@@ -245,9 +181,12 @@ class _Row(NamedTuple):
 
 
 @dataclass
-class _Image:
-    line: int
-    image: str
+class CsvImage:
+    """One image of a csv file with all its rows merged: where it first appears, the values its rows
+    agree on (``split`` None: the file has no split column), its non-empty captions in file order."""
+
+    line: int  # of its first row
+    image: str  # as written, relative to the file's folder
     image_path: Path
     person: str
     split: str | None
@@ -289,8 +228,8 @@ def read_csv_dataset(root: str | Path) -> CsvDataset:
         InputFileNotFoundError: ``root`` or the annotation file is missing.
         DataError: a malformed file, named with the line and column at fault.
     """
-    path = _locate_csv(root)
-    images, digest = _read_images(path)
+    path = locate_csv(root)
+    images, digest = read_csv_images(path)
     person_ids = _person_ids(images)
     if images[0].split is not None:  # _group made sure every row has a split, or none has
         _warn_shared_identities(images, path)
@@ -308,7 +247,7 @@ def read_csv_dataset(root: str | Path) -> CsvDataset:
     return CsvDataset(path, ordered, person_ids, source, splits_file)
 
 
-def _person_ids(images: list[_Image]) -> dict[str, int]:
+def _person_ids(images: list[CsvImage]) -> dict[str, int]:
     """Identity as written -> ImageRecord.person_id: the sorted unique strings numbered 0..n-1."""
     return {person: i for i, person in enumerate(sorted({image.person for image in images}))}
 
@@ -349,8 +288,8 @@ def make_csv_splits(root: str | Path, seed: int = 0,
         OutputError: the splits file cannot be written.
     """
     _check_fractions(fractions)
-    path = _locate_csv(root)
-    images, digest = _read_images(path)
+    path = locate_csv(root)
+    images, digest = read_csv_images(path)
     if images[0].split is not None:
         raise DataError(f"{path} has a split column (line {images[0].line}): its splits are used as written; "
                         "clear that column to have splits made by identity")
@@ -361,7 +300,7 @@ def make_csv_splits(root: str | Path, seed: int = 0,
 
 def _read_csv_split(root: str | Path, split: str, check_images: bool) -> list[ImageRecord]:
     if split not in CSV_SPLITS:
-        raise DataError(f"unknown split {split!r} for {CSV_DATASET}: it has {_quoted(CSV_SPLITS)}")
+        raise DataError(f"unknown split {split!r} for {CSV_DATASET}: it has {quoted(CSV_SPLITS)}")
     data = read_csv_dataset(root)
     records = data.splits.get(split)
     if not records:
@@ -370,14 +309,21 @@ def _read_csv_split(root: str | Path, split: str, check_images: bool) -> list[Im
         else:
             fix = "splits are made by identity: val and test need at least 3 identities in the file"
         raise DataError(f"split {split!r} of {data.path} has no images ({data.path.name} holds splits: "
-                        f"{_quoted(data.splits) or 'none'}); {fix}")
+                        f"{quoted(data.splits) or 'none'}); {fix}")
     if check_images:
         _check_images(records, data.path.parent, f"check the image column of {data.path.name} "
                                                  "(paths are relative to its folder)")
     return records
 
 
-def _locate_csv(root: str | Path) -> Path:
+def locate_csv(root: str | Path) -> Path:
+    """The annotation file of a ``--dataset csv`` root: ``root`` itself (a ``.csv``/``.jsonl`` file), or the
+    one ``annotations.csv`` or ``annotations.jsonl`` in the folder ``root``.
+
+    Raises:
+        InputFileNotFoundError: ``root`` does not exist, or the folder holds neither file.
+        DataError: the folder holds both, or ``root`` is a file of another kind.
+    """
     path = Path(root).expanduser().absolute()
     wanted = " or ".join(CSV_ANNOTATION_NAMES)
     if not path.exists():
@@ -427,8 +373,11 @@ class _Lines:
                                 f"line's byte {e.start + 1}): save the file as UTF-8") from e
 
 
-def _read_images(path: Path) -> tuple[list[_Image], str]:
-    """The file's images in order of first appearance, and the file's SHA-256 (hex)."""
+def read_csv_images(path: Path) -> tuple[list[CsvImage], str]:
+    """The images of the annotation file ``path`` in order of first appearance, and the file's SHA-256 (hex).
+
+    Every row is checked; the first bad one raises :class:`DataError` naming its line and column.
+    """
     try:
         with open(path, "rb") as stream:
             lines = _Lines(stream, path)
@@ -483,13 +432,13 @@ def _header(fields: list[str], path: Path, line: int) -> dict[str, int]:
             columns[name] = i
     missing = [name for name in _REQUIRED if name not in columns]
     if missing:
-        found = _short(fields, 100)
+        found = short(fields, 100)
         hint = ""
         if len(fields) == 1 and any(sep in fields[0] for sep in ";\t"):
             hint = "; the file looks separated by ';' or tabs: tbps reads comma-separated values"
         elif any(f.strip().lower().endswith((".jpg", ".jpeg", ".png")) for f in fields):
             hint = "; the first line looks like data: add a header line"
-        raise DataError(f"{path}: the header (line {line}) has no {_quoted(missing)} column (it has {found}); "
+        raise DataError(f"{path}: the header (line {line}) has no {quoted(missing)} column (it has {found}); "
                         f"name the columns {', '.join(_COLUMNS[:3])}[, split, camera]{hint}")
     return columns
 
@@ -520,7 +469,7 @@ def _jsonl_rows(lines: _Lines, path: Path) -> Iterator[_Row]:
                 values[name] = value
         for name in _REQUIRED:
             if name not in values:
-                raise DataError(f"{path}: line {line} has no {name!r} key (it has {_quoted(entry) or 'none'})")
+                raise DataError(f"{path}: line {line} has no {name!r} key (it has {quoted(entry) or 'none'})")
         yield _row(values, path, line, paths)
 
 
@@ -538,7 +487,7 @@ def _row(values: dict[str, Any], path: Path, line: int, paths: dict[str, Path]) 
     folder = path.parent
     image = values["image"]
     if not isinstance(image, str) or not image.strip():
-        raise DataError(f"{where}: column 'image' is {_short(image)}, expected an image path relative to {folder}")
+        raise DataError(f"{where}: column 'image' is {short(image)}, expected an image path relative to {folder}")
     image = image.strip().replace("\\", "/")  # a file written on Windows
     image_path = paths.get(image)
     if image_path is None:
@@ -547,17 +496,17 @@ def _row(values: dict[str, Any], path: Path, line: int, paths: dict[str, Path]) 
     if isinstance(person, int) and not isinstance(person, bool):
         person = str(person)
     if not isinstance(person, str) or not person.strip():
-        raise DataError(f"{where}: column 'person_id' is {_short(person)}, expected an integer or a name")
+        raise DataError(f"{where}: column 'person_id' is {short(person)}, expected an integer or a name")
     caption = values["caption"]
     if not isinstance(caption, str):
-        raise DataError(f"{where}: column 'caption' is {_short(caption)}, expected text")
+        raise DataError(f"{where}: column 'caption' is {short(caption)}, expected text")
     caption = caption.replace("\r\n", "\n")  # a line break inside a spreadsheet's quoted cell
     split = _optional_text(values.get("split"), where, "split")
     if split is not None:
         split = split.lower()
         if split not in CSV_SPLITS:
-            raise DataError(f"{where}: column 'split' is {_short(values['split'])}, expected one of "
-                            f"{_quoted(CSV_SPLITS)} (or empty in every row, to have splits made)")
+            raise DataError(f"{where}: column 'split' is {short(values['split'])}, expected one of "
+                            f"{quoted(CSV_SPLITS)} (or empty in every row, to have splits made)")
     camera = _optional_text(values.get("camera"), where, "camera", numbers=True)
     return _Row(line, image, image_path, person.strip(), caption, split, camera)
 
@@ -569,13 +518,13 @@ def _optional_text(value: Any, where: str, column: str, numbers: bool = False) -
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise DataError(f"{where}: column {column!r} is {_short(value)}, expected text")
+        raise DataError(f"{where}: column {column!r} is {short(value)}, expected text")
     return value.strip() or None
 
 
-def _group(rows: Iterable[_Row], path: Path) -> list[_Image]:
-    """Rows of one image merged into one :class:`_Image`; conflicts and caption-less images raise."""
-    images: dict[Path, _Image] = {}
+def _group(rows: Iterable[_Row], path: Path) -> list[CsvImage]:
+    """Rows of one image merged into one :class:`CsvImage`; conflicts and caption-less images raise."""
+    images: dict[Path, CsvImage] = {}
     with_split = without_split = None  # the first row of each kind
     dropped = 0
     for row in rows:
@@ -588,12 +537,12 @@ def _group(rows: Iterable[_Row], path: Path) -> list[_Image]:
                             f"{without_split.line} has none: give every row a split, or none to have them made")
         image = images.get(row.image_path)
         if image is None:
-            image = images[row.image_path] = _Image(row.line, row.image, row.image_path, row.person, row.split,
+            image = images[row.image_path] = CsvImage(row.line, row.image, row.image_path, row.person, row.split,
                                                     row.camera, [])
         else:
             _merge(image, row, path)
         caption = row.caption.strip()
-        if caption and (caption.isprintable() or visible_text(caption).strip()):  # invisible-only is empty
+        if caption and (caption.isprintable() or has_visible_text(caption)):  # invisible-only is empty
             image.captions.append(caption)
         else:
             dropped += 1
@@ -609,7 +558,7 @@ def _group(rows: Iterable[_Row], path: Path) -> list[_Image]:
     return list(images.values())
 
 
-def _merge(image: _Image, row: _Row, path: Path) -> None:
+def _merge(image: CsvImage, row: _Row, path: Path) -> None:
     """Check that another row of ``image`` agrees with its first one (camera: fills a missing one)."""
     for column, first, again in (("person_id", image.person, row.person), ("split", image.split, row.split)):
         if first != again:
@@ -621,7 +570,7 @@ def _merge(image: _Image, row: _Row, path: Path) -> None:
     image.camera = image.camera or row.camera
 
 
-def _warn_shared_identities(images: list[_Image], path: Path) -> None:
+def _warn_shared_identities(images: list[CsvImage], path: Path) -> None:
     splits_of: dict[str, set[str]] = {}
     for image in images:
         splits_of.setdefault(image.person, set()).add(image.split)
@@ -662,6 +611,20 @@ def _recorded_or_made_splits(path: Path, digest: str, person_ids: dict[str, int]
     return splits, "made"
 
 
+def recorded_csv_splits(path: Path, digest: str) -> dict[str, str] | None:
+    """Identity -> split as recorded beside the annotation file ``path`` (:func:`csv_splits_path`), when that
+    record is well formed and of this very file (``digest``: its SHA-256, from :func:`read_csv_images`);
+    else None. Reads only: nothing is made or written."""
+    splits_file = csv_splits_path(path)
+    if not splits_file.is_file():
+        return None
+    try:
+        recorded = _load_splits(splits_file)
+    except DataError:
+        return None
+    return recorded["splits"] if recorded["sha256"] == digest else None
+
+
 def _load_splits(splits_file: Path) -> dict[str, Any]:
     """A splits file checked field by field (it may have been edited by hand)."""
     fix = "delete it to have splits made again"
@@ -686,8 +649,8 @@ def _load_splits(splits_file: Path) -> dict[str, Any]:
         except ConfigError:
             bad = ["fractions"]
     if bad:
-        raise DataError(f"{splits_file}: {_quoted(bad)} malformed (splits map identities to "
-                        f"{_quoted(CSV_SPLITS)}); {fix}")
+        raise DataError(f"{splits_file}: {quoted(bad)} malformed (splits map identities to "
+                        f"{quoted(CSV_SPLITS)}); {fix}")
     return doc
 
 

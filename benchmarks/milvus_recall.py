@@ -10,8 +10,8 @@ pessimistic floor, not what a real gallery (crops of people, several per person)
 table does show fairly is the exactness of FLAT and of :class:`MilvusStore`, and the cost of each knob.
 
 Ground truth is :func:`tbps_runtime.ranking.top_k` over the rows. The rows go once into a
-:class:`~tbps_runtime.gallery.milvus_store.MilvusStore` (a milvus-lite file in ``--scratch``, FLAT index,
-metric IP) and into a :class:`~tbps_runtime.gallery.store.LocalStore`; then the collection's vector index
+:class:`~tbps_runtime.store.milvus.MilvusStore` (a milvus-lite file in ``--scratch``, FLAT index,
+metric IP) and into a :class:`~tbps_runtime.store.local.LocalStore`; then the collection's vector index
 is swapped for each approximate index milvus-lite builds (IVF_FLAT, IVF_SQ8, HNSW, HNSW_SQ; IVF_PQ it
 does not implement) and every query is sent on its own (limit 10), timed one by one: the median and
 p90 are over the queries. milvus-lite builds one index per segment it flushed, so IVF's ``nlist`` is
@@ -36,9 +36,9 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks.common import fmt, machine, machine_line, markdown_table, summarize, write_results
-from tbps_runtime.gallery.milvus_store import MilvusStore
-from tbps_runtime.gallery.rows import CropRecord
-from tbps_runtime.gallery.store import LocalStore
+from tbps_runtime.store.local import LocalStore
+from tbps_runtime.store.milvus import MilvusStore
+from tbps_runtime.store.rows import CropRecord
 from tbps_runtime.ranking import normalize_slots, top_k
 
 TOP = 10

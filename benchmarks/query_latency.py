@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import fmt, machine, machine_line, markdown_table, summarize, time_call, write_results
+from tbps_runtime.gallery.npy import write_gallery
 from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.records import GalleryEntry
-from tbps_runtime.gallery.storage import write_gallery
 from tbps_runtime.model.bundle import load_manifest
 from tbps_runtime.ranking import top_k
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import fmt, machine, machine_line, markdown_table, time_call, write_results
-from tbps_runtime.gallery.rows import CropRecord, RowFilter
-from tbps_runtime.gallery.store import LocalStore
+from tbps_runtime.store.local import LocalStore
+from tbps_runtime.store.rows import CropRecord, RowFilter
 from tbps_runtime.model.bundle import load_manifest
 from tbps_runtime.ranking import normalize_slots, top_k
 
@@ -81,7 +81,7 @@ def ingestion(bundle: Path, threads: list[int], quick: bool, work: Path) -> list
     from tbps_runtime.ingest.detectors import FileDetections, HogDetector
     from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source
     from tbps_runtime.model.encoder import Encoder
-    from tbps_train.data.footage import generate_footage
+    from tbps_runtime.synth.footage import generate_footage
 
     seconds, size, people = (2.0, (320, 180), 3) if quick else (60.0, (640, 360), 16)
     footage = generate_footage(work / "footage", cameras=2, seconds=seconds, fps=10.0, size=size, people=people,

@@ -25,7 +25,7 @@ from tbps_runtime.cli.support import (
 )
 from tbps_runtime.atomic import read_json
 from tbps_runtime.errors import ConfigError
-from tbps_train.config import DEFAULT_IDS
+from tbps_runtime.synth import DEFAULT_IDS
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: 
 
 
 def _dataset(data: Path, ids: int, seed: int, quiet: bool) -> None:
-    from tbps_train.data.synth import generate
+    from tbps_runtime.synth.dataset import generate
 
     if (data / "reid_raw.json").is_file():
         logger.info("[1/6] dataset: reusing %s", data)
@@ -178,7 +178,7 @@ def _threshold_line(record: dict) -> str:
 
 def _index(bundle: Path, data: Path, gallery: Path, quiet: bool) -> tuple[Path, list]:
     from tbps_runtime.contract import MANIFEST_FILE
-    from tbps_runtime.gallery.storage import sidecar_path
+    from tbps_runtime.gallery.npy import sidecar_path
     from tbps_runtime.search import PersonSearch
     from tbps_train.data.readers import read_split
 

@@ -11,13 +11,14 @@ from typing import Any
 
 _EXPORTS = {
     "Encoder": "tbps_runtime.model.encoder",
-    "Gallery": "tbps_runtime.gallery.storage",
+    "Gallery": "tbps_runtime.gallery.npy",
     "load_gallery": "tbps_runtime.gallery.open",
     "Match": "tbps_runtime.search",
     "PersonSearch": "tbps_runtime.search",
-    "open_store": "tbps_runtime.gallery.open",
-    "RowFilter": "tbps_runtime.gallery.rows",
-    "StoreHit": "tbps_runtime.gallery.rows",
+    "open_store": "tbps_runtime.store.open",
+    "RowFilter": "tbps_runtime.store.rows",
+    "Store": "tbps_runtime.store.base",
+    "StoreHit": "tbps_runtime.store.rows",
     "TbpsError": "tbps_runtime.errors",
     "retrieval_metrics": "tbps_runtime.metrics",
 }

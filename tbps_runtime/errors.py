@@ -40,6 +40,12 @@ class QueryError(TbpsError, ValueError):
     """A search query that cannot be embedded (empty, whitespace only, not text)."""
 
 
+class StoreError(TbpsError):
+    """A store that cannot answer now: its database cannot be reached, timed out, or failed an
+    operation. Not its contents (a damaged or foreign store is a :class:`BundleError`) and not the
+    request: trying again later may work."""
+
+
 class OutputError(TbpsError):
     """An output that must not be written: another run is writing it, it is not tbps's to replace,
     it is an input of the same command, or it does not fit on its disk."""

@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from tbps_runtime.errors import BundleError, ConfigError, DataError
-from tbps_runtime.gallery.open import is_store_directory, load_gallery, open_store
-from tbps_runtime.gallery.rows import RowFilter, StoreHit
+from tbps_runtime.gallery.npy import Gallery, PartialIndex, check_gallery_output, write_gallery
+from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
 from tbps_runtime.gallery.shards import ShardedGallery
-from tbps_runtime.gallery.storage import Gallery, PartialIndex, check_gallery_output, write_gallery
 from tbps_runtime.indexing.local import embed_into
 from tbps_runtime.model import attention
 from tbps_runtime.model.attention import Explanation
@@ -39,6 +38,9 @@ from tbps_runtime.model.encoder import Encoder, ImageInput, check_queries
 from tbps_runtime.outputs import disk_errors, output_lock
 from tbps_runtime.paths import printable
 from tbps_runtime.ranking import top_k_parts
+from tbps_runtime.store.base import Store
+from tbps_runtime.store.open import is_store_directory, open_store
+from tbps_runtime.store.rows import RowFilter, StoreHit
 from tbps_runtime.threads import BLAS
 
 if TYPE_CHECKING:
@@ -50,11 +52,12 @@ _FAISS_OPEN = threading.Lock()
 
 @dataclass(frozen=True)
 class Match:
-    """One ranked gallery row for one query."""
+    """One ranked gallery row for one query (a store's hits are :class:`~tbps_runtime.store.rows.StoreHit` s,
+    whose ``row`` is the same idea)."""
 
     rank: int  # 1-based
     score: float  # Eq. 14: sum of K cosines, in [-K, K]
-    index: int  # gallery row
+    row: int  # the gallery's row
     path: str | None = None
     identity: int | str | None = None
 
@@ -121,7 +124,7 @@ class PersonSearch:
         return self.encoder.embed_images(images, batch_size)
 
     def rank(self, queries: str | Sequence[str] | np.ndarray,
-             gallery: Gallery | ShardedGallery | Any | str | Path | np.ndarray, k: int = 10, *,
+             gallery: Gallery | ShardedGallery | Store | str | Path | np.ndarray, k: int = 10, *,
              exact: bool = False, nprobe: int | None = None, rescore: int = 0,
              row_filter: RowFilter | None = None, per_track: bool = False,
              min_score: float | str | None = None) -> list[list[Match]] | list[list[StoreHit]]:
@@ -134,8 +137,8 @@ class PersonSearch:
         Args:
             queries: a caption, a list of captions, or (Q, K, d) embeddings from :meth:`embed_texts`.
             gallery: a :class:`Gallery`, a sharded gallery (a directory of shards, ranked as one),
-                a store (:func:`~tbps_runtime.gallery.open.open_store`), the path of any of them,
-                or (N, K, d) normalised embeddings.
+                a :class:`~tbps_runtime.store.base.Store` (:func:`~tbps_runtime.store.open.open_store`),
+                the path of any of them, or (N, K, d) normalised embeddings.
             k: results per query (fewer when the gallery is smaller, or an approximate
                 FAISS index finds fewer).
             exact: ignore the gallery's FAISS index: score every row.
@@ -149,21 +152,15 @@ class PersonSearch:
 
         Returns:
             One list per query, in query order: :class:`Match` es for a gallery,
-            :class:`~tbps_runtime.gallery.rows.StoreHit` s (with camera, time, box, track) for a store.
+            :class:`~tbps_runtime.store.rows.StoreHit` s (with camera, time, box, track) for a store.
         """
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         threshold = self.min_score(min_score)
         if isinstance(gallery, (str, Path)):
             gallery = open_store(gallery) if is_store_directory(gallery) else load_gallery(gallery)
-        if _is_store(gallery):
-            gallery.check_bundle(self.fingerprint, self.directory)
-            if nprobe is not None or rescore:
-                raise ConfigError("nprobe and rescore apply to a FAISS index; a store is searched exactly")
-            embedded = queries if isinstance(queries, np.ndarray) else \
-                self.embed_texts([queries] if isinstance(queries, str) else list(queries))
-            with BLAS.limit(self.threads):
-                return gallery.search(embedded, k, row_filter=row_filter, per_track=per_track, min_score=threshold)
+        if isinstance(gallery, Store):
+            return self._rank_store(queries, gallery, k, nprobe, rescore, row_filter, per_track, threshold)
         if (row_filter is not None and not row_filter.empty) or per_track:
             raise ConfigError("camera, time and track filters and per-track results need a store made by tbps "
                               "ingest; this gallery has no such metadata")
@@ -197,6 +194,17 @@ class PersonSearch:
         if not np.isfinite(value):
             raise ConfigError(f"--min-score must be a finite number, got {value}")
         return float(value)
+
+    def _rank_store(self, queries: str | Sequence[str] | np.ndarray, store: Store, k: int, nprobe: int | None,
+                    rescore: int, row_filter: RowFilter | None, per_track: bool, threshold: float | None
+                    ) -> list[list[StoreHit]]:
+        store.check_bundle(self.fingerprint, self.directory)
+        if nprobe is not None or rescore:
+            raise ConfigError("nprobe and rescore apply to a FAISS index; a store is searched exactly")
+        embedded = queries if isinstance(queries, np.ndarray) else \
+            self.embed_texts([queries] if isinstance(queries, str) else list(queries))
+        with BLAS.limit(self.threads):
+            return store.search(embedded, k, row_filter=row_filter, per_track=per_track, min_score=threshold)
 
     def _rank_gallery(self, queries: str | Sequence[str] | np.ndarray,
                       gallery: Gallery | ShardedGallery | np.ndarray, k: int, exact: bool, nprobe: int | None,
@@ -269,7 +277,7 @@ class PersonSearch:
                 instead of this process; the output is the same.
             force: replace ``output`` and the ``.json`` beside it even when they are not a tbps
                 gallery (by default such files are refused:
-                :func:`tbps_runtime.gallery.storage.check_gallery_output`).
+                :func:`tbps_runtime.gallery.npy.check_gallery_output`).
         """
         output = _check_output(output)
         with output_lock(output, "indexing into"), disk_errors(output, resumable=True):
@@ -311,14 +319,6 @@ class PersonSearch:
             logger.warning("%d of %d images could not be read and were skipped (listed under 'unreadable' "
                            "in %s)", len(gallery.unreadable), len(paths), output.with_suffix(".json"))
         return gallery
-
-
-def _is_store(gallery: Any) -> bool:
-    from tbps_runtime.gallery.store import LocalStore
-
-    if isinstance(gallery, LocalStore):
-        return True
-    return type(gallery).__name__ == "MilvusStore"  # imported only when pymilvus is installed
 
 
 def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> str:

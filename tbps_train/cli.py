@@ -15,9 +15,10 @@ from tbps_runtime.cli.support import (
 )
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.machine import cpu_model
+from tbps_runtime.synth import DEFAULT_IDS, DEFAULT_PARTS_IDS
 from tbps_runtime.threads import pinned_threads
 from tbps_train.ablate import ROWS as ABLATION_ROWS
-from tbps_train.config import DEFAULT_IDS, PRESETS, RunConfig, apply_overrides, load_preset
+from tbps_train.config import PRESETS, RunConfig, apply_overrides, load_preset
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,12 @@ def synth_command(output: str, ids: int | None, images_per_id: int, seed: int, p
     """Write the procedural synthetic person dataset (CUHK-PEDES layout)."""
     quiet = setup_logging(quiet)
     if parts:
-        from tbps_train.data.synth_parts import DEFAULT_PARTS_IDS, generate_parts
+        from tbps_runtime.synth.parts import generate_parts
 
         path = generate_parts(output, ids=ids or DEFAULT_PARTS_IDS, images_per_id=images_per_id, seed=seed,
                               overwrite=overwrite, progress=not quiet)
     else:
-        from tbps_train.data.synth import generate
+        from tbps_runtime.synth.dataset import generate
 
         path = generate(output, ids=ids or DEFAULT_IDS, images_per_id=images_per_id, seed=seed,
                         overwrite=overwrite, progress=not quiet)
@@ -95,7 +96,7 @@ def synth_command(output: str, ids: int | None, images_per_id: int, seed: int, p
 def footage_command(output: str, cameras: int, seconds: float, fps: float, size: tuple[int, int], people: int,
                     seed: int, start: str, outfits: str, still: bool, overwrite: bool, quiet: bool) -> None:
     """Write synthetic camera footage (H.264) with MOT-style ground truth, for tbps ingest."""
-    from tbps_train.data.footage import generate_footage
+    from tbps_runtime.synth.footage import generate_footage
 
     quiet = setup_logging(quiet)
     path = generate_footage(output, cameras=cameras, seconds=seconds, fps=fps, size=size, people=people, seed=seed,

@@ -17,7 +17,6 @@ from tbps_runtime.contract import mistyped_fields
 from tbps_runtime.errors import ConfigError
 
 PRESETS = ("tiny", "demo", "heads", "paper")
-DEFAULT_IDS = 800  # identities of the synthetic dataset tbps-synth and the quickstart make
 
 
 @dataclass

@@ -48,7 +48,7 @@ def fake_gpu(monkeypatch):
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A small synthetic dataset: 40 identities x 3 images (train 24 / val 6 / test 10 ids)."""
-    from tbps_train.data.synth import generate
+    from tbps_runtime.synth.dataset import generate
 
     return generate(tmp_path_factory.mktemp("synth") / "data", ids=40, images_per_id=3, seed=0, progress=False)
 
@@ -57,7 +57,8 @@ def synth_root(tmp_path_factory):
 def easy_root(tmp_path_factory):
     """An easier synthetic dataset (no clutter, long captions) with a large test split,
     for the test that training learns: 60 identities x 3 images, 24 test identities."""
-    from tbps_train.data.synth import SynthConfig, generate
+    from tbps_runtime.synth.dataset import generate
+    from tbps_runtime.synth.people import SynthConfig
 
     easy = SynthConfig(clutter=0.0, pose_jitter=0.3, light_jitter=0.3, noise=0.0, parts_per_caption=(5, 8))
     return generate(tmp_path_factory.mktemp("easy") / "data", ids=60, images_per_id=3, seed=0,

@@ -307,7 +307,7 @@ def test_quickstart_calibrates_its_bundle_once(calibrated, synth_root, tmp_path)
 
 def test_a_val_split_of_one_identity_is_refused_and_the_quickstart_goes_on(calibrated, tmp_path):
     from tbps_export import quickstart
-    from tbps_train.data.synth import generate
+    from tbps_runtime.synth.dataset import generate
 
     data = generate(tmp_path / "data", ids=8, images_per_id=1, seed=0, progress=False)  # val: 1 identity
     with pytest.raises(ConfigError, match="holds 1 identity"):

@@ -5,6 +5,7 @@ and the output and argument rules."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
@@ -18,10 +19,10 @@ from hypothesis import given, settings, strategies as st
 
 from cli_assertions import assert_user_error
 from tbps_runtime.errors import ConfigError, OutputError
+from tbps_runtime.synth import footage
+from tbps_runtime.synth.footage import generate_footage
+from tbps_runtime.synth.people import PALETTE, Person
 from tbps_train.cli import footage_command
-from tbps_train.data import footage
-from tbps_train.data.footage import generate_footage
-from tbps_train.data.synth import PALETTE, Person
 
 TINY = dict(seconds=2.0, fps=5.0, size=(320, 180), progress=False)  # 10 frames per camera
 W, H, FRAMES = 320, 180, 10
@@ -240,6 +241,26 @@ def test_missing_pyav_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"pip install 'tbps\[footage\]'"):
         generate_footage(tmp_path / "x", **TINY)
     assert not (tmp_path / "x").exists()
+
+
+def test_an_edge_install_draws_people_and_footage(tmp_path):
+    """Without torch, transformers or the trainer (an edge install), every module of tbps_runtime.synth
+    imports, and it writes a dataset and footage."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "for name in ('torch', 'transformers', 'tbps_train', 'tbps_export'):\n"
+        "    sys.modules[name] = None  # importing any of them now raises ImportError\n"
+        "import tbps_runtime.synth\n"
+        "for m in pkgutil.walk_packages(tbps_runtime.synth.__path__, 'tbps_runtime.synth.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "from tbps_runtime.synth.dataset import generate\n"
+        "from tbps_runtime.synth.footage import generate_footage\n"
+        "generate(sys.argv[1] + '/d', ids=3, images_per_id=1, progress=False)\n"
+        "generate_footage(sys.argv[1] + '/f', cameras=1, people=1, seconds=2.0, fps=5.0, size=(160, 96))\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert len(json.loads((tmp_path / "d" / "reid_raw.json").read_text())) == 3
+    assert _gt(tmp_path / "f" / "cam1.gt.txt") and len(_decode(tmp_path / "f" / "cam1.mp4")) == FRAMES
 
 
 # ---------------------------------------------------------------- arguments

@@ -31,9 +31,9 @@ from runtime_fakes import COLOURS
 from cli_assertions import assert_user_error, index, run
 from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.errors import OutputError
+from tbps_runtime.gallery.npy import write_gallery
 from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.records import GalleryEntry
-from tbps_runtime.gallery.storage import write_gallery
 from tbps_runtime.outputs import lock_path, output_lock, reserve
 from tbps_runtime.search import PersonSearch
 
@@ -75,10 +75,10 @@ def image_list(path: Path, images: list[Path]) -> Path:
 
 _PAUSED_INDEX = """
 import sys, time, pathlib
-from tbps_runtime.gallery import storage
+from tbps_runtime.gallery import npy
 from tbps_runtime.cli.search import index_command
 ready, go = map(pathlib.Path, sys.argv[1:3])
-record = storage.PartialIndex.record
+record = npy.PartialIndex.record
 def paused(self, *args, **kwargs):  # after its first batch, the run waits for the test
     record(self, *args, **kwargs)
     if not ready.exists():
@@ -86,7 +86,7 @@ def paused(self, *args, **kwargs):  # after its first batch, the run waits for t
         deadline = time.time() + 120
         while not go.exists() and time.time() < deadline:
             time.sleep(0.05)
-storage.PartialIndex.record = paused
+npy.PartialIndex.record = paused
 index_command.main(sys.argv[3:], prog_name="tbps index")
 """
 
@@ -179,7 +179,7 @@ def _try_lock(output: Path) -> Exception | None:
 # ---- 2. tbps synth --overwrite replaces only its own datasets --------------------------------------------
 
 def _foreign_dataset(root: Path, case: str) -> Path:
-    from tbps_train.data.synth import generate
+    from tbps_runtime.synth.dataset import generate
 
     out = root / "ds"
     if case == "a thesis":

@@ -546,14 +546,14 @@ def test_list_identities_that_are_not_ascii_integers_stay_text(identity, fake_bu
     {"done": 1, "failures": {"0": 42}},
 ], ids=lambda s: json.dumps(s))
 def test_a_tampered_partial_index_is_started_over(state, fake_bundle, images, tmp_path, monkeypatch):
-    from tbps_runtime.gallery import storage
+    from tbps_runtime.gallery import npy
     from tbps_runtime.model.images import collect_images
     from tbps_runtime.search import PersonSearch
 
     output = tmp_path / "g.npy"
     paths = [os.path.abspath(p) for p in collect_images(images)[0]]
     search = PersonSearch.from_bundle(fake_bundle)
-    partial = storage.PartialIndex(output, paths, search.fingerprint, search.encoder.slot_shape)
+    partial = npy.PartialIndex(output, paths, search.fingerprint, search.encoder.slot_shape)
     partial.rows[:] = np.nan  # rows a tampered state would claim
     partial.rows.flush()
     partial.state_path.write_text(json.dumps({"key": partial.key, **state}))

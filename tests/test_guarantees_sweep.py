@@ -7,7 +7,7 @@ directory it ran in and the files it was pointed at byte-identical. The classes,
 - an empty path: every path option of every command refuses ``""`` (``TbpsCommand``'s path type);
 - numbers beyond reason: ``--threads`` bounded (``MAX_THREADS``); every field of a run config typed, finite
   and bounded, from the command line or a checkpoint (:func:`tbps_train.config.check_fields`); a
-  synthetic dataset sized against its disk first (:func:`tbps_train.data.synth.generate`);
+  synthetic dataset sized against its disk first (:func:`tbps_runtime.synth.dataset.generate`);
 - files that are not JSON (nesting too deep to parse, a 5000-digit integer): the one JSON reader,
   :func:`tbps_runtime.atomic.read_json`, raises ``ValueError`` for both;
 - records with fields of the wrong type: :func:`tbps_runtime.contract.mistyped_fields` (a manifest,

@@ -22,11 +22,12 @@ from runtime_fakes import make_fake_bundle  # noqa: E402
 
 from tbps_runtime.cli.ingest import gallery_group, ingest_command  # noqa: E402
 from tbps_runtime.cli.search import rank_command  # noqa: E402
-from tbps_runtime.gallery.rows import parse_time  # noqa: E402
-from tbps_runtime.gallery.store import LocalStore  # noqa: E402
 from tbps_runtime.ingest.detectors import Detections, FileDetections  # noqa: E402
 from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source  # noqa: E402
 from tbps_runtime.model.encoder import Encoder  # noqa: E402
+from tbps_runtime.store.local import LocalStore  # noqa: E402
+from tbps_runtime.store.open import open_store  # noqa: E402
+from tbps_runtime.store.rows import parse_time  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -34,7 +35,7 @@ TESTS = Path(__file__).parent
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory):
     """Two cameras, 4 s at 10 fps, four people each dressed in one colour (ground truth in footage.json)."""
-    from tbps_train.data.footage import generate_footage
+    from tbps_runtime.synth.footage import generate_footage
 
     out = generate_footage(tmp_path_factory.mktemp("footage") / "f", cameras=2, seconds=4.0, fps=10.0,
                            size=(320, 180), people=4, seed=0, outfits="solid")
@@ -158,9 +159,9 @@ def test_a_hard_kill_loses_at_most_the_current_window(footage, bundle, tmp_path)
 import os, signal, sys
 sys.path.insert(0, {str(TESTS)!r})
 from test_ingest import _Interrupt
-from tbps_runtime.gallery.store import LocalStore
 from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source
 from tbps_runtime.model.encoder import Encoder
+from tbps_runtime.store.local import LocalStore
 
 class Kill(_Interrupt):
     def detect(self, frame, index):
@@ -300,7 +301,7 @@ def test_a_yolo_export_finds_people_standing_still(bundle, tmp_path):
     """The detector path end to end: a still scene, and a graph in YOLOv8's output layout that predicts the
     people's boxes (letterboxed) plus a shifted duplicate of each (NMS must drop it) and a car (class 1)."""
     from test_ingest_detectors import yolo_constant_graph
-    from tbps_train.data.footage import generate_footage
+    from tbps_runtime.synth.footage import generate_footage
 
     out = generate_footage(tmp_path / "still", cameras=1, seconds=1.0, fps=10.0, size=(320, 180), people=3, seed=2,
                            outfits="solid", still=True)
@@ -379,6 +380,18 @@ def test_a_milvus_store_gives_the_local_stores_answers(footage, bundle, store, t
                                                        *extra]).stdout) for g in (store, gallery))
         key = lambda hits: [(h["camera"], h["frame"], h["box"], round(h["score"], 4)) for h in hits]
         assert key(milvus) == key(local)
+    # Reindexing reads a Milvus store as it reads a local one, and writes either kind.
+    again = tmp_path / "again"
+    for source, output, extra in ((gallery, tmp_path / "from-milvus", []),
+                                  (store, again, ["--store", f"milvus-lite:{again / 'rows.db'}/again"])):
+        result = run(gallery_group, ["reindex", source, "--bundle", bundle, "-o", output, "-q", *extra])
+        assert result.exit_code == 0, result.output
+        with open_store(source) as old, open_store(output) as new:
+            assert len(new) == len(old) > 0 and new.all_progress() == old.all_progress()
+            assert new.cameras() == old.cameras() and [r for _, rs in new.iter_rows() for r in rs] != []
+        ranked = (json.loads(run(rank_command, ["--gallery", g, "--query", "red", "-k", 5, "--json", "-q"]).stdout)
+                  for g in (source, output))
+        assert [[h["frame"], h["camera"]] for h in next(ranked)] == [[h["frame"], h["camera"]] for h in next(ranked)]
     outside = run(ingest_command, [directory / "cam1.mp4", "--gallery", tmp_path / "n", "--bundle", bundle,
                                    "--detections", directory / "cam1.gt.txt", "--store",
                                    f"milvus-lite:{tmp_path / 'elsewhere.db'}/people", "-q"])

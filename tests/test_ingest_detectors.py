@@ -386,8 +386,8 @@ def test_hog_without_opencv_or_without_hog(monkeypatch):
 
 
 def person_scene(seed: int, heights, size=(240, 320), background=(128, 128, 128)):
-    """Synthetic people (tbps_train's drawing) standing side by side: the (H, W, 3) frame, their boxes."""
-    from tbps_train.data.synth import SynthConfig, _draw_person, _Frame, _sample_person
+    """Synthetic people (tbps_runtime.synth's drawing) standing side by side: the (H, W, 3) frame, their boxes."""
+    from tbps_runtime.synth.people import Frame, SynthConfig, draw_person, sample_person
 
     rng = np.random.default_rng(seed)
     height, width = size
@@ -396,7 +396,7 @@ def person_scene(seed: int, heights, size=(240, 320), background=(128, 128, 128)
     boxes = []
     for k, person_height in enumerate(heights):
         cx, top = width * (k + 1) / (len(heights) + 1), (height - person_height) / 2
-        _draw_person(draw, _sample_person(rng, SynthConfig()), _Frame(cx, top, person_height, 1.0), 1, 0.01)
+        draw_person(draw, sample_person(rng, SynthConfig()), Frame(cx, top, person_height, 1.0), 1, 0.01)
         boxes.append([cx - 0.15 * person_height, top, cx + 0.15 * person_height, top + person_height])
     return np.asarray(image), np.asarray(boxes)
 

@@ -1,14 +1,15 @@
-"""The store on Milvus (milvus-lite files under tmp_path) against the local store: the same rows give the
-same hits, ties, deletions, records and info; filters cannot be widened by hostile names; reopening and
-the bundle check; the store addresses; and the recall benchmark's quick mode."""
+"""The store on Milvus (milvus-lite files under tmp_path) beyond the Store contract (tests/test_store_contract.py,
+which also runs it against the local store): its expressions and literals, interrupted appends, reopening
+and the bundle check, Milvus's failures as StoreErrors, info from the appends' summaries (never the rows),
+the store addresses; and the recall benchmark's quick mode."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import numpy as np
+import store_rows
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,20 +17,21 @@ from hypothesis import strategies as st
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError, OutputError  # noqa: E402
-from tbps_runtime.gallery import milvus_store  # noqa: E402
-from tbps_runtime.gallery.milvus_store import (  # noqa: E402
-    MilvusStore, check_collection_name, filter_expression, float_literal, parse_store_uri, store_uri,
-    string_literal,
+from tbps_runtime.errors import (  # noqa: E402
+    BundleError, ConfigError, InputFileNotFoundError, OutputError, StoreError,
 )
-from tbps_runtime.gallery.rows import CropRecord, RowFilter  # noqa: E402
-from tbps_runtime.gallery.store import LocalStore  # noqa: E402
 from tbps_runtime.ranking import normalize_slots  # noqa: E402
+from tbps_runtime.store import milvus as milvus_store  # noqa: E402
+from tbps_runtime.store.local import LocalStore  # noqa: E402
+from tbps_runtime.store.milvus import MilvusStore  # noqa: E402
+from tbps_runtime.store.milvus_expr import (  # noqa: E402
+    check_collection_name, filter_expression, float_literal, parse_store_uri, store_uri, string_literal,
+)
+from tbps_runtime.store.rows import CropRecord, RowFilter  # noqa: E402
 
 K, D = 3, 8
 T0 = 1_767_225_600.0  # 2026-01-01T00:00Z
-HOSTILE = 'x" or camera != "'
-CAMERAS = ["cam1", "cam2", "cam3", HOSTILE]
+HOSTILE, CAMERAS = store_rows.HOSTILE, store_rows.CAMERAS
 _names = (f"c{n}" for n in itertools.count())
 
 
@@ -40,219 +42,8 @@ def lite(tmp_path_factory) -> str:
 
 
 def random_rows(n: int, seed: int, now: float | None = None) -> tuple[np.ndarray, list[CropRecord]]:
-    """(n, K, d) normalised rows and records with random cameras, sources, times (some missing) and tracks
-    (some missing); with ``now``, times are 10 days or 1 hour before it."""
-    rng = np.random.default_rng(seed)
-    embeddings = normalize_slots(rng.normal(size=(n, K, D)))
-    records = []
-    for i in range(n):
-        if now is None:
-            when = None if i % 7 == 0 else T0 + float(rng.uniform(0, 3600))
-        else:
-            when = None if i % 7 == 0 else now - (864_000 if i % 2 else 3600)
-        records.append(CropRecord(
-            source=f"s{rng.integers(3)}", camera=CAMERAS[rng.integers(len(CAMERAS))], time=when, offset=i / 10,
-            frame=i, box=(1.0, 2.0, 30.5, 60.0) if i % 3 else None, score=float(rng.uniform()),
-            track=None if i % 5 == 0 else int(rng.integers(40)), identity="p7" if i % 11 == 0 else None))
-    return embeddings, records
-
-
-def make_pair(tmp_path, lite, embeddings, records, batches=3, crops=False):
-    """The same rows appended to a LocalStore and a MilvusStore in the same ``batches`` appends; with
-    ``crops`` each append gets a crop folder holding one small file per row."""
-    local = LocalStore.create(tmp_path / "local", fingerprint="fp", num_slots=K, embed_dim=D)
-    milvus = MilvusStore.create(lite, next(_names), tmp_path / "milvus", fingerprint="fp", num_slots=K, embed_dim=D)
-    cuts = np.linspace(0, len(records), batches + 1).astype(int)
-    for store in (local, milvus):
-        with store.writing():
-            for start, end in zip(cuts[:-1], cuts[1:]):
-                part = records[start:end]
-                name = None
-                if crops:
-                    name, folder = store.new_batch()
-                    for i in range(start, end):
-                        (folder / f"{i}.jpg").write_bytes(b"j" * (i + 1))
-                    part = [CropRecord(**{**r.__dict__, "crop": f"{name}/{i}.jpg"}) for i, r in
-                            zip(range(start, end), part)]
-                store.append(embeddings[start:end], part, crops=name)
-    return local, milvus
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, lite):
-    embeddings, records = random_rows(300, seed=0)
-    local, milvus = make_pair(tmp_path_factory.mktemp("pair"), lite, embeddings, records)
-    yield local, milvus
-    milvus.close()
-
-
-def assert_same(expected, got):
-    """The hits agree: ranks, rows, track counts and records exactly (crop files by name: each store
-    names its own crop folders), scores to 1e-5."""
-    def key(hit):
-        crop = hit.record.crop and hit.record.crop.rsplit("/", 1)[-1]
-        return hit.rank, hit.row, hit.track_rows, CropRecord(**{**hit.record.__dict__, "crop": crop})
-
-    assert len(expected) == len(got)
-    for want, have in zip(expected, got):
-        assert [key(h) for h in have] == [key(h) for h in want]
-        np.testing.assert_allclose([h.score for h in have], [h.score for h in want], atol=1e-5)
-
-
-FILTERS = {
-    "none": RowFilter(),
-    "camera": RowFilter(cameras=("cam1",)),
-    "cameras": RowFilter(cameras=("cam1", "cam3")),
-    "hostile camera": RowFilter(cameras=(HOSTILE,)),
-    "source": RowFilter(sources=("s0",)),
-    "since": RowFilter(since=T0 + 1200),
-    "until": RowFilter(until=T0 + 1800),
-    "since and until": RowFilter(since=T0 + 600, until=T0 + 2400),
-    "tracks": RowFilter(tracks=(1, 2, 3, 5, 8)),
-    "combined": RowFilter(cameras=("cam2", "cam3"), sources=("s1", "s2"), tracks=tuple(range(0, 40, 2)),
-                          since=T0 + 300, until=T0 + 3000),
-    "nothing": RowFilter(cameras=("nowhere",)),
-}
-
-
-@pytest.mark.parametrize("name", FILTERS)
-def test_search_matches_the_local_store(pair, name):
-    local, milvus = pair
-    queries = np.random.default_rng(1).normal(size=(4, K, D))  # not normalised: both stores normalise
-    for per_track, k in itertools.product((False, True), (1, 7, 60, 400)):
-        want = local.search(queries, k, row_filter=FILTERS[name], per_track=per_track)
-        assert_same(want, milvus.search(queries, k, row_filter=FILTERS[name], per_track=per_track))
-    if name == "nothing":
-        assert want == [[], [], [], []]
-    threshold = 0.5
-    want = local.search(queries, 20, row_filter=FILTERS[name], min_score=threshold)
-    assert_same(want, milvus.search(queries, 20, row_filter=FILTERS[name], min_score=threshold))
-
-
-def test_records_embeddings_info_and_progress_match(pair):
-    local, milvus = pair
-    rows = [0, 5, 17, 299, 1000]
-    assert milvus.records(rows) == local.records(rows) and 1000 not in milvus.records(rows)
-    np.testing.assert_array_equal(milvus.embeddings([299, 0, 17]), local.embeddings([299, 0, 17]))
-    with pytest.raises(ConfigError, match="no row 1000"):
-        milvus.embeddings([0, 1000])
-    assert len(milvus) == len(local) == 300 and milvus.max_track() == local.max_track()
-    skip = {"store", "bytes"}
-    assert {k: v for k, v in milvus.info().items() if k not in skip} == \
-           {k: v for k, v in local.info().items() if k not in skip}
-    assert milvus.info()["store"] == milvus.location and milvus.info()["segments"] == 3
-    assert milvus.progress("nothing saved") is None
-
-
-def one_hot_rows() -> tuple[np.ndarray, list[CropRecord]]:
-    """60 rows whose slots are one-hot (Eq. 14 against a one-hot query is an exact integer): rows
-    1, 5, 9, ... (i % 4 == 1) match the query (0, 0, 0) in all 3 slots, the others in 2. Track i // 10,
-    none for rows 9, 19, ..., 59."""
-    hot = [(0, 0, 0) if i % 4 == 1 else (0, 0, 1 + i % 7) for i in range(60)]
-    embeddings = np.zeros((60, K, D), np.float32)
-    for i, positions in enumerate(hot):
-        embeddings[i, range(K), positions] = 1.0
-    records = [CropRecord(source="s", camera="cam", time=T0 + i, track=None if i % 10 == 9 else i // 10)
-               for i in range(60)]
-    return embeddings, records
-
-
-def test_ties_go_to_the_lower_row_like_the_local_store(tmp_path, lite, monkeypatch):
-    embeddings, records = one_hot_rows()
-    local, milvus = make_pair(tmp_path, lite, embeddings, records, batches=2)
-    query = np.zeros((1, K, D), np.float32)
-    query[0, :, 0] = 1.0
-    threes = list(range(1, 60, 4))  # 15 rows scoring 3: more than k=5 plus the fetch margin
-    hits = milvus.search(query, 5)[0]
-    assert [h.row for h in hits] == threes[:5] and [h.score for h in hits] == [3.0] * 5
-    hits = milvus.search(query, 20)[0]
-    assert [h.row for h in hits] == threes + [0, 2, 3, 4, 6]
-    # Per track: the best row of each track (the lowest of its 3s), then rows without a track count alone.
-    hits = milvus.search(query, 12, per_track=True)[0]
-    assert [h.row for h in hits] == [1, 9, 13, 21, 29, 33, 41, 49, 53, 19, 39, 59]
-    assert [h.track_rows for h in hits] == [9, 1, 9, 9, 1, 9, 9, 1, 9, 1, 1, 1]
-    assert [h.score for h in hits] == [3.0] * 9 + [2.0] * 3
-    for k, per_track in itertools.product((1, 5, 16, 70), (False, True)):
-        assert_same(local.search(query, k, per_track=per_track), milvus.search(query, k, per_track=per_track))
-    # Fetching 4k rows first, the 48 best rows hold only 11 tracks: the store must fetch more.
-    monkeypatch.setattr(milvus_store, "_TRACK_FETCH", 0)
-    hits = milvus.search(query, 12, per_track=True)[0]
-    assert [h.row for h in hits] == [1, 9, 13, 21, 29, 33, 41, 49, 53, 19, 39, 59]
-    # A server that returns the highest row ids among equal scores: re-sorting and fetching past the ties.
-    real_search = milvus.client.search
-
-    def search_ties_reversed(collection, *, data, limit, **kwargs):
-        found = real_search(collection, data=data, limit=100, **kwargs)  # every row of this store
-        return [sorted(hits, key=lambda h: (-h["distance"], -h["id"]))[:limit] for hits in found]
-
-    monkeypatch.setattr(milvus.client, "search", search_ties_reversed)
-    for k, per_track in itertools.product((1, 5, 10, 16, 70), (False, True)):
-        assert_same(local.search(query, k, per_track=per_track), milvus.search(query, k, per_track=per_track))
-    # Past Milvus's topk limit the store scores the selected rows in numpy: the same answers.
-    monkeypatch.setattr(milvus_store, "TOPK_LIMIT", 12)
-    for k, per_track in itertools.product((1, 5, 16, 70), (False, True)):
-        for row_filter in (RowFilter(), RowFilter(tracks=(0, 2)), RowFilter(until=T0 + 30)):
-            assert_same(local.search(query, k, row_filter=row_filter, per_track=per_track),
-                        milvus.search(query, k, row_filter=row_filter, per_track=per_track))
-    milvus.close()
-
-
-def test_delete_matches_the_local_store(tmp_path, lite):
-    now = time.time()
-    embeddings, records = random_rows(240, seed=3, now=now)
-    local, milvus = make_pair(tmp_path, lite, embeddings, records, batches=4, crops=True)
-    queries = np.random.default_rng(4).normal(size=(3, K, D))
-    steps = [dict(row_filter=RowFilter(cameras=("cam2",))),
-             dict(older_than=86_400.0),  # 10 days old goes, 1 hour and undated (added now) stay
-             dict(row_filter=RowFilter(tracks=tuple(range(0, 40, 3)), sources=("s1",))),
-             dict(row_filter=RowFilter(cameras=("cam1", HOSTILE), since=now - 7200), older_than=60.0)]
-    for step in steps:
-        dry = milvus.delete(dry_run=True, **step)
-        with local.writing(), milvus.writing():
-            want, got = local.delete(**step), milvus.delete(**step)
-        assert got.rows > 0 and (got.rows, got.cameras) == (want.rows, want.cameras) == (dry.rows, dry.cameras)
-        assert (got.segments, got.crops) == (want.segments, want.crops)
-        assert len(milvus) == len(local)
-        for per_track in (False, True):
-            assert_same(local.search(queries, 15, per_track=per_track),
-                        milvus.search(queries, 15, per_track=per_track))
-    with milvus.writing():
-        with pytest.raises(ConfigError, match="would remove all"):
-            milvus.delete(older_than=-1e6)  # a cutoff in the future: every row
-        assert milvus.delete(older_than=-1e6, everything=True, dry_run=True).rows == len(milvus)
-        with pytest.raises(ConfigError, match="say what to delete"):
-            milvus.delete()
-    assert len(milvus) == len(local) > 0
-    with local.writing(), milvus.writing():
-        want, got = local.delete(older_than=-1e6, everything=True), milvus.delete(older_than=-1e6, everything=True)
-    assert (got.rows, got.cameras, got.segments, got.crops) == (want.rows, want.cameras, want.segments, want.crops)
-    assert len(milvus) == 0 and milvus.search(queries, 5) == [[], [], []] and milvus.info()["segments"] == 0
-    assert not any((tmp_path / "milvus" / "crops").iterdir()), "emptied appends take their crop folders along"
-    milvus.close()
-
-
-def test_hostile_names_select_only_themselves(tmp_path, lite):
-    names = [HOSTILE, 'a\\b', "it's", 'tab\there', 'line\nbreak', '"', 'ünï "q" \\"', "cam"]
-    embeddings = normalize_slots(np.random.default_rng(5).normal(size=(len(names) * 3, K, D)))
-    records = [CropRecord(source=names[i % len(names)], camera=names[i % len(names)], time=T0 + i)
-               for i in range(len(embeddings))]
-    local, milvus = make_pair(tmp_path, lite, embeddings, records, batches=1)
-    query = embeddings[:1]
-    for name in names:
-        for field in ("cameras", "sources"):
-            hits = milvus.search(query, 50, row_filter=RowFilter(**{field: (name,)}))[0]
-            assert sorted(h.row for h in hits) == [i for i in range(len(records)) if records[i].camera == name]
-    with milvus.writing():
-        assert milvus.delete(RowFilter(cameras=('cam" or camera != "',)), dry_run=True).rows == 0
-        assert milvus.delete(RowFilter(cameras=("cam",)), dry_run=True).rows == 3
-        assert milvus.delete(RowFilter(cameras=(HOSTILE,))).cameras == {HOSTILE: 3}
-    assert len(milvus) == len(records) - 3
-    # Without a row of that name, the hostile name selects nothing at all.
-    assert milvus.search(query, 50, row_filter=RowFilter(cameras=(HOSTILE,))) == [[]]
-    with milvus.writing():
-        milvus.append(embeddings[:1], [records[0]], progress={'key "\' \\': "state 1"})
-    assert milvus.progress('key "\' \\') == "state 1"
-    milvus.close()
+    """This module's rows: see store_rows.random_rows."""
+    return store_rows.random_rows(n, seed, K, D, T0, now)
 
 
 @settings(max_examples=200, deadline=None)
@@ -352,7 +143,7 @@ def test_a_collection_that_is_not_a_store_is_refused(tmp_path, lite):
 
 
 def test_unreachable_milvus_and_a_missing_pymilvus(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="cannot reach Milvus at http://127.0.0.1:1"):
+    with pytest.raises(StoreError, match="cannot reach Milvus at http://127.0.0.1:1"):
         MilvusStore.open("http://127.0.0.1:1", "c", tmp_path)
     (tmp_path / "not-lite.db").write_text("not a milvus-lite directory")
     with pytest.raises(BundleError, match="not-lite.db"):
@@ -360,6 +151,98 @@ def test_unreachable_milvus_and_a_missing_pymilvus(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "pymilvus", None)
     with pytest.raises(ConfigError, match=r"pip install 'tbps\[milvus\]'"):
         MilvusStore.open(str(tmp_path / "x.db"), "c", tmp_path)
+
+
+def test_a_failing_milvus_is_a_store_error_not_a_bad_bundle(tmp_path, lite, monkeypatch):
+    from pymilvus import MilvusException
+
+    embeddings, records = random_rows(10, seed=8)
+    milvus = MilvusStore.create(lite, next(_names), tmp_path / "m", fingerprint="fp", num_slots=K, embed_dim=D)
+    with milvus.writing():
+        milvus.append(embeddings, records)
+
+    def timed_out(*args, **kwargs):
+        raise MilvusException(message="deadline exceeded")
+
+    for method in ("query", "search", "get"):
+        monkeypatch.setattr(milvus.client, method, timed_out)
+    for call in (lambda: len(milvus), lambda: milvus.search(embeddings[:1], 3), milvus.info, milvus.cameras,
+                 lambda: milvus.records([0]), lambda: list(milvus.iter_rows()), milvus.all_progress):
+        with pytest.raises(StoreError, match="deadline exceeded"):
+            call()
+    monkeypatch.undo()
+    assert len(milvus) == 10
+    milvus.close()
+
+
+def pair_of(tmp_path, lite, embeddings, records, batches):
+    """The rows in a LocalStore and a MilvusStore, appended in the same ``batches``."""
+    local = LocalStore.create(tmp_path / "local", fingerprint="fp", num_slots=K, embed_dim=D)
+    milvus = MilvusStore.create(lite, next(_names), tmp_path / "milvus", fingerprint="fp", num_slots=K, embed_dim=D)
+    cuts = np.linspace(0, len(records), batches + 1).astype(int)
+    for store in (local, milvus):
+        with store.writing():
+            for start, end in zip(cuts[:-1], cuts[1:]):
+                store.append(embeddings[start:end], records[start:end])
+    return local, milvus
+
+
+def info_without_paths(store):
+    return {k: v for k, v in store.info().items() if k not in ("store", "bytes")}
+
+
+def test_info_and_cameras_read_the_appends_summaries_not_the_rows(tmp_path, lite, monkeypatch):
+    embeddings, records = random_rows(120, seed=9)
+    local, milvus = pair_of(tmp_path, lite, embeddings, records, batches=4)
+    asked = []
+
+    def recording(real):
+        def call(collection, *args, **kwargs):
+            asked.append(collection)
+            return real(collection, *args, **kwargs)
+        return call
+
+    for method in ("query", "query_iterator", "search", "get"):
+        monkeypatch.setattr(milvus.client, method, recording(getattr(milvus.client, method)))
+    assert info_without_paths(milvus) == info_without_paths(local)
+    assert milvus.cameras() == local.cameras()
+    assert asked and milvus.collection not in asked, "info() and cameras() read the meta collection only"
+    milvus.close()
+
+
+def test_a_summary_longer_than_one_record_is_split_and_replaced(tmp_path, lite, monkeypatch):
+    embeddings, records = random_rows(200, seed=10)
+    records = [CropRecord(**{**r.__dict__, "track": 3 * i}) for i, r in enumerate(records)]  # no runs: long
+    local, milvus = pair_of(tmp_path, lite, embeddings[:1], records[:1], batches=1)
+    monkeypatch.setattr(milvus_store, "_META_BYTES", 300)  # parts of 300 characters
+    for store in (local, milvus):
+        with store.writing():
+            store.append(embeddings[1:], records[1:])
+
+    def parts():
+        meta = milvus.collection + "__meta"
+        return len(milvus.client.query(meta, filter='key like "summary:1:%"', output_fields=["key"]))
+
+    before = parts()
+    assert before > 3 and info_without_paths(milvus) == info_without_paths(local)
+    for store in (local, milvus):
+        with store.writing():
+            store.delete(RowFilter(tracks=tuple(3 * i for i in range(1, 150))))
+    assert 0 < parts() < before, "the shorter summary replaced every older part"
+    assert info_without_paths(milvus) == info_without_paths(local) and len(milvus) == len(local) == 51
+    milvus.close()
+
+
+def test_appends_made_before_summaries_are_summarised_from_their_rows(tmp_path, lite):
+    embeddings, records = random_rows(90, seed=11)
+    local, milvus = pair_of(tmp_path, lite, embeddings, records, batches=3)
+    milvus.client.delete(milvus.collection + "__meta", filter='key like "summary:%"')  # as an older tbps left it
+    assert info_without_paths(milvus) == info_without_paths(local) and milvus.cameras() == local.cameras()
+    for store in (local, milvus):
+        with store.writing():
+            store.delete(RowFilter(cameras=("cam1",)))
+    assert info_without_paths(milvus) == info_without_paths(local)
+    milvus.close()
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -97,7 +97,7 @@ def test_index_then_rank_puts_the_right_identities_on_top(learned_checkpoint, ea
     assert runtime_recall(results, query_ids, 1) > 2.5 * chance
     assert runtime_recall(results, query_ids, 10) > runtime_recall(results, query_ids, 1)
     first = results[0][0]
-    assert first.path == gallery.entries[first.index].path and first.rank == 1
+    assert first.path == gallery.entries[first.row].path and first.rank == 1
 
 
 def test_rank_command_json_equals_the_api(gallery_path, records, search):

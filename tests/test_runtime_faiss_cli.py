@@ -13,7 +13,7 @@ from runtime_fakes import COLOURS, solid_image
 
 from cli_assertions import assert_user_error, index, rank_json, run
 from tbps_runtime.cli.search import index_command, rank_command
-from tbps_runtime.gallery.storage import sidecar_path
+from tbps_runtime.gallery.npy import sidecar_path
 
 pytest.importorskip("faiss")
 

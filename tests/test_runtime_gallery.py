@@ -8,9 +8,9 @@ from runtime_fakes import COLOURS, solid_image
 
 from tbps_runtime.contract import IMAGE_TOWER
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
+from tbps_runtime.gallery.npy import Gallery, PartialIndex, sidecar_path, write_gallery
 from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.records import GalleryEntry
-from tbps_runtime.gallery.storage import Gallery, PartialIndex, sidecar_path, write_gallery
 from tbps_runtime.ranking import normalize_slots
 from tbps_runtime.search import PersonSearch
 

@@ -15,9 +15,9 @@ from test_runtime_images import write_bad
 from cli_assertions import SAMPLE_QUERIES, assert_user_error, index, rank_json, run
 from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.errors import ConfigError
+from tbps_runtime.gallery.npy import sidecar_path
 from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.shards import ShardedGallery, parse_shard, shard_bounds
-from tbps_runtime.gallery.storage import sidecar_path
 from tbps_runtime.ranking import top_k, top_k_parts
 from tbps_runtime.search import PersonSearch
 
@@ -81,8 +81,8 @@ def test_a_shard_directory_is_the_unsharded_gallery(shards, single):
     # The API: the same global rows, and ties (the duplicate reds) in gallery order.
     search = PersonSearch.from_bundle(load_gallery(single).bundle, threads=1)
     for a, b in zip(search.rank(SAMPLE_QUERIES, whole, k=10), search.rank(SAMPLE_QUERIES, str(shards), k=10)):
-        assert [(m.index, m.path) for m in a] == [(m.index, m.path) for m in b]
-    reds = [m.index for m in search.rank("red", sharded, k=3)[0]]
+        assert [(m.row, m.path) for m in a] == [(m.row, m.path) for m in b]
+    reds = [m.row for m in search.rank("red", sharded, k=3)[0]]
     assert reds == sorted(reds)  # three identical red crops: lower global row first
 
 

@@ -64,7 +64,7 @@ def store_template(fake_bundle, tmp_path_factory):
     pytest.importorskip("av", reason="PyAV is needed for footage: pip install 'tbps[footage]'")
     pytest.importorskip("trackers", reason="the trackers package is needed: pip install 'tbps[footage]'")
     from tbps_runtime.cli.ingest import ingest_command
-    from tbps_train.data.footage import generate_footage
+    from tbps_runtime.synth.footage import generate_footage
 
     footage = Path(generate_footage(tmp_path_factory.mktemp("serve-footage") / "f", cameras=2, seconds=3.0,
                                     fps=10.0, size=(320, 180), people=4, seed=0, outfits="solid"))
@@ -236,7 +236,7 @@ def test_search_equals_person_search_rank(plain, fake_bundle):
     assert body["search"] == "exact Eq. 14 over 6 row(s); no filter" and body["took_ms"] > 0
     assert body["request_id"] == response.headers["X-Request-ID"]
     for hits, matches in zip(body["results"], expected, strict=True):
-        assert [(h["rank"], h["row"]) for h in hits] == [(m.rank, m.index) for m in matches]
+        assert [(h["rank"], h["row"]) for h in hits] == [(m.rank, m.row) for m in matches]
         assert [h["score"] for h in hits] == pytest.approx([m.score for m in matches], abs=1e-5)
         assert [h["identity"] for h in hits] == [m.identity for m in matches]
         assert all(h["crop_url"] == f"/crops/{h['row']}" and "path" not in h for h in hits)
@@ -419,8 +419,8 @@ def _list_file(tmp_path, paths):
 # ---- a store -----------------------------------------------------------------------------------------
 
 def test_store_search_with_filters_equals_person_search_rank(store, fake_bundle):
-    from tbps_runtime.gallery.open import open_store
-    from tbps_runtime.gallery.rows import RowFilter
+    from tbps_runtime.store.open import open_store
+    from tbps_runtime.store.rows import RowFilter
 
     search = PersonSearch.from_bundle(fake_bundle, threads=1)
     opened = open_store(store)
@@ -451,7 +451,7 @@ def test_store_search_with_filters_equals_person_search_rank(store, fake_bundle)
 
 
 def test_store_crops_come_from_the_store(store):
-    from tbps_runtime.gallery.open import open_store
+    from tbps_runtime.store.open import open_store
 
     opened = open_store(store)
     row = 3
@@ -533,6 +533,21 @@ def test_an_unexpected_exception_is_a_500_with_only_a_request_id(plain, caplog):
     assert logged and logged[0].exc_info and "secret detail" in str(logged[0].exc_info[1])
 
 
+def test_a_store_that_does_not_answer_is_a_503_that_hides_its_address(plain, monkeypatch, caplog):
+    from tbps_runtime.errors import StoreError
+
+    with serving(plain) as client:
+        def unavailable(*args, **kwargs):
+            raise StoreError("milvus://db.internal:19530/people: searching failed: deadline exceeded")
+
+        monkeypatch.setattr(client.app.state.service.search, "rank", unavailable)
+        with caplog.at_level(logging.ERROR, logger="tbps_runtime.serve.app"):
+            response = client.post("/search", json={"query": "red"})
+        error_of(response, 503, "unavailable", "not answering")
+    assert response.headers["Retry-After"] and "db.internal" not in response.text
+    assert any("deadline exceeded" in r.getMessage() for r in caplog.records)
+
+
 def test_unknown_endpoints_and_methods(plain):
     with serving(plain) as client:
         error_of(client.get("/nope"), 404, "not_found", "no such endpoint")
@@ -565,7 +580,7 @@ def test_32_concurrent_requests_each_get_their_own_answer(plain, fake_bundle):
             thread.join(30)
         text = client.get("/metrics").text
     for answer, matches in zip(answers, expected, strict=True):
-        assert [h["row"] for h in answer["results"][0]] == [m.index for m in matches]
+        assert [h["row"] for h in answer["results"][0]] == [m.row for m in matches]
         assert [h["score"] for h in answer["results"][0]] == pytest.approx([m.score for m in matches], abs=1e-5)
     calls = float(re.search(r"^tbps_batch_queries_count (\S+)", text, re.M).group(1)) - 1  # less the warm-up's
     assert calls < 16, text  # 32 queries in far fewer text-tower calls
@@ -618,16 +633,17 @@ def test_a_lone_request_does_not_wait_for_the_window():
 
 def test_batcher_respects_max_batch_and_a_larger_request_goes_alone():
     sizes = []
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
 
     def embed(texts):
+        started.set()
         gate.wait(5)
         sizes.append(len(texts))
         return np.zeros((len(texts), 1, 1), np.float32)
 
     batcher = QueryBatcher(embed, window_s=0.05, max_batch=4)
     first = batcher.submit(["x"])  # the worker takes it and waits at the gate
-    time.sleep(0.1)
+    assert started.wait(5)
     futures = [batcher.submit(["x"] * n) for n in (3, 2, 6, 1)]
     gate.set()
     for future in [first, *futures]:
@@ -637,17 +653,18 @@ def test_batcher_respects_max_batch_and_a_larger_request_goes_alone():
 
 
 def test_a_cancelled_request_is_skipped():
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
     calls = []
 
     def embed(texts):
+        started.set()
         gate.wait(5)
         calls.append(list(texts))
         return np.zeros((len(texts), 1, 1), np.float32)
 
     batcher = QueryBatcher(embed, window_s=0.0, max_batch=8)
-    first = batcher.submit(["a"])
-    time.sleep(0.05)
+    first = batcher.submit(["a"])  # the worker takes it and waits at the gate: "a" cannot be cancelled now
+    assert started.wait(5)
     abandoned, kept = batcher.submit(["b"]), batcher.submit(["c"])
     assert abandoned.cancel()
     gate.set()

@@ -134,7 +134,7 @@ def footage(tmp_path_factory):
     """Two cameras, 3 s at 10 fps, four people each dressed in one colour (ground truth in footage.json)."""
     pytest.importorskip("av", reason="PyAV is needed for footage: pip install 'tbps[footage]'")
     pytest.importorskip("trackers", reason="the trackers package is needed: pip install 'tbps[footage]'")
-    from tbps_train.data.footage import generate_footage
+    from tbps_runtime.synth.footage import generate_footage
 
     folder = Path(generate_footage(tmp_path_factory.mktemp("page-footage") / "f", cameras=2, seconds=3.0, fps=10.0,
                                    size=(320, 180), people=4, seed=0, outfits="solid"))
@@ -199,7 +199,7 @@ def page(browser):
 
 def red_rows(store: Path, footage) -> set[int]:
     """The store's rows that are the red person: ground-truth boxes of their id at the row's frame."""
-    from tbps_runtime.gallery.open import open_store
+    from tbps_runtime.store.open import open_store
 
     folder, meta = footage
     (red,) = [p for p in meta["people"] if p["captions"][0] == "A person in red."]
@@ -226,7 +226,7 @@ def iou(a, b) -> float:
 # ---- the tests -------------------------------------------------------------------------------------
 
 def test_a_caption_finds_the_red_person_in_the_top_5_with_crops_and_status(page, open_service, store, footage):
-    from tbps_runtime.gallery.open import open_store
+    from tbps_runtime.store.open import open_store
 
     expected = red_rows(store, footage)
     assert expected  # the red person was ingested

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tbps_runtime.errors import ConfigError, DataError
-from tbps_train.data import SynthConfig, generate, read_split
-from tbps_train.data import synth
-from tbps_train.data.synth import HAIR_COLOURS, PALETTE
+from tbps_runtime.errors import ConfigError, DataError, OutputError
+from tbps_runtime.synth import dataset
+from tbps_runtime.synth.captions import caption
+from tbps_runtime.synth.dataset import generate
+from tbps_runtime.synth.people import HAIR_COLOURS, PALETTE, SynthConfig, sample_people
+from tbps_train.data import read_split
 
 SMALL = dict(ids=12, images_per_id=2, progress=False)
 
@@ -93,15 +96,15 @@ def test_refuses_non_empty_out_unless_overwrite(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(DataError, match="exists and is not empty.*overwrite=True"):
+    with pytest.raises(OutputError, match="exists and is not empty.*overwrite=True"):
         generate(out, ids=3, images_per_id=1, progress=False)
-    with pytest.raises(DataError, match="not a dataset written by tbps synth"):  # only its own datasets
+    with pytest.raises(OutputError, match="not a dataset written by tbps synth"):  # only its own datasets
         generate(out, ids=3, images_per_id=1, progress=False, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
     generate(out, ids=3, images_per_id=1, progress=False)
     generate(out, ids=3, images_per_id=1, seed=1, progress=False, overwrite=True)
-    assert json.loads((out / "synth.json").read_text())["seed"] == 1 and (out / synth.MARKER).is_file()
+    assert json.loads((out / "synth.json").read_text())["seed"] == 1 and (out / dataset.MARKER).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
@@ -109,7 +112,7 @@ def test_empty_out_is_fine_and_file_out_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     generate(tmp_path / "empty", ids=3, images_per_id=1, progress=False)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DataError, match="is a file"):
+    with pytest.raises(OutputError, match="is a file"):
         generate(tmp_path / "file", ids=3, images_per_id=1, progress=False, overwrite=True)
 
 
@@ -117,7 +120,7 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synth, "_write_image", boom)
+    monkeypatch.setattr(dataset, "_write_image", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         generate(tmp_path / "ds", ids=3, images_per_id=1, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -163,7 +166,7 @@ def test_config_knobs_reach_the_dataset(tmp_path):
 
 
 def test_logs_one_line_summary(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="tbps_train.data.synth"):
+    with caplog.at_level(logging.INFO, logger="tbps_runtime.synth.dataset"):
         generate(tmp_path / "ds", ids=4, images_per_id=1, progress=False)
     assert [r.getMessage() for r in caplog.records if "wrote 4 synthetic images of 4 identities" in r.getMessage()]
 
@@ -171,7 +174,7 @@ def test_logs_one_line_summary(tmp_path, caplog):
 # ---------------------------------------------------------------- a real retrieval task
 def test_parts_are_shared_but_pairings_vary():
     cfg = SynthConfig()
-    people = synth._sample_people(np.random.default_rng(5), 2000, cfg)
+    people = sample_people(np.random.default_rng(5), 2000, cfg)
     assert len({p.key() for p in people}) == 2000
     upper = Counter(p.upper_colour for p in people)
     assert len(upper) == 12 and max(upper.values()) / 2000 < 0.2 and min(upper.values()) / 2000 > 0.03
@@ -184,7 +187,7 @@ def test_parts_are_shared_but_pairings_vary():
 
 
 def test_smaller_palette_is_respected():
-    people = synth._sample_people(np.random.default_rng(0), 200, SynthConfig(palette_size=5))
+    people = sample_people(np.random.default_rng(0), 200, SynthConfig(palette_size=5))
     allowed = set(list(PALETTE)[:5])
     assert {p.upper_colour for p in people} | {p.shoes for p in people} <= allowed
 
@@ -261,10 +264,10 @@ def test_captions_only_state_true_attributes(small):
 def test_many_captions_are_honest_and_partial():
     cfg = SynthConfig()
     rng = np.random.default_rng(3)
-    people = synth._sample_people(rng, 300, cfg)
-    captions = [(synth._caption(rng, p, cfg), p) for p in people for _ in range(4)]
+    people = sample_people(rng, 300, cfg)
+    captions = [(caption(rng, p, cfg), p) for p in people for _ in range(4)]
     for c, p in captions:
-        _check_caption(c, synth.dataclasses.asdict(p))
+        _check_caption(c, dataclasses.asdict(p))
     texts = [c for c, _ in captions]
     assert len(set(texts)) > 0.95 * len(texts)  # varied phrasing
     assert sum("shoes" in t or "sneakers" in t for t in texts) < 0.8 * len(texts)  # partial

@@ -14,14 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tbps_runtime.errors import ConfigError, DataError
-from tbps_train.cli import synth_command
-from tbps_train.data import generate, read_split
-from tbps_train.data.synth import PALETTE
-from tbps_train.data.synth_parts import (
+from tbps_runtime.errors import ConfigError, OutputError
+from tbps_runtime.synth.dataset import generate
+from tbps_runtime.synth.parts import (
     PartsConfig, PartsPerson, _draw_group, caption, facts, generate_parts, parse_caption, parse_spans,
     sample_identities,
 )
+from tbps_runtime.synth.people import PALETTE
+from tbps_train.cli import synth_command
+from tbps_train.data import read_split
 from cli_assertions import assert_user_error
 
 SMALL = dict(ids=40, images_per_id=2, progress=False)
@@ -233,7 +234,8 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
 
 
 def test_default_set_is_unchanged(tmp_path):
-    """Hashes taken with synth.py as it was before the parts set existed: its output must not move."""
+    """Hashes taken with the default set's generator as it was before the parts set existed (then
+    tbps_train/data/synth.py): its output must not move."""
     out = generate(tmp_path / "d", ids=12, images_per_id=2, seed=7, progress=False)
     raw = hashlib.sha256((out / "reid_raw.json").read_bytes()).hexdigest()
     assert raw == "05fb9c186dae99b63ccf70f55baedda819a072c82e9c4e245eb18a6d24e7295e"
@@ -269,7 +271,7 @@ def test_cli_parts_and_overwrite_rules(tmp_path):
 def test_overwrite_refuses_a_directory_without_the_marker(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "reid_raw.json").write_text("[]")
-    with pytest.raises(DataError, match="not a dataset written by tbps synth"):
+    with pytest.raises(OutputError, match="not a dataset written by tbps synth"):
         generate_parts(tmp_path / "mine", ids=6, images_per_id=1, progress=False, overwrite=True)
     assert (tmp_path / "mine" / "reid_raw.json").read_text() == "[]"
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary directory left behind

@@ -13,7 +13,7 @@ from tbps_train.data.twins import read_twin_queries
 
 @pytest.fixture(scope="module")
 def parts_root(tmp_path_factory):
-    from tbps_train.data.synth_parts import generate_parts
+    from tbps_runtime.synth.parts import generate_parts
 
     return generate_parts(tmp_path_factory.mktemp("parts") / "data", ids=40, images_per_id=2, seed=0,
                           progress=False)

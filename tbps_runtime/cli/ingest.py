@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -38,7 +38,7 @@ def filter_options(command: Any) -> Any:
 
 def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple[int, ...], since: str | None,
                until: str | None) -> Any:
-    from tbps_runtime.gallery.rows import RowFilter, parse_time
+    from tbps_runtime.store.rows import RowFilter, parse_time
 
     return RowFilter(tuple(cameras), tuple(sources), tuple(tracks),
                      None if since is None else parse_time(since, "--since"),
@@ -89,53 +89,71 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
     is skipped. A source that fails part-way keeps its rows, and the command exits with status 2 after
     the other sources.
     """
-    from tbps_runtime.gallery.open import create_store, is_store_directory, open_store
-    from tbps_runtime.gallery.rows import parse_time
     from tbps_runtime.ingest.detectors import open_detector
     from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source
     from tbps_runtime.model.encoder import Encoder
+    from tbps_runtime.store.open import create_store, is_store_directory
+    from tbps_runtime.store.rows import parse_time
 
     quiet = setup_logging(quiet)
     if len(sources) > 1 and (camera or detections):
         raise ConfigError("--camera and --detections describe one source: give one source per command")
     start_time = None if start is None else parse_time(start, "--start")
-    from tbps_runtime.ingest.sources import is_stream, source_name
+    from tbps_runtime.ingest.sources import is_stream
 
     missing = [s for s in sources if not is_stream(s) and not Path(s).exists()]
     if missing:  # a typo fails before any work
         raise InputFileNotFoundError(f"no such video or folder: {printable(missing[0])}"
                                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    existing = open_store(gallery_dir) if is_store_directory(gallery_dir) else None
-    bundle = bundle or (existing.bundle if existing is not None else None)
+    existing = is_store_directory(gallery_dir)
+    bundle = bundle or (_recorded_bundle(gallery_dir) if existing else None)
     if bundle is None:
         raise ConfigError(f"--bundle is needed to make the store {gallery_dir}")
     if not Path(bundle).is_dir():
         raise InputFileNotFoundError(f"no bundle at {bundle}" + (" (the one the store records): pass --bundle"
-                                                                   if existing is not None else ""))
+                                                                   if existing else ""))
     chosen = open_detector(detector, detections=detections, min_score=min_score, threads=threads)
     settings = IngestSettings(chosen.name, fps or None, camera, start_time, keep, window, batch_size)
     encoder = Encoder.from_bundle(bundle, threads=threads, spinning=False)  # decoding runs beside it
     store = create_store(gallery_dir, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
                          embed_dim=encoder.slot_shape[1], bundle=bundle, milvus=milvus)
-    store.check_bundle(encoder.fingerprint, bundle)
-    reports, failed = [], []
-    with store.writing("ingesting into"):
-        for source in sources:
-            try:
-                report = ingest_source(source, store, encoder, chosen, settings, progress=not quiet)
-            except TbpsError as e:  # this source only: the others still run
-                name = source_name(source)
-                failed.append(str(e) if name in str(e) else f"{printable(name)}: {e}")
-                continue
-            reports.append(report)
-            if report.error:
-                failed.append(report.error)
-            _log_report(report)
+    with store:
+        store.check_bundle(encoder.fingerprint, bundle)
+        with store.writing("ingesting into"):
+            reports, failed = _ingest_each(sources, lambda source: ingest_source(
+                source, store, encoder, chosen, settings, progress=not quiet))
     if as_json:
         click.echo(json.dumps({"gallery": str(gallery_dir), "sources": [r.to_json() for r in reports],
                                "errors": failed}))
     if failed:
         raise _SourcesFailed(failed, len(sources))
+
+
+def _ingest_each(sources: tuple[str, ...], ingest: Callable[[str], Any]) -> tuple[list[Any], list[str]]:
+    """``ingest(source)`` for each source; a source that fails does not stop the others: (reports, errors)."""
+    from tbps_runtime.ingest.sources import source_name
+
+    reports, failed = [], []
+    for source in sources:
+        try:
+            report = ingest(source)
+        except TbpsError as e:  # this source only: the others still run
+            name = source_name(source)
+            failed.append(str(e) if name in str(e) else f"{printable(name)}: {e}")
+            continue
+        reports.append(report)
+        if report.error:
+            failed.append(report.error)
+        _log_report(report)
+    return reports, failed
+
+
+def _recorded_bundle(directory: str) -> str | None:
+    """The bundle the store at ``directory`` records."""
+    from tbps_runtime.store.open import open_store
+
+    with open_store(directory) as store:
+        return store.bundle
 
 
 class _SourcesFailed(TbpsError):
@@ -166,9 +184,10 @@ def gallery_group() -> None:
 @user_errors_exit_2
 def info_command(directory: str, as_json: bool) -> None:
     """Cameras, time span, rows, tracks and size of a store."""
-    from tbps_runtime.gallery.open import open_store
+    from tbps_runtime.store.open import open_store
 
-    info = open_store(directory).info()
+    with open_store(directory) as store:
+        info = store.info()
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -186,10 +205,9 @@ def info_command(directory: str, as_json: bool) -> None:
 
 def _deletion(directory: str, row_filter: Any, older_than: float | None, yes: bool, dry_run: bool,
               as_json: bool) -> None:
-    from tbps_runtime.gallery.open import open_store
+    from tbps_runtime.store.open import open_store
 
-    store = open_store(directory)
-    with store.writing("deleting from"):
+    with open_store(directory) as store, store.writing("deleting from"):
         removal = store.delete(row_filter, older_than=older_than, everything=yes, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps({"dry_run": dry_run, **removal.to_json()}))
@@ -213,7 +231,7 @@ def _deletion(directory: str, row_filter: Any, older_than: float | None, yes: bo
 def prune_command(directory: str, older_than: str, cameras: tuple[str, ...], yes: bool, dry_run: bool,
                   as_json: bool) -> None:
     """Retention: remove rows older than AGE with their embeddings and crops, and say what went."""
-    from tbps_runtime.gallery.rows import RowFilter, parse_age
+    from tbps_runtime.store.rows import RowFilter, parse_age
 
     _deletion(directory, RowFilter(cameras=tuple(cameras)), parse_age(older_than), yes, dry_run, as_json)
 
@@ -236,17 +254,21 @@ def delete_command(directory: str, cameras: tuple[str, ...], sources: tuple[str,
 @click.option("--bundle", required=True, type=click.Path(file_okay=False), help="The newer bundle.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="The new store directory (the old one is left as it is).")
+@click.option("--store", "milvus", metavar="milvus://HOST:PORT/COLLECTION",
+              help="Keep the new store's rows in Milvus (as tbps ingest --store); default: a local store.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="onnxruntime threads.")
 @quiet_option()
 @user_errors_exit_2
-def reindex_command(directory: str, bundle: str, output: str, batch_size: int, threads: int | None,
-                    quiet: bool) -> None:
-    """Embed a store's crops again with another bundle, into a new store with the same metadata."""
+def reindex_command(directory: str, bundle: str, output: str, milvus: str | None, batch_size: int,
+                    threads: int | None, quiet: bool) -> None:
+    """Embed a store's crops again with another bundle, into a new store with the same metadata
+    (local or Milvus, either way)."""
     from tbps_runtime.ingest.reindex import reindex
 
     quiet = setup_logging(quiet)
     started = time.perf_counter()
-    rows = reindex(directory, bundle, output, batch_size=batch_size, threads=threads, progress=not quiet)
+    rows = reindex(directory, bundle, output, batch_size=batch_size, threads=threads, progress=not quiet,
+                   milvus=milvus)
     logger.info("re-embedded %d row(s) into %s in %.1f s", rows, output, time.perf_counter() - started)
     click.echo(str(output))

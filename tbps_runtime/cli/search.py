@@ -20,9 +20,11 @@ from tbps_runtime.errors import ConfigError, InputFileNotFoundError, QueryError
 from tbps_runtime.paths import printable
 
 if TYPE_CHECKING:  # the commands import the runtime when they run: `tbps --help` stays light
+    from tbps_runtime.gallery.npy import Gallery
     from tbps_runtime.gallery.shards import ShardedGallery
-    from tbps_runtime.gallery.storage import Gallery
     from tbps_runtime.search import Match, PersonSearch
+    from tbps_runtime.store.base import Store
+    from tbps_runtime.store.rows import StoreHit
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def _check_index_outputs(output: str, images: str, bundle: str, faiss_spec: str 
     """Refuse, before any work, outputs that are inputs (the list file, the bundle's files) or that are not
     tbps's to replace (a manifest.json beside -o X.npy), unless --force."""
     from tbps_runtime.gallery.faiss_gallery import check_faiss_output, faiss_path_for
-    from tbps_runtime.gallery.storage import check_gallery_output, sidecar_path
+    from tbps_runtime.gallery.npy import check_gallery_output, sidecar_path
     from tbps_runtime.outputs import check_outputs
 
     check_outputs({"-o": output, "the description beside -o,": sidecar_path(output),
@@ -193,7 +195,8 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     A store made by tbps ingest also gives camera, time and track, and takes filters (--camera, --since,
     --until, --track, --source) applied before the top k.
     """
-    from tbps_runtime.gallery.open import is_store_directory, load_gallery
+    from tbps_runtime.gallery.open import load_gallery
+    from tbps_runtime.store.open import is_store_directory
     from tbps_runtime.model.encoder import check_queries
     from tbps_runtime.outputs import check_writable
     from tbps_runtime.search import PersonSearch, describe_search
@@ -313,31 +316,37 @@ def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as
                 html_path: str | None, explain: bool, selection: Any, per_track: bool, min_score: str | None,
                 backend: str, threads: int | None, single: bool, queries_file: str | None) -> None:
     """``tbps rank`` on a store: filtered, exact; hits with camera, time, box and track."""
-    from tbps_runtime.gallery.open import open_store
-    from tbps_runtime.gallery.rows import format_time
     from tbps_runtime.search import PersonSearch
+    from tbps_runtime.store.open import open_store
 
-    store = open_store(directory)
-    if bundle is None and not store.bundle:
-        raise ConfigError(f"the store {directory} records no bundle: pass --bundle DIR")
-    search = PersonSearch.from_bundle(bundle or store.bundle, backend=backend, threads=threads)
-    embedded = search.embed_texts(texts)  # (Q, K, d): once, for the search and the track rows of the pictures
-    results = search.rank(embedded, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
-    if show_path or html_path:
-        shown = [[_shown(store, search, embedded[q:q + 1], hit, per_track, selection) for hit in hits]
-                 for q, hits in enumerate(results)]
-        inputs = {"a file of the bundle (--bundle)": _files_in(search.directory),
-                  "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
-                  "a crop in the results": [s.path for hits in shown for s in hits],
-                  "the store's catalog": [Path(directory) / "store.sqlite"]}
-        _write_pictures(search, texts, shown, show_path, html_path, explain, inputs)
-    logger.info("search: exact Eq. 14 over %d row(s) of the store %s, %s%s", len(store), directory,
-                selection.describe(), ", per track" if per_track else "")
-    if as_json:
-        documents = [[{**hit.to_json(), "path": str(store.crop_path(hit.record.crop)) if hit.record.crop else None}
-                      for hit in hits] for hits in results]
-        click.echo(json.dumps(documents[0] if single else documents))
-        return
+    with open_store(directory) as store:  # closed after the pictures and the output
+        if bundle is None and not store.bundle:
+            raise ConfigError(f"the store {directory} records no bundle: pass --bundle DIR")
+        search = PersonSearch.from_bundle(bundle or store.bundle, backend=backend, threads=threads)
+        embedded = search.embed_texts(texts)  # (Q, K, d): once, for the search and the track rows of the pictures
+        results = search.rank(embedded, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
+        if show_path or html_path:
+            shown = [[_shown(store, search, embedded[q:q + 1], hit, per_track, selection) for hit in hits]
+                     for q, hits in enumerate(results)]
+            inputs = {"a file of the bundle (--bundle)": _files_in(search.directory),
+                      "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
+                      "a crop in the results": [s.path for hits in shown for s in hits],
+                      "the store's catalog": [Path(directory) / "store.sqlite"]}
+            _write_pictures(search, texts, shown, show_path, html_path, explain, inputs)
+        logger.info("search: exact Eq. 14 over %d row(s) of the store %s, %s%s", len(store), directory,
+                    selection.describe(), ", per track" if per_track else "")
+        if as_json:
+            documents = [[{**hit.to_json(), "path": str(store.crop_path(hit.record.crop)) if hit.record.crop
+                           else None} for hit in hits] for hits in results]
+            click.echo(json.dumps(documents[0] if single else documents))
+        else:
+            _print_store_hits(store, texts, results, single)
+
+
+def _print_store_hits(store: Store, texts: list[str], results: list[list[StoreHit]], single: bool) -> None:
+    """One line per hit: rank, score, camera, time, track, crop file."""
+    from tbps_runtime.store.rows import format_time
+
     for text, hits in zip(texts, results):
         if not single:
             click.echo(f"query: {text}")
@@ -350,9 +359,9 @@ def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as
                        f"{printable(str(store.crop_path(record.crop))) if record.crop else '-'}")
 
 
-def _shown(store: Any, search: PersonSearch, query: Any, hit: Any, per_track: bool, selection: Any) -> _ShownHit:
-    from tbps_runtime.gallery.rows import RowFilter, format_time
+def _shown(store: Store, search: PersonSearch, query: Any, hit: Any, per_track: bool, selection: Any) -> _ShownHit:
     from tbps_runtime.ingest.sources import is_stream
+    from tbps_runtime.store.rows import RowFilter, format_time
 
     record = hit.record
     if not record.crop:

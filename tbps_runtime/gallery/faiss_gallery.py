@@ -23,7 +23,7 @@ import numpy as np
 
 from tbps_runtime.atomic import read_json
 from tbps_runtime.errors import BundleError, ConfigError, OutputError
-from tbps_runtime.gallery.storage import Gallery, record_faiss, sidecar_path
+from tbps_runtime.gallery.npy import Gallery, record_faiss, sidecar_path
 from tbps_runtime.outputs import output_lock
 from tbps_runtime.ranking import merge_top_k
 

@@ -33,8 +33,8 @@ from typing import Sequence
 import numpy as np
 
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
+from tbps_runtime.gallery.npy import Gallery, check_same_bundle, load_gallery_file, sidecar_path
 from tbps_runtime.gallery.records import MAX_SHARDS, GalleryEntry, ShardInfo
-from tbps_runtime.gallery.storage import Gallery, check_same_bundle, load_gallery_file, sidecar_path
 
 _SHARD_SYNTAX = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 

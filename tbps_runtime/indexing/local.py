@@ -7,7 +7,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from tbps_runtime.gallery.storage import PartialIndex
+from tbps_runtime.gallery.npy import PartialIndex
 from tbps_runtime.model.encoder import Encoder
 
 
@@ -16,7 +16,7 @@ def embed_into(encoder: Encoder, partial: PartialIndex, paths: Sequence[str], ba
     """Embed ``paths[partial.done:]`` into ``partial``, batch by batch, recording each batch.
 
     Unreadable images are recorded as failures, or with ``strict`` end the run
-    (:meth:`~tbps_runtime.gallery.storage.PartialIndex.strict_failure`).
+    (:meth:`~tbps_runtime.gallery.npy.PartialIndex.strict_failure`).
     """
     starts = range(partial.done, len(paths), batch_size)
     with tqdm(total=len(paths), initial=partial.done, desc="index", unit="img", disable=not progress) as bar, \

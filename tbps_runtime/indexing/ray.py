@@ -5,7 +5,7 @@ actors (``map_batches`` with a class and an ``ActorPoolStrategy`` of
 ``--ray-actors`` actors), each holding the bundle's image tower
 in onnxruntime, decodes and embeds batches of it; the driver gathers the rows
 in list order into the same resumable partial index the local indexer uses
-(:class:`~tbps_runtime.gallery.storage.PartialIndex`) and writes the same gallery
+(:class:`~tbps_runtime.gallery.npy.PartialIndex`) and writes the same gallery
 atomically. Unreadable images are skipped and listed, or fatal with
 ``--strict``, exactly as locally.
 
@@ -26,7 +26,7 @@ from tbps_runtime.errors import ConfigError
 from tbps_runtime.model.encoder import Encoder
 
 if TYPE_CHECKING:
-    from tbps_runtime.gallery.storage import PartialIndex
+    from tbps_runtime.gallery.npy import PartialIndex
 
 logger = logging.getLogger(__name__)
 

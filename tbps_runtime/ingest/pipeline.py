@@ -21,10 +21,11 @@ import numpy as np
 from PIL import Image
 
 from tbps_runtime.errors import ConfigError, DataError
-from tbps_runtime.gallery.rows import CropRecord
 from tbps_runtime.ingest.detectors import Detector
 from tbps_runtime.ingest.sources import SourceError, camera_name, open_source, source_name
 from tbps_runtime.ingest.tracking import Candidate, TrackKeeper
+from tbps_runtime.store.base import Store
+from tbps_runtime.store.rows import CropRecord
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,9 @@ class SourceReport:
         return asdict(self)
 
 
-def ingest_source(source: str, store: Any, embedder: ImageEmbedder, detector: Detector,
+def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: Detector,
                   settings: IngestSettings, progress: bool = False) -> SourceReport:
-    """Ingest one source into ``store`` (a LocalStore or MilvusStore, inside its ``writing()``).
+    """Ingest one source into ``store`` (inside its :meth:`~tbps_runtime.store.base.Store.writing`).
 
     A source that fails part-way keeps the rows appended so far; the report carries the error.
 
@@ -149,13 +150,13 @@ def ingest_source(source: str, store: Any, embedder: ImageEmbedder, detector: De
     return report
 
 
-def _append(store: Any, embedder: ImageEmbedder, candidates: list[Candidate], source: str, camera: str,
+def _append(store: Store, embedder: ImageEmbedder, candidates: list[Candidate], source: str, camera: str,
             start_time: float | None, settings: IngestSettings, identity: dict[str, Any], last_frame: int,
             finished: bool) -> int:
     """Embed and append one window's crops with the source's progress, in one transaction."""
     state = json.dumps({"settings": identity, "frame": last_frame, "finished": finished})
     if not candidates:
-        store.append(np.zeros((0, *store.slot_shape), np.float32), [], progress={source: state})
+        store.save_progress({source: state})
         return 0
     batch, folder = store.new_batch()
     records = []
@@ -172,7 +173,7 @@ def _append(store: Any, embedder: ImageEmbedder, candidates: list[Candidate], so
     return len(records)
 
 
-def _saved_state(store: Any, source: str) -> dict[str, Any] | None:
+def _saved_state(store: Store, source: str) -> dict[str, Any] | None:
     text = store.progress(source)
     if text is None:
         return None

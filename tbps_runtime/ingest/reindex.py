@@ -5,36 +5,42 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from tbps_runtime.errors import ConfigError, DataError, OutputError
-from tbps_runtime.gallery.open import create_store, is_store_directory, open_store
-from tbps_runtime.gallery.rows import CropRecord
-from tbps_runtime.gallery.store import LocalStore
+from tbps_runtime.errors import DataError, OutputError
 from tbps_runtime.model.encoder import Encoder
+from tbps_runtime.store.base import Store
+from tbps_runtime.store.open import create_store, is_store_directory, open_store
+from tbps_runtime.store.rows import CropRecord
 
 logger = logging.getLogger(__name__)
 
 
 def reindex(directory: str | Path, bundle: str | Path, output: str | Path, *, batch_size: int = 32,
-            threads: int | None = None, progress: bool = False) -> int:
-    """Re-embed every row of the local store ``directory`` with ``bundle`` into a new local store ``output``
-    (crops are hard-linked, or copied across file systems; ingest progress carries over, so ``tbps ingest``
-    can continue into the new store). Returns the number of rows.
+            threads: int | None = None, progress: bool = False, milvus: str | None = None) -> int:
+    """Re-embed every row of the store ``directory`` (local or Milvus) with ``bundle`` into a new store at
+    ``output`` (local, or in the Milvus collection ``milvus`` names: see
+    :func:`~tbps_runtime.store.open.create_store`). Crops are hard-linked, or copied across file systems;
+    ingest progress carries over, so ``tbps ingest`` can continue into the new store. Returns the number
+    of rows.
 
     Raises:
         OutputError: ``output`` exists and is not empty.
         DataError: a row has no crop to embed.
     """
-    source = open_store(directory)
-    if not isinstance(source, LocalStore):
-        raise ConfigError("reindex reads a local store; a Milvus store's crops are re-ingested instead")
     output = Path(output)
-    if is_store_directory(output) or (output.exists() and any(output.iterdir())):
-        raise OutputError(f"{output} exists and is not empty: reindex writes a new store")
-    encoder = Encoder.from_bundle(bundle, threads=threads)
-    target = create_store(output, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
-                          embed_dim=encoder.slot_shape[1], bundle=bundle)
+    with open_store(directory) as source:
+        if is_store_directory(output) or (output.exists() and any(output.iterdir())):
+            raise OutputError(f"{output} exists and is not empty: reindex writes a new store")
+        encoder = Encoder.from_bundle(bundle, threads=threads)
+        with create_store(output, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
+                          embed_dim=encoder.slot_shape[1], bundle=bundle, milvus=milvus) as target:
+            return _copy(source, target, encoder, batch_size, progress)
+
+
+def _copy(source: Store, target: Store, encoder: Encoder, batch_size: int, progress: bool) -> int:
+    """Every row of ``source``, embedded again, appended to ``target`` with its crop; then the progress."""
     total = 0
     bar = None
     if progress:
@@ -47,8 +53,8 @@ def reindex(directory: str | Path, bundle: str | Path, output: str | Path, *, ba
             images, moved = [], []
             for i, record in enumerate(records):
                 if not record.crop:
-                    raise DataError(f"a row of {directory} from {record.source} frame {record.frame} has no crop "
-                                    "to embed")
+                    raise DataError(f"a row of {source.location} from {record.source} frame {record.frame} has "
+                                    "no crop to embed")
                 crop = source.crop_path(record.crop)
                 name = f"{i}{crop.suffix}"
                 _link_or_copy(crop, folder / name)
@@ -58,15 +64,13 @@ def reindex(directory: str | Path, bundle: str | Path, output: str | Path, *, ba
             total += len(moved)
             if bar is not None:
                 bar.update(len(moved))
-        target.append(encoder.empty(), [], progress=source.all_progress())
+        target.save_progress(source.all_progress())
     if bar is not None:
         bar.close()
     return total
 
 
 def _with_crop(record: CropRecord, crop: str) -> CropRecord:
-    from dataclasses import replace
-
     return replace(record, crop=crop)
 
 

@@ -118,7 +118,7 @@ class VideoSource:
 
     def creation_time(self) -> float | None:
         """The container's ``creation_time`` (UTC seconds), when it records one; a stream's: when it was opened."""
-        from tbps_runtime.gallery.rows import parse_time
+        from tbps_runtime.store.rows import parse_time
 
         text = self._container.metadata.get("creation_time") or self._stream.metadata.get("creation_time")
         if text:

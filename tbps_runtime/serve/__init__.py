@@ -7,6 +7,7 @@ The modules, from the outside in:
 - :mod:`~tbps_runtime.serve.app`: the FastAPI application (routes, the error contract, the request
   guard: request ids, API key, body limits, metrics); :mod:`~tbps_runtime.serve.schemas`: its bodies;
 - :mod:`~tbps_runtime.serve.service`: what the routes do, without HTTP (one loaded bundle and gallery);
+- :mod:`~tbps_runtime.serve.galleries`: that gallery behind one interface, a plain one or a store;
 - :mod:`~tbps_runtime.serve.batching`: concurrent text queries share one text-tower call;
 - :mod:`~tbps_runtime.serve.security`: loopback detection, the API key, CORS origins;
 - :mod:`~tbps_runtime.serve.metrics`: the Prometheus registry of one application.

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError, OutputError, TbpsError
+from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError, OutputError, StoreError, TbpsError
 from tbps_runtime.serve import SERVE_EXTRA_HINT, Limits, ServeSettings, settings_from_environment
 
 try:
@@ -46,12 +46,13 @@ except ImportError as e:  # pragma: no cover - the edge install without the extr
 import numpy as np
 
 from tbps_runtime.paths import printable
+from tbps_runtime.serve.galleries import Conflict, IngestCrop, NotFound
 from tbps_runtime.serve.metrics import ServiceMetrics
 from tbps_runtime.serve.schemas import (ERRORS, DeleteRequest, EmbedImageRequest, EmbedResponse, EmbedTextRequest,
                                         ErrorResponse, ExplainRequest, ExplainResponse, IngestCropBody, IngestRequest,
                                         IngestResponse, ReadyResponse, RemovalResponse, SearchRequest, SearchResponse)
 from tbps_runtime.serve.security import is_public, key_matches, presented_key
-from tbps_runtime.serve.service import Conflict, IngestCrop, NotFound, Service, decode_image, parse_filters
+from tbps_runtime.serve.service import Service, decode_image, parse_filters
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(error, BundleError):  # the server's own files, not the request: the log says what
             logger.error("request %s: %s", request_id, error)
             return error_response(500, "internal error", request_id)
+        if isinstance(error, StoreError):  # the store's database, not the request: later may work
+            logger.error("request %s: %s", request_id, error)
+            return error_response(503, "the gallery's store is not answering: try again later", request_id,
+                                  {"Retry-After": "5"})
         status = 404 if isinstance(error, InputFileNotFoundError) else 409 if isinstance(error, OutputError) else 400
         return error_response(status, str(error), request_id)
 
@@ -385,7 +390,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
 
 def _ingest_crop(item: IngestCropBody, index: int, service: Service) -> IngestCrop:
-    from tbps_runtime.gallery.rows import RowFilter, parse_time
+    from tbps_runtime.store.rows import RowFilter, parse_time
 
     RowFilter(cameras=(item.camera,), sources=(item.source,))  # the names a filter will have to match
     box = None

@@ -145,7 +145,8 @@ class ErrorResponse(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {  # the refusals a data endpoint documents
     status: {"model": ErrorResponse, "description": code} for status, code in
-    ((400, "bad request"), (401, "no or wrong API key"), (404, "not found"), (409, "conflict"), (413, "too large"))}
+    ((400, "bad request"), (401, "no or wrong API key"), (404, "not found"), (409, "conflict"), (413, "too large"),
+     (503, "the store is not answering"))}
 
 
 __all__ = ["DeleteRequest", "ERRORS", "EmbedImageRequest", "EmbedResponse", "EmbedTextRequest", "ErrorDetail",

@@ -2,60 +2,46 @@
 and (a store) appended to and pruned. The routes of :mod:`tbps_runtime.serve.app` call these methods off
 the event loop; everything here is blocking and thread-safe.
 
-Built on the public API only: :class:`~tbps_runtime.search.PersonSearch`, the gallery and store
-interfaces, :mod:`tbps_runtime.report.draw` for heat maps. File names reach the file system only from
-the gallery's own records (a store's crop names through ``store.crop_path``, which keeps them inside the
-store; a plain gallery's indexed image paths): never from a request.
+Built on the public API only: :class:`~tbps_runtime.search.PersonSearch`, the gallery behind one interface
+(:class:`~tbps_runtime.serve.galleries.ServedGallery`: a plain gallery or a store),
+:mod:`tbps_runtime.report.draw` for heat maps. File names never come from a request.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import io
 import logging
 import math
 import tempfile
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tbps_runtime.atomic import atomic_write
 from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER
-from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, OutputError, QueryError
-from tbps_runtime.gallery.open import is_store_directory, load_gallery, open_store
-from tbps_runtime.gallery.rows import CropRecord, RowFilter, parse_age, parse_time
+from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, QueryError
 from tbps_runtime.model.encoder import Encoder, check_queries
 from tbps_runtime.model.images import read_image
 from tbps_runtime.paths import printable
 from tbps_runtime.report.draw import CROP_SIZE, crop_image
-from tbps_runtime.search import PersonSearch, describe_search
+from tbps_runtime.search import PersonSearch
 from tbps_runtime.serve import Limits, ServeSettings
 from tbps_runtime.serve.batching import QueryBatcher
+from tbps_runtime.serve.galleries import Conflict, IngestCrop, ServedGallery, open_served
 from tbps_runtime.serve.metrics import ServiceMetrics
+from tbps_runtime.store.rows import RowFilter, parse_age, parse_time
 from tbps_runtime.threads import choose_threads
 
 logger = logging.getLogger(__name__)
 
 WARM_UP_QUERY = "a person in a red coat"
 _IMAGE_FORMATS = ("JPEG", "PNG")
-_CAMERAS_TTL_S = 30.0  # how stale /readyz's camera list may be (a store's info() walks its directory)
-
-
-class NotFound(Exception):
-    """A row, crop or page the request names does not exist (HTTP 404)."""
-
-
-class Conflict(Exception):
-    """The request does not fit this gallery or bundle (HTTP 409): a store endpoint on a plain gallery,
-    explain without explain graphs, a store another process is writing."""
 
 
 @dataclass(frozen=True)
@@ -68,32 +54,18 @@ class RankSpec:
     threshold: float | None
 
 
-@dataclass(frozen=True)
-class IngestCrop:
-    """One crop to append: (H, W, 3) uint8 RGB pixels and where and when it was seen."""
-
-    pixels: np.ndarray
-    camera: str
-    source: str = "api"
-    time: float | None = None
-    track: int | None = None
-    box: tuple[float, float, float, float] | None = None
-
-
 class Service:
     """A loaded bundle and gallery (plain ``g.npy``, a directory of shards, or a store), for the routes."""
 
-    def __init__(self, search: PersonSearch, gallery: Any, is_store: bool, settings: ServeSettings,
+    def __init__(self, search: PersonSearch, gallery: ServedGallery, settings: ServeSettings,
                  metrics: ServiceMetrics | None = None):
-        self.search, self.gallery, self.is_store = search, gallery, is_store
+        self.search, self.gallery = search, gallery
         self.settings, self.limits = settings, settings.limits
         self.metrics = metrics or ServiceMetrics()
         self.batcher = QueryBatcher(self._embed_texts, window_s=settings.batch_window_ms / 1000,
                                     max_batch=settings.max_batch, on_batch=self.metrics.observe_text_batch)
         self.ready = False
         self.failure: str | None = None  # why warming up failed
-        self._write_lock = threading.Lock()  # the store takes one writer at a time, in any thread
-        self._cameras: tuple[float, list[str]] | None = None
         self.metrics.count_rows(self.rows)
 
     @classmethod
@@ -105,8 +77,7 @@ class Service:
             BundleError: a gallery or bundle that is damaged, or made by another bundle.
             ConfigError: the gallery records no bundle and none is given.
         """
-        is_store = is_store_directory(settings.gallery)
-        gallery = open_store(settings.gallery) if is_store else load_gallery(settings.gallery)
+        gallery = open_served(settings.gallery)
         bundle = settings.bundle or gallery.bundle
         if not bundle:
             raise ConfigError(f"the gallery {settings.gallery} records no bundle: pass --bundle DIR")
@@ -115,16 +86,17 @@ class Service:
                                                                      " (the one the gallery records): pass --bundle"))
         # Never spin-waiting: the event loop's thread needs the core an idle tower thread would spin on.
         search = PersonSearch(Encoder.from_bundle(bundle, threads=serving_threads(settings.threads), spinning=False))
-        gallery.check_bundle(search.fingerprint, search.directory)
-        return cls(search, gallery, is_store, settings, metrics)
+        gallery.target.check_bundle(search.fingerprint, search.directory)
+        return cls(search, gallery, settings, metrics)
 
     def close(self) -> None:
         self.batcher.close()
+        self.gallery.close()
 
     # -- state -------------------------------------------------------------------------------------
 
     def rows(self) -> int:
-        return len(self.gallery)
+        return self.gallery.rows()
 
     @property
     def explain_available(self) -> bool:
@@ -133,21 +105,11 @@ class Service:
         return all(spec.name in manifest.towers and spec.onnx_file in manifest.files
                    for spec in (IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER))
 
-    def cameras(self) -> list[str]:
-        """A store's camera names (cached for a few seconds); none for a plain gallery."""
-        if not self.is_store:
-            return []
-        cached = self._cameras
-        if cached is None or time.monotonic() - cached[0] > _CAMERAS_TTL_S:
-            listed = getattr(self.gallery, "cameras", None)  # the local store answers from its index
-            names = sorted(printable(str(c)) for c in listed()) if callable(listed) else \
-                sorted(printable(str(c["camera"])) for c in self.gallery.info()["cameras"])
-            cached = self._cameras = (time.monotonic(), names)
-        return cached[1]
-
     def readiness(self) -> dict[str, Any]:
+        """``/readyz``: rows, the bundle, whether the gallery is a store, explain, the cameras."""
+        gallery = self.gallery.readiness()
         return {"status": "ready", "rows": self.rows(), "bundle": self.search.fingerprint[:12],
-                "store": self.is_store, "explain": self.explain_available, "cameras": self.cameras()}
+                "store": gallery["store"], "explain": self.explain_available, "cameras": gallery["cameras"]}
 
     def warm_up(self) -> None:
         """One query through the batcher and the ranking, and one image-tower call: the first calls of a
@@ -157,7 +119,7 @@ class Service:
             self.submit_search([WARM_UP_QUERY], spec).result()
             height, width = self.search.manifest.image_size
             self.embed_pixels([np.zeros((height, width, 3), np.uint8)])
-            self.cameras()
+            self.gallery.readiness()  # a store's camera list, cached
         except Exception as e:
             self.failure = f"{type(e).__name__}: {e}"
             logger.exception("warming up failed: the service stays unready")
@@ -192,9 +154,7 @@ class Service:
         """
         if not 1 <= k <= self.limits.max_k:
             raise ConfigError(f"k must be 1 to {self.limits.max_k}, got {k}")
-        if not self.is_store and ((row_filter is not None and not row_filter.empty) or per_track):
-            raise ConfigError("filters and per_track need a store made by tbps ingest; this service's gallery is "
-                              "a plain one, without cameras, times or tracks")
+        self.gallery.check_filters(row_filter, per_track)
         return RankSpec(k, row_filter if row_filter is not None and not row_filter.empty else None, per_track,
                         self._threshold(min_score))
 
@@ -213,10 +173,7 @@ class Service:
 
     def describe(self, spec: RankSpec, rows: int) -> str:
         """The search a spec makes over ``rows`` rows, in words: ``exact Eq. 14 over 800 row(s); no filter``."""
-        if self.is_store:
-            words = f"exact Eq. 14 over {rows} row(s) of the store"
-        else:
-            words = describe_search(self.gallery)
+        words = self.gallery.describe(rows)
         words += "; " + (spec.row_filter.describe() if spec.row_filter is not None else "no filter")
         if spec.per_track:
             words += "; one hit per track"
@@ -234,24 +191,11 @@ class Service:
 
     def _rank(self, embeddings: np.ndarray, spec: RankSpec) -> list[tuple[list[dict[str, Any]], int]]:
         started = time.perf_counter()
-        results = self.search.rank(embeddings, self.gallery, k=spec.k, row_filter=spec.row_filter,
+        results = self.search.rank(embeddings, self.gallery.target, k=spec.k, row_filter=spec.row_filter,
                                    per_track=spec.per_track, min_score=spec.threshold)
         self.metrics.observe_rank(time.perf_counter() - started)
         rows = self.rows()  # here, off the event loop: a store counts its rows in SQLite
-        return [([self._hit(hit) for hit in hits], rows) for hits in results]
-
-    def _hit(self, hit: Any) -> dict[str, Any]:
-        if self.is_store:
-            document = hit.to_json()
-            document.pop("crop", None)  # a path inside the server's store: the client gets a URL
-            for name in ("camera", "source", "identity"):
-                if isinstance(document.get(name), str):
-                    document[name] = printable(document[name])
-            return {**document, "crop_url": f"/crops/{hit.row}"}
-        document = {"rank": hit.rank, "score": round(hit.score, 6), "row": hit.index, "crop_url": f"/crops/{hit.index}"}
-        if hit.identity is not None:
-            document["identity"] = printable(hit.identity) if isinstance(hit.identity, str) else hit.identity
-        return document
+        return [([self.gallery.hit(hit) for hit in hits], rows) for hits in results]
 
     # -- embeddings --------------------------------------------------------------------------------
 
@@ -284,19 +228,7 @@ class Service:
         Raises:
             NotFound: no such row, or its image is gone.
         """
-        if self.is_store:
-            path = self._crop_path(row)
-            try:
-                return path.read_bytes()
-            except OSError:
-                raise NotFound(f"the crop of row {row} is missing from the store") from None
-        try:
-            image = read_image(self._image_path(row))
-        except (DataError, InputFileNotFoundError):
-            raise NotFound(f"the image of row {row} cannot be read any more") from None
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        return buffer.getvalue()
+        return self.gallery.crop_jpeg(row)
 
     def explain(self, query: str, rows: Sequence[int]) -> dict[str, Any]:
         """Token weights of ``query`` and a heat-map picture (base64 PNG) of each row's crop.
@@ -310,7 +242,7 @@ class Service:
         if not 1 <= len(rows) <= self.limits.max_explain_rows:
             raise ConfigError(f"rows: give 1 to {self.limits.max_explain_rows} rows, got {len(rows)}")
         self.check_texts([query], "query")
-        paths = [self._crop_path(row) if self.is_store else Path(self._image_path(row)) for row in rows]
+        paths = [self.gallery.image_file(row) for row in rows]
         explanation = self.search.explain(query, [str(p) for p in paths])
         pictures = []
         for path, heatmap in zip(paths, explanation.heatmaps):
@@ -320,25 +252,11 @@ class Service:
         weights = np.round(explanation.token_weights.astype(np.float64), 6).tolist()  # (D + P, T)
         return {"tokens": [printable(t) for t in explanation.tokens], "token_weights": weights, "heatmaps": pictures}
 
-    def _crop_path(self, row: int) -> Path:
-        record = self.gallery.records([row]).get(row) if 0 <= row < 2**63 else None
-        if record is None:
-            raise NotFound(f"no row {row} in the gallery")
-        if not record.crop:
-            raise NotFound(f"row {row} has no crop")
-        return self.gallery.crop_path(record.crop)  # checked to stay inside the store
-
-    def _image_path(self, row: int) -> str:
-        if not 0 <= row < len(self.gallery):
-            raise NotFound(f"no row {row} in the gallery ({len(self.gallery)} rows: 0 to {len(self.gallery) - 1})")
-        return self.gallery.entries[row].path
-
     # -- a store's rows ----------------------------------------------------------------------------
 
     def require_store(self, what: str) -> None:
-        if not self.is_store:
-            raise Conflict(f"{what} needs a store (a gallery made by tbps ingest); this service's gallery is a "
-                           "plain g.npy, which cannot change while served")
+        """Raises Conflict unless the gallery is a store (rows can be added and removed)."""
+        self.gallery.require_store(what)
 
     def ingest(self, crops: Sequence[IngestCrop]) -> list[int]:
         """Embed ``crops`` and append them to the store, their JPEGs saved in it. Returns the new row ids.
@@ -350,17 +268,7 @@ class Service:
         if not 1 <= len(crops) <= self.limits.max_images:
             raise DataError(f"crops: give 1 to {self.limits.max_images} crops per request, got {len(crops)}")
         embeddings = self.embed_pixels([crop.pixels for crop in crops])  # (n, K, d), before taking the lock
-        with self._writing("ingesting into"):
-            name, folder = self.gallery.new_batch()
-            records = []
-            for i, crop in enumerate(crops):
-                image = Image.fromarray(crop.pixels, mode="RGB")
-                atomic_write(folder / f"{i}.jpg", lambda stream, image=image: image.save(stream, "JPEG", quality=90))
-                records.append(CropRecord(crop.source, crop.camera, crop.time, None, None, crop.box, None, crop.track,
-                                          f"{name}/{i}.jpg"))
-            rows = self.gallery.append(embeddings, records, crops=name)
-        self._cameras = None
-        return [int(r) for r in rows]
+        return self.gallery.append(embeddings, crops)
 
     def delete(self, row_filter: RowFilter | None, older_than: str | None, dry_run: bool,
                everything: bool) -> dict[str, Any]:
@@ -368,39 +276,16 @@ class Service:
         ``older_than`` (``30d``, ``12h``); what was (or, ``dry_run``, would be) removed.
 
         Raises:
+            Conflict: a plain gallery, or another process is writing the store.
             ConfigError: no condition; or every row, without ``everything``.
         """
         self.require_store("deleting rows")
         age = None if older_than is None else parse_age(older_than)
-        if (row_filter is None or row_filter.empty) and age is None:
-            raise ConfigError("say what to delete: filters (cameras, sources, tracks, since, until) or older_than")
-        with self._writing("deleting from"):
-            planned = self.gallery.delete(row_filter, older_than=age, everything=True, dry_run=True)
-            total = self.rows()
-            if planned.rows and planned.rows == total and not everything:
-                raise ConfigError(f"this would remove all {total} rows of the store: send \"everything\": true "
-                                  "to do it")
-            removal = planned if dry_run else self.gallery.delete(row_filter, older_than=age, everything=everything)
-        self._cameras = None
-        return {"dry_run": dry_run, **removal.to_json()}
+        return self.gallery.delete(row_filter, age, dry_run, everything)
 
     def info(self) -> dict[str, Any]:
         """The store's rows, tracks, cameras and size; no server paths."""
-        self.require_store("gallery info")
-        info = self.gallery.info()
-        for name in ("store", "bundle"):
-            info.pop(name, None)
-        return info
-
-    @contextlib.contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
-        """This process's writer lock, then the store's own (another process writing it: :class:`Conflict`)."""
-        with self._write_lock, contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(self.gallery.writing(what))
-            except OutputError as e:
-                raise Conflict(f"the store is being written by another process ({e}); try again later") from None
-            yield
+        return self.gallery.info()
 
 
 def serving_threads(threads: int | None) -> int:
@@ -454,5 +339,4 @@ def parse_filters(cameras: Sequence[str] = (), sources: Sequence[str] = (), trac
                      None if until is None else parse_time(until, "filters.until"))
 
 
-__all__ = ["Conflict", "IngestCrop", "NotFound", "RankSpec", "Service", "decode_image", "parse_filters",
-           "serving_threads"]
+__all__ = ["IngestCrop", "RankSpec", "Service", "decode_image", "parse_filters", "serving_threads"]

@@ -1,6 +1,6 @@
 """Synthetic camera footage with ground truth, for ``tbps ingest``'s tests, benchmarks and docs.
 
-``generate_footage(OUT)`` films the people of the synthetic dataset (:mod:`tbps_train.data.synth`)
+``generate_footage(OUT)`` films the people of the synthetic dataset (:mod:`~tbps_runtime.synth.people`)
 walking across static street scenes, one H.264 video per camera, and writes what a detector and a
 tracker should find:
 
@@ -25,10 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
@@ -39,18 +36,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from tbps_runtime.atomic import atomic_write_text, has_format, write_json_atomic
-from tbps_runtime.errors import ConfigError, OutputError
-from tbps_runtime.outputs import ensure_space, replace_directory
-from tbps_train.data.synth import SKIN_TONES, Person, SynthConfig, _caption, _draw_person, _Frame, _pick, \
-    _sample_people
+from tbps_runtime.atomic import atomic_write_text
+from tbps_runtime.errors import ConfigError
+from tbps_runtime.synth.captions import caption
+from tbps_runtime.synth.output import OutputKind, prepare_output, write_output
+from tbps_runtime.synth.people import SKIN_TONES, Frame, Person, SynthConfig, draw_person, pick, sample_people
 
-__all__ = ["FORMAT", "MANIFEST", "SOLID_COLOURS", "generate_footage"]
+__all__ = ["FOOTAGE", "FORMAT", "MANIFEST", "SOLID_COLOURS", "generate_footage"]
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "tbps-footage", 1
 MANIFEST = "footage.json"  # also the marker: only a directory holding ours (and our files only) is replaced
-_OWN_FILE = re.compile(r"footage\.json|cam\d+\.mp4|cam\d+\.gt\.txt")
+FOOTAGE = OutputKind(
+    marker=MANIFEST, format=FORMAT, version=VERSION,
+    own_files=re.compile(r"footage\.json|cam\d+\.mp4|cam\d+\.gt\.txt"), own_dirs=frozenset(),
+    noun="footage", described="footage", writer="tbps synth-footage", overwrite_hint="--overwrite",
+)
 SOLID_COLOURS = ("red", "green", "blue", "yellow", "white", "black")  # PALETTE names, cycled over people
 
 MAX_CAMERAS, MAX_PEOPLE, MAX_IN_VIEW = 16, 200, 4
@@ -133,37 +134,25 @@ def generate_footage(out: str | Path, *, cameras: int = 2, seconds: float = 8.0,
 
     Raises:
         ConfigError: a setting out of range, or more people than the clip can show; PyAV missing.
-        OutputError: ``out`` is a file, not empty, or not ours to replace.
+        OutputError: ``out`` is a file, not empty, or not ours to replace; its disk lacks room.
     """
     clip = _check_args(cameras, seconds, fps, size, people, seed, start, outfits, still)
     av = _import_av()
-    out = Path(out).expanduser().absolute()
-    _prepare_out(out, overwrite)
-    existing = next(p for p in (out, *out.parents) if p.is_dir())
-    ensure_space(existing, clip.cameras * clip.frames * clip.width * clip.height // 100, "the footage")
+    out = prepare_output(out, FOOTAGE, overwrite, clip.cameras * clip.frames * clip.width * clip.height // 100,
+                         "the footage")
     rng = np.random.default_rng(seed)
     cast = _cast(rng, people, outfits)
     walks = _still_walks(rng, clip, people) if still else _schedule(rng, clip, people)
     streets = [_street(rng, clip.width, clip.height, grey=outfits == "solid") for _ in range(clip.cameras)]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        spans: dict[tuple[int, int], list[int]] = {}  # (person id, camera) -> [first, last] frame shown
-        codecs, boxes = [], 0
-        bar = tqdm(total=clip.cameras * clip.frames, desc="footage frames", unit="frame", disable=not progress)
-        with bar:
-            for camera in range(clip.cameras):
-                mine = [w for w in walks if w.camera == camera]
-                codec, lines = _film(av, tmp, camera, clip, cast, mine, streets[camera], spans, bar)
-                codecs.append(codec)
-                boxes += lines
-        settings = dict(fps=clip.fps, size=[clip.width, clip.height], seed=int(seed), outfits=outfits,
-                        still=clip.still)
-        write_json_atomic(tmp / MANIFEST, _manifest(clip, cast, spans, codecs, settings))
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    settings = dict(fps=clip.fps, size=[clip.width, clip.height], seed=int(seed), outfits=outfits, still=clip.still)
+    boxes = 0
+
+    def write(tmp: Path) -> dict[str, Any]:
+        nonlocal boxes
+        spans, codecs, boxes = _film_cameras(av, tmp, clip, cast, walks, streets, progress)
+        return _manifest(clip, cast, spans, codecs, settings)
+
+    write_output(out, FOOTAGE, write)
     log.info("wrote %d camera(s) x %d frames, %d people, %d ground-truth boxes to %s",
              clip.cameras, clip.frames, people, boxes, out)
     return out
@@ -240,42 +229,13 @@ def _iso_utc(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# ---------------------------------------------------------------- output directory
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file: pass a directory path for the footage")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputError(f"{out} exists and is not empty: pick a new directory or pass --overwrite")
-        _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _check_replaceable(out: Path) -> None:
-    """Refuse to replace ``out`` unless it is footage written here, holding only the files written here."""
-    if not has_format(out / MANIFEST, FORMAT):
-        raise OutputError(f"{out} is not footage written by tbps synth-footage (no {MANIFEST} in it): "
-                          "not replacing it; pick another directory, or remove it yourself")
-    for entry in sorted(out.iterdir()):
-        if entry.is_symlink() or not entry.is_file() or not _OWN_FILE.fullmatch(entry.name):
-            raise OutputError(f"{out} holds {entry.name}, which tbps synth-footage did not write: not replacing "
-                              "it; move it out, or pick another directory")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``; an old ``out`` is removed only once the new one is complete."""
-    if out.is_dir() and any(out.iterdir()):
-        _check_replaceable(out)  # again: it may have changed while we rendered
-    replace_directory(tmp, out)
-
-
 # ---------------------------------------------------------------- people
 def _cast(rng: np.random.Generator, people: int, outfits: str) -> list[_Actor]:
     """The people, with captions: the dataset's (``synthetic``) or one colour each (``solid``)."""
     cfg = SynthConfig()
     if outfits == "synthetic":
-        persons = _sample_people(rng, people, cfg)
-        captions = [(_caption(rng, p, cfg), _caption(rng, p, cfg)) for p in persons]
+        persons = sample_people(rng, people, cfg)
+        captions = [(caption(rng, p, cfg), caption(rng, p, cfg)) for p in persons]
     else:
         colours = [SOLID_COLOURS[i % len(SOLID_COLOURS)] for i in range(people)]
         persons = [_solid_person(rng, c) for c in colours]
@@ -287,8 +247,8 @@ def _cast(rng: np.random.Generator, people: int, outfits: str) -> list[_Actor]:
 
 def _solid_person(rng: np.random.Generator, colour: str) -> Person:
     """Hat, long-sleeved top, trousers, shoes and any bag all ``colour``; only skin and hands differ."""
-    bag = _pick(rng, ("none", "backpack", "handbag", "shoulder bag"))
-    return Person(gender=_pick(rng, ("man", "woman")), skin=_pick(rng, SKIN_TONES), hair="short",
+    bag = pick(rng, ("none", "backpack", "handbag", "shoulder bag"))
+    return Person(gender=pick(rng, ("man", "woman")), skin=pick(rng, SKIN_TONES), hair="short",
                   hair_colour=None, hat=colour, upper_colour=colour, sleeves="long", pattern="plain",
                   pattern_colour=None, lower="trousers", lower_colour=colour, shoes=colour, bag=bag,
                   bag_colour=None if bag == "none" else colour)
@@ -498,24 +458,24 @@ def _facade(d: ImageDraw.ImageDraw, rng: np.random.Generator, x: float, base: fl
     return x + width
 
 
-def _pose(clip: _Clip, actor: _Actor, walk: _Walk, t: int) -> tuple[_Frame, float]:
+def _pose(clip: _Clip, actor: _Actor, walk: _Walk, t: int) -> tuple[Frame, float]:
     """Where ``walk``'s person is at frame ``t``: its frame (centre, top, height, width) and arm spread.
     Walkers bob and swing their arms about twice a second; standing people do not move."""
     h = _person_height(clip, walk.feet)
     swing = abs(math.sin(math.pi * (1.8 * t / clip.fps + walk.phase))) if walk.speed else 0.0
     top = walk.feet * clip.height - 0.995 * h - 0.012 * h * swing  # shoes end at 0.995 of the height
     cx = walk.x0 + walk.direction * walk.speed * (t - walk.enter)
-    return _Frame(cx, top, h, actor.width_factor), 0.008 + 0.016 * swing
+    return Frame(cx, top, h, actor.width_factor), 0.008 + 0.016 * swing
 
 
-def _layer(actor: _Actor, frame: _Frame, spread: float) -> _Layer:
+def _layer(actor: _Actor, frame: Frame, spread: float) -> _Layer:
     """Draw the person alone on a transparent layer (supersampled), so its extent and its pixels are exact."""
     ss, half = _SUPERSAMPLE, 0.27 * frame.h * frame.wf + 2  # widest: a backpack past a swung arm, ~0.23 h
     x, y = math.floor(frame.cx - half), math.floor(frame.top - 0.02 * frame.h - 2)
     w, h = math.ceil(frame.cx + half) - x, math.ceil(frame.top + frame.h + 2) - y
     image = Image.new("RGBA", (w * ss, h * ss), (0, 0, 0, 0))
-    local = _Frame((frame.cx - x) * ss, (frame.top - y) * ss, frame.h * ss, frame.wf)
-    _draw_person(ImageDraw.Draw(image), actor.person, local, actor.side, spread)
+    local = Frame((frame.cx - x) * ss, (frame.top - y) * ss, frame.h * ss, frame.wf)
+    draw_person(ImageDraw.Draw(image), actor.person, local, actor.side, spread)
     image = image.resize((w, h), Image.Resampling.BOX)  # area average: no ringing outside the drawn pixels
     alpha = np.asarray(image.getchannel("A"))
     cols, rows = np.flatnonzero(alpha.any(axis=0)), np.flatnonzero(alpha.any(axis=1))
@@ -565,6 +525,22 @@ def _render(clip: _Clip, cast: list[_Actor], walks: list[_Walk], street: Image.I
 
 
 # ---------------------------------------------------------------- writing
+def _film_cameras(av, tmp: Path, clip: _Clip, cast: list[_Actor], walks: list[_Walk], streets: list[Image.Image],
+                  progress: bool) -> tuple[dict[tuple[int, int], list[int]], list[str], int]:
+    """Film every camera into ``tmp``: (person id, camera) -> [first, last] frame shown, the codec per
+    camera, and the number of ground-truth lines in all."""
+    spans: dict[tuple[int, int], list[int]] = {}
+    codecs, boxes = [], 0
+    bar = tqdm(total=clip.cameras * clip.frames, desc="footage frames", unit="frame", disable=not progress)
+    with bar:
+        for camera in range(clip.cameras):
+            mine = [w for w in walks if w.camera == camera]
+            codec, lines = _film(av, tmp, camera, clip, cast, mine, streets[camera], spans, bar)
+            codecs.append(codec)
+            boxes += lines
+    return spans, codecs, boxes
+
+
 def _film(av, tmp: Path, camera: int, clip: _Clip, cast: list[_Actor], walks: list[_Walk],
           street: Image.Image, spans: dict[tuple[int, int], list[int]], bar: tqdm) -> tuple[str, int]:
     """Encode camera ``camera``'s video and write its ground truth; widens ``spans`` (person id, camera)
@@ -598,8 +574,9 @@ def _film(av, tmp: Path, camera: int, clip: _Clip, cast: list[_Actor], walks: li
 
 def _manifest(clip: _Clip, cast: list[_Actor], spans: dict[tuple[int, int], list[int]], codecs: list[str],
               settings: dict[str, Any]) -> dict[str, Any]:
-    """footage.json: settings, cameras, and per person its captions, attributes and appearances
-    (the first and last frame, 0-based, with a ground-truth line per camera, and their times)."""
+    """footage.json after its format and version: settings, cameras, and per person its captions,
+    attributes and appearances (the first and last frame, 0-based, with a ground-truth line per camera,
+    and their times)."""
     cameras = [{"name": f"cam{c + 1}", "video": f"cam{c + 1}.mp4", "gt": f"cam{c + 1}.gt.txt",
                 "frames": clip.frames, "start": _iso_utc(clip.start), "codec": codecs[c]}
                for c in range(clip.cameras)]
@@ -611,7 +588,7 @@ def _manifest(clip: _Clip, cast: list[_Actor], spans: dict[tuple[int, int], list
                        for first, last, camera in mine]
         people.append({"id": pid, "captions": list(actor.captions),
                        "attributes": dataclasses.asdict(actor.person), "appearances": appearances})
-    return {"format": FORMAT, "version": VERSION, **settings, "cameras": cameras, "people": people}
+    return {**settings, "cameras": cameras, "people": people}
 
 
 def _frame_time(clip: _Clip, frame: int) -> str:

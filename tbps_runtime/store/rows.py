@@ -1,5 +1,5 @@
-"""What a store keeps beside each embedding, and how queries select rows: the records every store
-implementation (local SQLite + segments, Milvus) shares.
+"""What a store keeps beside each embedding, and how queries select rows: the records every
+:class:`~tbps_runtime.store.base.Store` implementation (local segments + SQLite, Milvus) shares.
 
 Times are UTC seconds since the epoch (float). :func:`parse_time` reads the
 ISO-8601 a user types (``2026-03-02T14:00``, ``...Z``, ``...+01:00``; no zone
@@ -114,7 +114,8 @@ class RowFilter:
 
 @dataclass(frozen=True)
 class StoreHit:
-    """One ranked store row for one query."""
+    """One ranked store row for one query (``row``: the store's row id, as ``Match.row`` is a plain
+    gallery's)."""
 
     rank: int  # 1-based
     score: float  # Eq. 14

@@ -1,6 +1,6 @@
 """A part-sensitive synthetic person set: twins that only colour-to-part binding tells apart.
 
-In the default set (:mod:`tbps_train.data.synth`), one max-pooled embedding of
+In the default set (:mod:`~tbps_runtime.synth.dataset`), one max-pooled embedding of
 "which colours are present" is enough: its captions name a few large flat parts,
 and any two people differ in some colour. Here people are built from more parts,
 top to bottom: hat, glasses, hair, upper garment (colour, sleeves, stripes),
@@ -22,7 +22,7 @@ caption claims; the second is always a subset of the first, and never of the
 twin's facts.
 
 ``generate_parts(OUT)`` writes the CUHK-PEDES layout exactly as
-:func:`~tbps_train.data.synth.generate` does, so
+:func:`~tbps_runtime.synth.dataset.generate` does, so
 ``read_split("cuhk-pedes", OUT, split)`` reads it.
 """
 
@@ -44,16 +44,18 @@ from PIL import ImageDraw
 from tqdm import tqdm
 
 from tbps_runtime.errors import ConfigError
-from tbps_train.data.synth import (
-    HAIR_COLOURS, PALETTE, SKIN_TONES, Person, SynthConfig, _a, _begin, _colour, _draw_person, _Frame, _join, _pick,
-    _render, _sample_person, _split_sizes, _tokens, _write_atomically,
+from tbps_runtime.synth import DEFAULT_PARTS_IDS
+from tbps_runtime.synth.captions import join_and, tokens, with_article
+from tbps_runtime.synth.dataset import prepare_dataset, split_sizes, write_dataset
+from tbps_runtime.synth.people import (
+    HAIR_COLOURS, PALETTE, SKIN_TONES, Frame, Person, SynthConfig, draw_person, pick, pick_colour, render,
+    sample_person,
 )
 
 __all__ = ["SLOTS", "Identity", "PartsConfig", "PartsPerson", "caption", "differing_parts", "facts",
            "generate_parts", "parse_caption", "parse_spans", "sample_identities", "twin_queries"]
 log = logging.getLogger(__name__)
 
-DEFAULT_PARTS_IDS = 3000
 _SPLITS = ("train", "val", "test")
 # The colour-bearing parts, top to bottom, and the field that holds each one's colour: swap twins permute
 # these values, and one-part twins change one of them.
@@ -68,7 +70,7 @@ _BAGS = ("backpack", "handbag", "shoulder bag")
 
 @dataclass(frozen=True)
 class PartsPerson(Person):
-    """A :class:`~tbps_train.data.synth.Person` with the small extras; ``None`` where absent.
+    """A :class:`~tbps_runtime.synth.people.Person` with the small extras; ``None`` where absent.
 
     ``pattern`` is ``plain`` or ``stripes`` (``pattern_colour`` is the stripes' colour); ``strap`` is set
     exactly when there is a bag.
@@ -127,25 +129,26 @@ def _valid(p: PartsPerson) -> bool:
 def _sample_base(rng: np.random.Generator, cfg: PartsConfig) -> PartsPerson:
     """One person, every part drawn independently (may be invalid: the caller resamples)."""
     r = cfg.render
-    gender = _pick(rng, ("man", "woman"))
+    gender = pick(rng, ("man", "woman"))
     woman = gender == "woman"
     hair = "long" if rng.random() < (0.65 if woman else 0.15) else "short"
-    hair_colour = _pick(rng, HAIR_COLOURS, (0.45, 0.3, 0.15, 0.1))
-    hat = _colour(rng, "hat", r) if rng.random() < cfg.hat_rate else None
+    hair_colour = pick(rng, HAIR_COLOURS, (0.45, 0.3, 0.15, 0.1))
+    hat = pick_colour(rng, "hat", r) if rng.random() < cfg.hat_rate else None
     if hat is None and not woman and rng.random() < 0.15:
         hair, hair_colour = "bald", None
-    upper = _colour(rng, "upper", r)
-    stripes = _colour(rng, "pattern", r, exclude=upper) if rng.random() < cfg.stripes_rate else None
-    bag = _pick(rng, _BAGS) if rng.random() < cfg.bag_rate else "none"
-    bag_colour = None if bag == "none" else _colour(rng, "bag", r)
+    upper = pick_colour(rng, "upper", r)
+    stripes = pick_colour(rng, "pattern", r, exclude=upper) if rng.random() < cfg.stripes_rate else None
+    bag = pick(rng, _BAGS) if rng.random() < cfg.bag_rate else "none"
+    bag_colour = None if bag == "none" else pick_colour(rng, "bag", r)
     return PartsPerson(
-        gender=gender, skin=_pick(rng, SKIN_TONES), hair=hair, hair_colour=hair_colour, hat=hat,
-        glasses=_colour(rng, "glasses", r) if rng.random() < cfg.glasses_rate else None,
-        upper_colour=upper, sleeves=_pick(rng, ("short", "long")), pattern="stripes" if stripes else "plain",
-        pattern_colour=stripes, belt=_colour(rng, "belt", r) if rng.random() < cfg.belt_rate else None,
-        lower=_pick(rng, ("trousers", "shorts", "skirt"), (0.55, 0.2, 0.25) if woman else (0.75, 0.25, 0)),
-        lower_colour=_colour(rng, "lower", r), shoes=_colour(rng, "shoes", r), bag=bag, bag_colour=bag_colour,
-        strap=None if bag == "none" else _colour(rng, "strap", r, exclude=bag_colour),
+        gender=gender, skin=pick(rng, SKIN_TONES), hair=hair, hair_colour=hair_colour, hat=hat,
+        glasses=pick_colour(rng, "glasses", r) if rng.random() < cfg.glasses_rate else None,
+        upper_colour=upper, sleeves=pick(rng, ("short", "long")), pattern="stripes" if stripes else "plain",
+        pattern_colour=stripes, belt=pick_colour(rng, "belt", r) if rng.random() < cfg.belt_rate else None,
+        lower=pick(rng, ("trousers", "shorts", "skirt"), (0.55, 0.2, 0.25) if woman else (0.75, 0.25, 0)),
+        lower_colour=pick_colour(rng, "lower", r), shoes=pick_colour(rng, "shoes", r), bag=bag,
+        bag_colour=bag_colour,
+        strap=None if bag == "none" else pick_colour(rng, "strap", r, exclude=bag_colour),
     )
 
 
@@ -175,8 +178,8 @@ def _one_part_twin(rng: np.random.Generator, p: PartsPerson, cfg: PartsConfig) -
     part = parts[int(rng.choice(len(parts), p=weights / weights.sum()))]
     current = colours.get(part)
     toggles = part in ("hat", "glasses") and (current is None or rng.random() < 0.3)
-    new = (None if current else _colour(rng, part, cfg.render)) if toggles else \
-        _colour(rng, part, cfg.render, exclude=current)
+    new = (None if current else pick_colour(rng, part, cfg.render)) if toggles else \
+        pick_colour(rng, part, cfg.render, exclude=current)
     twin = dataclasses.replace(p, **{SLOTS[part]: new})
     return twin if _valid(twin) else None
 
@@ -221,7 +224,7 @@ def sample_identities(ids: int, cfg: PartsConfig | None = None, seed: int = 0,
     rng = np.random.default_rng([seed, 10])
     out: list[Identity] = []
     seen: set = set()
-    for split, n in zip(_SPLITS, _split_sizes(ids, splits)):
+    for split, n in zip(_SPLITS, split_sizes(ids, splits)):
         for kind in _group_kinds(rng, n, cfg):
             group = _draw_group(rng, kind, cfg, seen)
             pid = len(out) + 1
@@ -271,10 +274,10 @@ def _head(rng: np.random.Generator, p: PartsPerson, units: set[str]) -> list[str
     """Noun phrases for hat, glasses and hair, in that order."""
     out = []
     if "hat" in units:
-        out.append(_a(f"{p.hat} {_pick(rng, ('hat', 'cap', 'beanie'))}") if p.hat else "no hat")
+        out.append(with_article(f"{p.hat} {pick(rng, ('hat', 'cap', 'beanie'))}") if p.hat else "no hat")
     if "glasses" in units:
         forms = (f"{p.glasses} glasses", f"a pair of {p.glasses} glasses", f"{p.glasses}-framed glasses")
-        out.append(_pick(rng, forms) if p.glasses else "no glasses")
+        out.append(pick(rng, forms) if p.glasses else "no glasses")
     if "hair" in units:
         length = p.hair if p.hair == "long" or rng.random() < 0.7 else ""
         out.append("a bald head" if p.hair == "bald" else f"{length} {p.hair_colour} hair".strip())
@@ -288,33 +291,34 @@ def _upper(rng: np.random.Generator, p: PartsPerson, units: set[str]) -> str:
         if rng.random() < 0.4:
             post.append(f"{p.sleeves} sleeves")
         else:
-            pre.insert(_pick(rng, (0, len(pre))), f"{p.sleeves}-sleeved")
+            pre.insert(pick(rng, (0, len(pre))), f"{p.sleeves}-sleeved")
     if "stripes" in units:
         post.append(f"{p.pattern_colour} stripes")
-    phrase = _a(" ".join(pre + [_pick(rng, _UPPER_NOUNS[p.sleeves])]))
+    phrase = with_article(" ".join(pre + [pick(rng, _UPPER_NOUNS[p.sleeves])]))
     return f"{phrase} with {' and '.join(post)}" if post else phrase
 
 
 def _body(rng: np.random.Generator, p: PartsPerson, units: set[str]) -> list[str]:
     """Noun phrases for upper garment, belt, lower garment and shoes, in that order."""
     jeans = ("jeans",) * (p.lower_colour in ("blue", "navy", "black", "grey"))
-    lower = f"{p.lower_colour} {_pick(rng, {'trousers': ('trousers', 'pants') + jeans}.get(p.lower, (p.lower,)))}"
-    lower = _a(lower) if p.lower == "skirt" else f"a pair of {lower}" if rng.random() < 0.25 else lower
-    out = [_upper(rng, p, units)] + [_a(f"{p.belt} belt")] * ("belt" in units) + [lower]
+    lower = f"{p.lower_colour} {pick(rng, {'trousers': ('trousers', 'pants') + jeans}.get(p.lower, (p.lower,)))}"
+    lower = with_article(lower) if p.lower == "skirt" else f"a pair of {lower}" if rng.random() < 0.25 else lower
+    out = [_upper(rng, p, units)] + [with_article(f"{p.belt} belt")] * ("belt" in units) + [lower]
     if "shoes" in units:
-        shoes = f"{p.shoes} {_pick(rng, ('shoes', 'sneakers'))}"
+        shoes = f"{p.shoes} {pick(rng, ('shoes', 'sneakers'))}"
         out.append(f"a pair of {shoes}" if rng.random() < 0.3 else shoes)
     return out
 
 
 def _bag(rng: np.random.Generator, p: PartsPerson, units: set[str], poss: str) -> str:
-    name = _pick(rng, ("shoulder bag", "crossbody bag")) if p.bag == "shoulder bag" else p.bag
-    phrase = _a(f"{p.bag_colour} {name}")
+    name = pick(rng, ("shoulder bag", "crossbody bag")) if p.bag == "shoulder bag" else p.bag
+    phrase = with_article(f"{p.bag_colour} {name}")
     if "strap" in units:
+        a_strap = with_article(f"{p.strap} strap")
         strap = {"backpack": (f"with {p.strap} straps",),
-                 "handbag": (f"with {_a(p.strap + ' strap')}", f"with {_a(p.strap + ' handle')}"),
-                 "shoulder bag": (f"on {_a(p.strap + ' strap')}", f"with {_a(p.strap + ' strap')}")}[p.bag]
-        phrase += " " + _pick(rng, strap)
+                 "handbag": (f"with {a_strap}", f"with {with_article(p.strap + ' handle')}"),
+                 "shoulder bag": (f"on {a_strap}", f"with {a_strap}")}[p.bag]
+        phrase += " " + pick(rng, strap)
     return phrase + (_BAG_PLACE[p.bag].format(poss) if rng.random() < 0.3 else "")
 
 
@@ -327,19 +331,19 @@ def caption(rng: np.random.Generator, p: PartsPerson, must: Iterable[str] = ()) 
     units = _choose_units(rng, p, set(must))
     gender = p.gender if rng.random() < 0.9 else None
     pron, poss = _PRONOUNS[gender]
-    subject = f"{_pick(rng, ('A', 'The', 'This'))} {_pick(rng, _SUBJECTS[gender])}"
-    head, body = _head(rng, p, units), _join(_body(rng, p, units))
+    subject = f"{pick(rng, ('A', 'The', 'This'))} {pick(rng, _SUBJECTS[gender])}"
+    head, body = _head(rng, p, units), join_and(_body(rng, p, units))
     form = rng.random()
-    wear = f"{_pick(rng, ('is walking in', 'walks in'))} {body}" if form < 0.2 else \
-        f"{_pick(rng, ('wears', 'is wearing', 'is dressed in', 'has on'))} {body}"
+    wear = f"{pick(rng, ('is walking in', 'walks in'))} {body}" if form < 0.2 else \
+        f"{pick(rng, ('wears', 'is wearing', 'is dressed in', 'has on'))} {body}"
     if not head:
         sentences = [f"{subject} {wear}"]
     elif form < 0.7:
-        sentences = [f"{subject} with {_join(head)} {wear}"]
+        sentences = [f"{subject} with {join_and(head)} {wear}"]
     else:
-        sentences = [f"{subject} has {_join(head)}", f"{pron} {wear}"]
+        sentences = [f"{subject} has {join_and(head)}", f"{pron} {wear}"]
     if "bag" in units:
-        verb = _pick(rng, ("carries", "is carrying", "has"))
+        verb = pick(rng, ("carries", "is carrying", "has"))
         bag = _bag(rng, p, units, poss)
         if rng.random() < 0.3:
             sentences[-1] += f", and {verb} {bag}"
@@ -393,7 +397,7 @@ def parse_caption(text: str) -> set[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- drawing
-def _draw_accents(p: PartsPerson, d: ImageDraw.ImageDraw, f: _Frame, waist: float) -> None:
+def _draw_accents(p: PartsPerson, d: ImageDraw.ImageDraw, f: Frame, waist: float) -> None:
     """Glasses (two small lenses and a bridge) and a belt, small on purpose: at 192 px a few pixels each."""
     if p.glasses:
         colour = PALETTE[p.glasses]
@@ -404,9 +408,9 @@ def _draw_accents(p: PartsPerson, d: ImageDraw.ImageDraw, f: _Frame, waist: floa
         d.rectangle(f.box(-waist - 0.006, 0.478, waist + 0.006, 0.503), fill=PALETTE[p.belt])
 
 
-def _draw_parts(d: ImageDraw.ImageDraw, p: PartsPerson, f: _Frame, side: int, spread: float) -> None:
+def _draw_parts(d: ImageDraw.ImageDraw, p: PartsPerson, f: Frame, side: int, spread: float) -> None:
     """The default person drawing, with the strap in its own colour and the glasses and belt added."""
-    _draw_person(d, p, f, side, spread, strap=PALETTE[p.strap] if p.strap else None,
+    draw_person(d, p, f, side, spread, strap=PALETTE[p.strap] if p.strap else None,
                  accents=partial(_draw_accents, p))
 
 
@@ -415,11 +419,11 @@ def _entry(tmp: Path, ident: Identity, k: int, seed: int, image_size: tuple[int,
     """Render, save and describe image ``k`` of ``ident``; its own seed keeps runs reproducible."""
     rng = np.random.default_rng([seed, 11, ident.pid, k])
     rel = f"SYNTH/{ident.pid:05d}_{k:02d}.png"
-    distractor = _sample_person(rng, cfg.render)
-    _render(ident.person, rng, image_size, cfg.render, distractor, draw=_draw_parts).save(tmp / "imgs" / rel)
+    distractor = sample_person(rng, cfg.render)
+    render(ident.person, rng, image_size, cfg.render, distractor, draw=_draw_parts).save(tmp / "imgs" / rel)
     captions = [caption(rng, ident.person, ident.differs) for _ in range(2)]
     entry = {"split": ident.split, "captions": captions, "file_path": rel,
-             "processed_tokens": [_tokens(c) for c in captions], "id": ident.pid,
+             "processed_tokens": [tokens(c) for c in captions], "id": ident.pid,
              "attributes": dataclasses.asdict(ident.person)}
     if ident.twin_id is not None:
         entry.update(twin_id=ident.twin_id, twin_kind=ident.twin_kind)
@@ -469,7 +473,7 @@ def generate_parts(
     """
     rates = {k: v for k, v in (("twin_rate", twin_rate), ("one_part_twin_rate", one_part_twin_rate)) if v is not None}
     cfg = dataclasses.replace(config or PartsConfig(), **rates)
-    out = _begin(out, ids, images_per_id, image_size, splits, seed, overwrite)
+    out = prepare_dataset(out, ids, images_per_id, image_size, splits, seed, overwrite)
     people = sample_identities(ids, cfg, seed, splits)
     entries: list[dict] = []
 
@@ -488,6 +492,6 @@ def generate_parts(
                         **_summary(people, entries))
         (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
 
-    _write_atomically(out, write)
+    write_dataset(out, write)
     log.info("wrote %d part-sensitive images of %d identities to %s", len(entries), ids, out)
     return out

@@ -1,0 +1,289 @@
+"""The gallery a service serves, behind one interface (:class:`ServedGallery`): a plain one (``g.npy``, or
+a directory of shards: :class:`PlainGallery`) or a store (:class:`StoreGallery`). The service asks it for
+what differs between the two (how a hit reads, where a crop comes from, whether rows can be added and
+removed); the search itself is :meth:`~tbps_runtime.search.PersonSearch.rank` on :attr:`~ServedGallery.target`.
+
+File names reach the file system only from the gallery's own records (a store's crop names through
+``Store.crop_path``, which keeps them inside the store; a plain gallery's indexed image paths): never
+from a request. Everything here is blocking and thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from tbps_runtime.atomic import atomic_write
+from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, OutputError
+from tbps_runtime.gallery.npy import Gallery
+from tbps_runtime.gallery.open import load_gallery
+from tbps_runtime.gallery.shards import ShardedGallery
+from tbps_runtime.model.images import read_image
+from tbps_runtime.paths import printable
+from tbps_runtime.search import Match, describe_search
+from tbps_runtime.store.base import Store
+from tbps_runtime.store.open import is_store_directory, open_store
+from tbps_runtime.store.rows import CropRecord, RowFilter, StoreHit
+
+_CAMERAS_TTL_S = 30.0  # how stale /readyz's camera list may be
+
+
+class NotFound(Exception):
+    """A row, crop or page the request names does not exist (HTTP 404)."""
+
+
+class Conflict(Exception):
+    """The request does not fit this gallery or bundle (HTTP 409): a store endpoint on a plain gallery,
+    explain without explain graphs, a store another process is writing."""
+
+
+@dataclass(frozen=True)
+class IngestCrop:
+    """One crop to append: (H, W, 3) uint8 RGB pixels and where and when it was seen."""
+
+    pixels: np.ndarray
+    camera: str
+    source: str = "api"
+    time: float | None = None
+    track: int | None = None
+    box: tuple[float, float, float, float] | None = None
+
+
+class ServedGallery(Protocol):
+    """What a service needs of its gallery, plain or store."""
+
+    target: Gallery | ShardedGallery | Store  # what PersonSearch.rank searches
+    bundle: str | None  # the bundle the gallery records
+
+    def rows(self) -> int:
+        """How many rows a search ranks now."""
+
+    def readiness(self) -> dict[str, Any]:
+        """``{"store": bool, "cameras": [names]}`` for ``/readyz``."""
+
+    def check_filters(self, row_filter: RowFilter | None, per_track: bool) -> None:
+        """Raises ConfigError when the gallery cannot apply filters or per-track results."""
+
+    def describe(self, rows: int) -> str:
+        """The search over ``rows`` rows, in words (filters aside)."""
+
+    def hit(self, hit: Any) -> dict[str, Any]:
+        """A ranked hit as the API's JSON (no server paths: a crop URL)."""
+
+    def crop_jpeg(self, row: int) -> bytes:
+        """The JPEG of ``row``'s crop. Raises NotFound."""
+
+    def image_file(self, row: int) -> Path:
+        """The image file of ``row`` (for heat maps). Raises NotFound."""
+
+    def require_store(self, what: str) -> None:
+        """Raises Conflict unless rows can be added and removed."""
+
+    def append(self, embeddings: np.ndarray, crops: Sequence[IngestCrop]) -> list[int]:
+        """Append (n, K, d) ``embeddings`` with their crops; the new row ids. Raises Conflict."""
+
+    def delete(self, row_filter: RowFilter | None, age: float | None, dry_run: bool,
+               everything: bool) -> dict[str, Any]:
+        """Remove rows; what was (or would be) removed. Raises Conflict, ConfigError."""
+
+    def info(self) -> dict[str, Any]:
+        """The store's summary without server paths. Raises Conflict."""
+
+    def close(self) -> None:
+        """Release what the gallery holds."""
+
+
+def open_served(path: str | Path) -> ServedGallery:
+    """The gallery at ``path``: a store directory, else a plain gallery (file or shard directory)."""
+    if is_store_directory(path):
+        return StoreGallery(open_store(path))
+    return PlainGallery(load_gallery(path))
+
+
+class PlainGallery:
+    """A plain gallery: fixed rows, an image file and maybe an identity per row; no filters, no writes."""
+
+    def __init__(self, gallery: Gallery | ShardedGallery):
+        self.target = gallery
+        self.bundle = gallery.bundle
+
+    def rows(self) -> int:
+        return len(self.target)
+
+    def readiness(self) -> dict[str, Any]:
+        return {"store": False, "cameras": []}
+
+    def check_filters(self, row_filter: RowFilter | None, per_track: bool) -> None:
+        if (row_filter is not None and not row_filter.empty) or per_track:
+            raise ConfigError("filters and per_track need a store made by tbps ingest; this service's gallery is "
+                              "a plain one, without cameras, times or tracks")
+
+    def describe(self, rows: int) -> str:
+        return describe_search(self.target)
+
+    def hit(self, hit: Match) -> dict[str, Any]:
+        document = {"rank": hit.rank, "score": round(hit.score, 6), "row": hit.row, "crop_url": f"/crops/{hit.row}"}
+        if hit.identity is not None:
+            document["identity"] = printable(hit.identity) if isinstance(hit.identity, str) else hit.identity
+        return document
+
+    def crop_jpeg(self, row: int) -> bytes:
+        """The row's indexed image, re-encoded as JPEG."""
+        try:
+            image = read_image(self.image_file(row))
+        except (DataError, InputFileNotFoundError):
+            raise NotFound(f"the image of row {row} cannot be read any more") from None
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        return buffer.getvalue()
+
+    def image_file(self, row: int) -> Path:
+        rows = len(self.target)
+        if not 0 <= row < rows:
+            raise NotFound(f"no row {row} in the gallery ({rows} rows: 0 to {rows - 1})")
+        return Path(self.target.entries[row].path)
+
+    def require_store(self, what: str) -> None:
+        raise _not_a_store(what)
+
+    def append(self, embeddings: np.ndarray, crops: Sequence[IngestCrop]) -> list[int]:
+        raise _not_a_store("ingesting")
+
+    def delete(self, row_filter: RowFilter | None, age: float | None, dry_run: bool,
+               everything: bool) -> dict[str, Any]:
+        raise _not_a_store("deleting rows")
+
+    def info(self) -> dict[str, Any]:
+        raise _not_a_store("gallery info")
+
+    def close(self) -> None:
+        """Nothing held: the rows are memory-mapped files."""
+
+
+def _not_a_store(what: str) -> Conflict:
+    return Conflict(f"{what} needs a store (a gallery made by tbps ingest); this service's gallery is a plain "
+                    "g.npy, which cannot change while served")
+
+
+class StoreGallery:
+    """A store: rows with camera, time and track; filters; rows added and removed while served."""
+
+    def __init__(self, store: Store):
+        self.target = store
+        self.bundle = store.bundle
+        self._write_lock = threading.Lock()  # the store takes one writer at a time, in any thread
+        self._cameras: tuple[float, list[str]] | None = None
+
+    def rows(self) -> int:
+        return len(self.target)
+
+    def readiness(self) -> dict[str, Any]:
+        return {"store": True, "cameras": self.cameras()}
+
+    def cameras(self) -> list[str]:
+        """The store's camera names, cached for a few seconds."""
+        cached = self._cameras
+        if cached is None or time.monotonic() - cached[0] > _CAMERAS_TTL_S:
+            cached = self._cameras = (time.monotonic(), sorted(printable(str(c)) for c in self.target.cameras()))
+        return cached[1]
+
+    def check_filters(self, row_filter: RowFilter | None, per_track: bool) -> None:
+        """A store applies any filter."""
+
+    def describe(self, rows: int) -> str:
+        return f"exact Eq. 14 over {rows} row(s) of the store"
+
+    def hit(self, hit: StoreHit) -> dict[str, Any]:
+        document = hit.to_json()
+        document.pop("crop", None)  # a path inside the server's store: the client gets a URL
+        for name in ("camera", "source", "identity"):
+            if isinstance(document.get(name), str):
+                document[name] = printable(document[name])
+        return {**document, "crop_url": f"/crops/{hit.row}"}
+
+    def crop_jpeg(self, row: int) -> bytes:
+        """The crop file the store kept."""
+        try:
+            return self.image_file(row).read_bytes()
+        except OSError:
+            raise NotFound(f"the crop of row {row} is missing from the store") from None
+
+    def image_file(self, row: int) -> Path:
+        record = self.target.records([row]).get(row) if 0 <= row < 2**63 else None
+        if record is None:
+            raise NotFound(f"no row {row} in the gallery")
+        if not record.crop:
+            raise NotFound(f"row {row} has no crop")
+        return self.target.crop_path(record.crop)  # checked to stay inside the store
+
+    def require_store(self, what: str) -> None:
+        """A store takes writes."""
+
+    def append(self, embeddings: np.ndarray, crops: Sequence[IngestCrop]) -> list[int]:
+        """Append (n, K, d) ``embeddings``, their crops saved as JPEGs in the store; the new row ids.
+
+        Raises:
+            Conflict: another process is writing the store.
+        """
+        with self._writing("ingesting into"):
+            name, folder = self.target.new_batch()
+            records = []
+            for i, crop in enumerate(crops):
+                image = Image.fromarray(crop.pixels, mode="RGB")
+                atomic_write(folder / f"{i}.jpg", lambda stream, image=image: image.save(stream, "JPEG", quality=90))
+                records.append(CropRecord(crop.source, crop.camera, crop.time, None, None, crop.box, None, crop.track,
+                                          f"{name}/{i}.jpg"))
+            rows = self.target.append(embeddings, records, crops=name)
+        self._cameras = None
+        return [int(r) for r in rows]
+
+    def delete(self, row_filter: RowFilter | None, age: float | None, dry_run: bool,
+               everything: bool) -> dict[str, Any]:
+        """Remove rows passing ``row_filter`` older than ``age`` seconds; what was (would be) removed.
+
+        Raises:
+            ConfigError: no condition; or every row, without ``everything``.
+            Conflict: another process is writing the store.
+        """
+        if (row_filter is None or row_filter.empty) and age is None:
+            raise ConfigError("say what to delete: filters (cameras, sources, tracks, since, until) or older_than")
+        with self._writing("deleting from"):
+            planned = self.target.delete(row_filter, older_than=age, everything=True, dry_run=True)
+            total = self.rows()
+            if planned.rows and planned.rows == total and not everything:
+                raise ConfigError(f"this would remove all {total} rows of the store: send \"everything\": true "
+                                  "to do it")
+            removal = planned if dry_run else self.target.delete(row_filter, older_than=age, everything=everything)
+        self._cameras = None
+        return {"dry_run": dry_run, **removal.to_json()}
+
+    def info(self) -> dict[str, Any]:
+        """The store's rows, tracks, cameras and size; no server paths."""
+        info = self.target.info()
+        for name in ("store", "bundle"):
+            info.pop(name, None)
+        return info
+
+    def close(self) -> None:
+        self.target.close()
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """This process's writer lock, then the store's own (another process writing it: :class:`Conflict`)."""
+        with self._write_lock, contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.target.writing(what))
+            except OutputError as e:
+                raise Conflict(f"the store is being written by another process ({e}); try again later") from None
+            yield
+
+
+__all__ = ["Conflict", "IngestCrop", "NotFound", "PlainGallery", "ServedGallery", "StoreGallery", "open_served"]

@@ -29,14 +29,15 @@ from tbps_export.fuse import fuse_tower, load_time_fusions
 from tbps_export.onnx_export import export_tower
 from tbps_export.towers import axis_sizes
 from tbps_export.validate import parity_cases, validate_towers
-from tbps_runtime.atomic import has_format
+from tbps_runtime.atomic import has_format, sha256_file
 from tbps_runtime.contract import BUNDLE_FORMAT, MANIFEST_FILE, OPSET, PARITY_ATOL, TOKENIZER_FILE, TOWERS
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError
 from tbps_runtime.machine import cpu_model
-from tbps_runtime.model.bundle import Manifest, sha256_file, write_manifest
+from tbps_runtime.model.bundle import Manifest, write_manifest
 from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
 from tbps_runtime.model.tokenizer import load_tokenizer
 from tbps_runtime.outputs import check_writable, publish_permissions, replace_directory, staging_directory
+from tbps_runtime.threads import choose_threads
 from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
 from tbps_train.config import ModelConfig
 from tbps_train.model import TextBasedPersonSearch
@@ -58,6 +59,7 @@ class ExportOptions:
     trt_timing_cache: str | Path | None = None
     trt_device: int = 0  # the CUDA device that builds and checks the engines (the one that will run them)
     explain: bool = False  # also write the attention-emitting graphs (tbps_export.explain)
+    threads: int | None = None  # PyTorch's and onnxruntime's intra-op threads (None: tbps_runtime.threads' policy)
 
     @classmethod
     def from_kwargs(cls, values: dict[str, Any]) -> "ExportOptions":
@@ -79,25 +81,27 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     existing bundle there is replaced only with ``force``. ``trt`` adds a
     TensorRT engine per tower (``fp16``: FP16 engines); ``options`` are the
     fields of :class:`ExportOptions` (``atol``, ``trt_batch``, ``trt_seq``,
-    ``trt_workspace_gib``, ``trt_timing_cache``, ``trt_device``, ``explain``).
+    ``trt_workspace_gib``, ``trt_timing_cache``, ``trt_device``, ``explain``, ``threads``).
     """
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else checkpoint.with_suffix(".bundle")
     settings = ExportOptions.from_kwargs(options)
     if fp16 and not trt:
-        raise ConfigError("--fp16 selects the precision of TensorRT engines: add --trt")
+        raise ConfigError("fp16 selects the precision of TensorRT engines, and trt is off", code="fp16_without_trt")
     _refuse_existing(output, force)
     check_writable(output / MANIFEST_FILE, "the bundle")  # a directory we can create and write, before exporting
     payload = _load_checkpoint(checkpoint)
     model, _ = model_from_checkpoint(payload)
     trt_options = _trt_options(settings, fp16, model.config) if trt else None
+    threads = choose_threads(settings.threads).threads
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _progress(progress, total=len(TOWERS) + 1) as bar, staging_directory(output) as staging, \
+    with _torch_threads(threads), _progress(progress, total=len(TOWERS) + 1) as bar, \
+            staging_directory(output) as staging, \
             tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".unfused", dir=output.parent) as unfused:
-        parity, fusions = _export_onnx(staging, Path(unfused), model, payload, settings.atol, bar)
+        parity, fusions = _export_onnx(staging, Path(unfused), model, payload, settings.atol, bar, threads)
         if settings.explain:
-            parity.update(explain_graphs.export_explain_towers(staging, model, settings.atol))
+            parity.update(explain_graphs.export_explain_towers(staging, model, settings.atol, threads))
         trt_entries, trt_error = (({}, None) if trt_options is None
                                   else _try_tensorrt(staging, Path(unfused), model, trt_options))
         bar.update()
@@ -112,7 +116,8 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
     logger.info("bundle written to %s in %.1f s", output, time.perf_counter() - start)
     if trt_error is not None:
         raise ExportError(f"{trt_error}. The ONNX bundle at {output} is complete and valid without TensorRT "
-                          "engines; build them on the GPU that will run them (tbps-export --trt --force)")
+                          "engines; build them on the GPU that will run them", code="tensorrt_build_failed",
+                          error=str(trt_error), output=str(output))
     return output
 
 
@@ -130,7 +135,7 @@ def _load_checkpoint(path: Path) -> dict:
 
 
 def _export_onnx(directory: Path, unfused: Path, model: TextBasedPersonSearch, payload: dict, atol: float,
-                 bar: tqdm) -> tuple[dict, dict]:
+                 bar: tqdm, threads: int | None = None) -> tuple[dict, dict]:
     """Export both towers into ``unfused``, write their fused graphs and the tokenizer into
     ``directory`` and validate the fused graphs against PyTorch; returns (parity, fusions)."""
     tokenizer_json = payload["tokenizer_json"]
@@ -145,7 +150,7 @@ def _export_onnx(directory: Path, unfused: Path, model: TextBasedPersonSearch, p
                               "at_load": load_time_fusions(paths[spec.name]), "at_load_cpu": cpu_model()}
         bar.update()
     bar.set_postfix_str("parity")
-    return validate_towers(paths, model, tokenizer, atol), fusions
+    return validate_towers(paths, model, tokenizer, atol, threads), fusions
 
 
 def _try_tensorrt(directory: Path, unfused: Path, model: TextBasedPersonSearch,
@@ -250,6 +255,17 @@ def _source(payload: dict, checkpoint: Path) -> dict[str, Any]:
 # ---- the output directory --------------------------------------------------
 
 @contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``threads`` within the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def _progress(enabled: bool, total: int) -> Iterator[tqdm]:
     """A stage bar; log lines are routed through it so they do not break it."""
     with tqdm(total=total, desc="export", unit="step", disable=not enabled) as bar:
@@ -264,9 +280,11 @@ def _refuse_existing(output: Path, force: bool) -> None:
     if not output.exists() and not output.is_symlink():
         return
     if not force:
-        raise BundleError(f"output {output} already exists: choose another -o or pass --force to replace it")
+        raise BundleError(f"output {output} already exists and force is off", code="bundle_output_exists",
+                          output=str(output))
     if not output.is_dir() or not (_is_bundle(output) or not any(output.iterdir())):
-        raise BundleError(f"output {output} exists and is not a tbps bundle: not replacing it, even with --force")
+        raise BundleError(f"output {output} exists and is not a tbps bundle: not replacing it, even with force",
+                          code="bundle_output_foreign", output=str(output))
 
 
 def _is_bundle(directory: Path) -> bool:

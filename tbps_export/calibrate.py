@@ -33,21 +33,17 @@ scores calibration is refused rather than exhausting memory.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import click
 import numpy as np
 
-from tbps_runtime.cli.support import (TbpsCommand, json_option, quiet_option, setup_logging, threads_option,
-                                      user_errors_exit_2)
 from tbps_runtime.contract import MANIFEST_FILE
 from tbps_runtime.errors import BundleError, ConfigError
 from tbps_runtime.model.bundle import Manifest, load_manifest, threshold_problems, write_manifest
-from tbps_train.data.readers import DATASETS, dataset_splits, read_split
+from tbps_train.data.readers import dataset_splits, read_split
 
 logger = logging.getLogger(__name__)
 
@@ -319,34 +315,3 @@ def describe(record: dict[str, Any]) -> list[str]:
             f"measured on {record['dataset']} {record['split']}: {record['captions']} captions x "
             f"{record['images']} images ({record['matching_pairs']} matching, "
             f"{record['non_matching_pairs']} non-matching pairs)"]
-
-
-# ---- the command -----------------------------------------------------------------------
-
-def rate_option(default: float | None = DEFAULT_FALSE_MATCH_RATE, help: str = "") -> Callable:
-    """``--false-match-rate``, shared by ``tbps calibrate`` and ``tbps export``."""
-    return click.option("--false-match-rate", "false_match_rate", type=float, default=default,
-                        show_default=default is not None,
-                        help="Fraction of non-matching (caption, image) pairs allowed at or above the threshold, "
-                             f"in (0, 1).{help}")
-
-
-@click.command(cls=TbpsCommand)
-@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle directory to calibrate.")
-@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="The dataset's format.")
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root directory.")
-@click.option("--split", default="val", show_default=True, help="Held-out split to measure on.")
-@rate_option()
-@threads_option()
-@json_option()
-@quiet_option()
-@user_errors_exit_2
-def calibrate_command(bundle: Path, dataset: str, root: Path, split: str, false_match_rate: float,
-                      threads: int | None, as_json: bool, quiet: bool) -> None:
-    """Record in a bundle the Eq. 14 score above which a hit is trusted (tbps rank --min-score auto),
-    measured on a held-out split at a chosen false-match rate."""
-    quiet = setup_logging(quiet or as_json)
-    record = calibrate_bundle(bundle, dataset, root, split=split, false_match_rate=false_match_rate,
-                              threads=threads, progress=not quiet)
-    click.echo(json.dumps(record) if as_json else "\n".join(describe(record)))
-

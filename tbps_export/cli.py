@@ -1,16 +1,28 @@
-"""``tbps-export``: the command line of :func:`tbps_export.export_bundle`."""
+"""The exporter's command line: ``tbps export``, ``calibrate``, ``triton``, ``quickstart`` and ``trt-selfcheck``.
+
+The modules they call (:mod:`~tbps_export.bundle_writer`, :mod:`~tbps_export.calibrate`,
+:mod:`~tbps_export.triton`, :mod:`~tbps_export.quickstart`, :mod:`~tbps_export.trt_selfcheck`) speak
+Python; the flags live here. PyTorch is imported when a command runs, so ``tbps --help`` stays light.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import click
 
-from tbps_export.calibrate import DEFAULT_FALSE_MATCH_RATE, rate_option
-from tbps_runtime.cli.support import TbpsCommand, setup_logging, user_errors_exit_2
+from tbps_export.calibrate import DEFAULT_FALSE_MATCH_RATE
+from tbps_export.quickstart import EXAMPLES
+from tbps_export.triton import INSTANCE_KINDS
+from tbps_runtime.clikit import (
+    TbpsCommand, json_option, output_option, quiet_option, setup_logging, threads_option, user_errors_exit_2,
+)
 from tbps_runtime.contract import PARITY_ATOL
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError
+from tbps_runtime.synth import DEFAULT_IDS
 from tbps_train.data.readers import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -34,11 +46,20 @@ def _profile(allow_max: bool):
     return parse
 
 
+def rate_option(default: float | None = DEFAULT_FALSE_MATCH_RATE, help: str = "") -> Callable:
+    """``--false-match-rate``, shared by ``tbps calibrate`` and ``tbps export``."""
+    return click.option("--false-match-rate", "false_match_rate", type=float, default=default,
+                        show_default=default is not None,
+                        help="Fraction of non-matching (caption, image) pairs allowed at or above the threshold, "
+                             f"in (0, 1).{help}")
+
+
+# ---- tbps export ---------------------------------------------------------------------------
+
 @click.command(cls=TbpsCommand)
 @click.option("--ckpt", "checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Training checkpoint (m.pt) made by tbps-train.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Bundle directory to write [default: the checkpoint's name with .bundle].")
+              help="Training checkpoint (m.pt) made by tbps train.")
+@output_option("Bundle directory to write [default: the checkpoint's name with .bundle].", required=False)
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the output path.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT engine per tower (needs TensorRT and a CUDA GPU).")
 @click.option("--fp16", is_flag=True, help="Build FP16 TensorRT engines (from a mixed-precision graph).")
@@ -53,7 +74,7 @@ def _profile(allow_max: bool):
 @click.option("--atol", type=float, default=PARITY_ATOL, show_default=True,
               help="Largest ONNX-vs-PyTorch difference accepted, on unit-norm embeddings.")
 @click.option("--explain", is_flag=True,
-              help="Also write the attention-emitting graphs *.explain.onnx (for tbps-rank --explain).")
+              help="Also write the attention-emitting graphs *.explain.onnx (for tbps rank --explain).")
 @click.option("--int8", is_flag=True,
               help="Also write an onnxruntime int8 bundle beside it (<name>.int8.bundle) for CPUs.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
@@ -72,14 +93,17 @@ def _profile(allow_max: bool):
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository of the towers to this directory "
                    "(as tbps triton does, with its defaults).")
+@threads_option("PyTorch and onnxruntime intra-op threads of the export, its checks, --int8 and the score "
+                "threshold (default: the cores other processes leave idle).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@quiet_option("Only warnings and errors on stderr.")
 @user_errors_exit_2
-def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool, fp16: bool,
+def export_command(checkpoint: Path, output: str | None, force: bool, trt: bool, fp16: bool,
                    trt_batch: tuple, trt_seq: tuple, trt_workspace_gib: float, trt_timing_cache: Path | None,
                    atol: float, explain: bool, int8: bool, calibration: Path | None, calibration_count: int,
                    calibrate_dataset: str | None, calibrate_root: Path | None, calibrate_split: str | None,
-                   false_match_rate: float | None, triton_dir: Path | None, progress: bool, quiet: bool) -> None:
+                   false_match_rate: float | None, triton_dir: Path | None, threads: int | None, progress: bool,
+                   quiet: bool) -> None:
     """Export a checkpoint to a bundle: ONNX towers checked against PyTorch,
     tokenizer.json, manifest.json, and optionally TensorRT engines, the
     calibrated score threshold and a Triton model repository."""
@@ -88,6 +112,7 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
     from tbps_export.quantize import calibration_paths
     from tbps_export.triton import check_output as check_triton_output
     from tbps_export.triton import write_triton_repository
+    from tbps_runtime.threads import choose_threads
 
     quiet = setup_logging(quiet)
     if (calibrate_dataset is None) != (calibrate_root is None):
@@ -109,24 +134,25 @@ def export_command(checkpoint: Path, output: Path | None, force: bool, trt: bool
                                      f"e.g. {missing[0]}")
     if triton_dir is not None:  # a --triton directory that is not ours to write is refused before the export
         check_triton_output(triton_dir, force, output if output is not None else checkpoint.with_suffix(".bundle"))
+    threads = choose_threads(threads).threads  # one count for every step, as tbps eval and tbps calibrate
     path = export_bundle(checkpoint, output, force=force, trt=trt, fp16=fp16, progress=progress and not quiet,
                          atol=atol, trt_batch=trt_batch, trt_seq=trt_seq, trt_workspace_gib=trt_workspace_gib,
-                         trt_timing_cache=trt_timing_cache, explain=explain)
+                         trt_timing_cache=trt_timing_cache, explain=explain, threads=threads)
     click.echo(str(path))
     bundles = [path]
     if int8:
         from tbps_export.quantize import quantize_bundle
 
-        bundles.append(quantize_bundle(path, calibration=crops, force=force))
+        bundles.append(quantize_bundle(path, calibration=crops, force=force, threads=threads))
         click.echo(str(bundles[-1]))
     if calibrate_dataset is not None:
-        _calibrate(bundles, calibrate_dataset, calibrate_root, calibrate_split, false_match_rate,
+        _calibrate(bundles, calibrate_dataset, calibrate_root, calibrate_split, false_match_rate, threads,
                    progress and not quiet)
     if triton_dir is not None:  # from the float32 bundle, calibrated when asked (tbps.json carries the threshold)
         click.echo(str(write_triton_repository(path, triton_dir, force=force)))
 
 
-def _calibrate(bundles: list[Path], dataset: str, root: Path, split: str, false_match_rate: float,
+def _calibrate(bundles: list[Path], dataset: str, root: Path, split: str, false_match_rate: float, threads: int,
                progress: bool) -> None:
     """Each new bundle (float32, int8) calibrated with its own towers; the figures logged (stdout keeps
     the bundles' paths only)."""
@@ -134,5 +160,123 @@ def _calibrate(bundles: list[Path], dataset: str, root: Path, split: str, false_
 
     for bundle in bundles:
         record = calibrate_bundle(bundle, dataset, root, split=split, false_match_rate=false_match_rate,
-                                  progress=progress)
+                                  threads=threads, progress=progress)
         logger.info("%s: %s", bundle, "; ".join(describe(record)))
+
+
+# ---- tbps calibrate ------------------------------------------------------------------------
+
+@click.command(cls=TbpsCommand)
+@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle directory to calibrate.")
+@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="The dataset's format.")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root directory.")
+@click.option("--split", default="val", show_default=True, help="Held-out split to measure on.")
+@rate_option()
+@threads_option()
+@json_option()
+@quiet_option()
+@user_errors_exit_2
+def calibrate_command(bundle: Path, dataset: str, root: Path, split: str, false_match_rate: float,
+                      threads: int | None, as_json: bool, quiet: bool) -> None:
+    """Record in a bundle the Eq. 14 score above which a hit is trusted (tbps rank --min-score auto),
+    measured on a held-out split at a chosen false-match rate."""
+    from tbps_export.calibrate import calibrate_bundle, describe
+
+    quiet = setup_logging(quiet or as_json)
+    record = calibrate_bundle(bundle, dataset, root, split=split, false_match_rate=false_match_rate,
+                              threads=threads, progress=not quiet)
+    click.echo(json.dumps(record) if as_json else "\n".join(describe(record)))
+
+
+# ---- tbps triton ---------------------------------------------------------------------------
+
+@click.command(cls=TbpsCommand)
+@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle directory (tbps export).")
+@output_option("Triton model repository directory to write.", file_okay=False)
+@click.option("--max-batch", "max_batch_size", type=click.IntRange(1), default=32, show_default=True,
+              help="max_batch_size of each model (TensorRT models: at most their profile's max batch).")
+@click.option("--queue-delay-us", type=click.IntRange(0), default=500, show_default=True,
+              help="How long Triton's dynamic batcher waits for more requests, microseconds.")
+@click.option("--onnx-device", type=click.Choice(sorted(INSTANCE_KINDS)), default="cpu", show_default=True,
+              help="Where Triton runs the ONNX models (TensorRT engines always run on the GPU).")
+@click.option("--force", is_flag=True, help="Replace an existing tbps Triton repository at the output path.")
+@quiet_option("Warnings only on stderr.")
+@user_errors_exit_2
+def triton_command(bundle: Path, output: str, max_batch_size: int, queue_delay_us: int, onnx_device: str,
+                   force: bool, quiet: bool) -> None:
+    """Write a Triton Inference Server model repository of a bundle's towers (ONNX, and its TensorRT
+    engines if any): config.pbtxt per model, tbps.json and tokenizer.json for clients."""
+    from tbps_export.triton import write_triton_repository
+
+    setup_logging(quiet)
+    path = write_triton_repository(bundle, output, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us,
+                                   onnx_device=onnx_device, force=force)
+    click.echo(str(path))
+
+
+# ---- tbps quickstart -----------------------------------------------------------------------
+
+@click.command(cls=TbpsCommand)
+@output_option("Where the dataset, checkpoint and results go.", required=False, file_okay=False,
+               default="tbps-quickstart", aliases=("--workdir",))
+@click.option("--preset", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]))
+@click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=8), help="Synthetic identities.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--examples", default=EXAMPLES, show_default=True, type=click.IntRange(min=1),
+              help="Test captions drawn on the results page.")
+@threads_option("Training threads (default: the cores other processes leave idle, re-checked as it "
+                "trains; pin it for bit-identical reruns).")
+@quiet_option()
+@user_errors_exit_2
+def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: int, threads: int | None,
+                       quiet: bool) -> None:
+    """Generate the synthetic dataset, train the demo model, evaluate it, export it,
+    index the test split and write a results page."""
+    from tbps_export.quickstart import run_quickstart
+    from tbps_train.text import quiet_transformers
+
+    quiet = setup_logging(quiet)
+    quiet_transformers()
+    done = run_quickstart(output, preset=preset, ids=ids, seed=seed, examples=examples, threads=threads,
+                          progress=not quiet)
+    metrics = done.metrics
+    click.echo(f"test: R@1 {metrics['r1']:.2f}  R@5 {metrics['r5']:.2f}  R@10 {metrics['r10']:.2f}  "
+               f"mAP {metrics['map']:.2f}  mINP {metrics['minp']:.2f}")
+    curves = done.checkpoint.with_suffix(".curves.png")
+    curves_note = f"  (training curves: {curves})" if curves.is_file() else ""
+    click.echo(f"dataset     {done.data}\ncheckpoint  {done.checkpoint}{curves_note}"
+               f"\nmetrics     {done.evaluation}\nbundle      {done.bundle}"
+               f"\nthreshold   {_threshold_line(done.threshold)}\ngallery     {done.gallery}"
+               "\nresults     " + "\n            ".join(str(p) for p in done.pictures))
+    click.echo(f"done in {done.seconds:.0f}s")
+    click.echo(f"next: tbps rank --gallery {done.gallery} --query \"a man in a red shirt\" -k 5 --show me.png --explain")
+
+
+def _threshold_line(record: dict) -> str:
+    if not record:
+        return "not calibrated (the val split needs 2 identities or more)"
+    return (f"{record['value']:.4f} (tbps rank --min-score auto): at most {record['false_match_rate']:.0%} of "
+            f"strangers pass it, {record['found_rate']:.0%} of val captions have their person above it")
+
+
+# ---- tbps trt-selfcheck --------------------------------------------------------------------
+
+@click.command(cls=TbpsCommand)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
+              help="Engine precision(s) to check [default: both].")
+@click.option("--iterations", type=int, default=50, show_default=True, help="Timed runs per engine.")
+@json_option("One JSON document on stdout instead of a table.")
+@user_errors_exit_2
+def selfcheck_command(bundle: Path, precisions: tuple[str, ...], iterations: int, as_json: bool) -> None:
+    """Build TensorRT engines from BUNDLE's ONNX towers, compare them with onnxruntime, and time them.
+
+    Exit status 0 when every engine is within tolerance, 1 when one is not, 2 when TensorRT or a GPU
+    is missing or the bundle is bad.
+    """
+    from tbps_export.trt_selfcheck import selfcheck, table
+
+    setup_logging(quiet=as_json)
+    records = selfcheck(bundle, precisions or ("fp32", "fp16"), iterations=iterations)
+    click.echo(json.dumps(records, indent=2) if as_json else table(records))
+    raise SystemExit(0 if all(r["ok"] for r in records) else 1)

@@ -1,9 +1,9 @@
 """Optional "explain" graphs: the towers, also emitting the decoder's cross-attention (paper Fig. 4).
 
-``tbps-export --explain`` writes ``image_tower.explain.onnx`` and
+``tbps export --explain`` writes ``image_tower.explain.onnx`` and
 ``text_tower.explain.onnx`` beside the default graphs (which stay as they
 are); the manifest lists them with their checksums under ``towers``. The
-runtime's ``PersonSearch.explain`` and ``tbps-rank --explain`` read them.
+runtime's ``PersonSearch.explain`` and ``tbps rank --explain`` read them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from tbps_export.onnx_export import _check_single_file, _quiet
 from tbps_export.towers import dynamic_shapes, sample_inputs
+from tbps_export.validate import cpu_session
 from tbps_runtime.contract import EXPLAIN_TOWERS, IMAGE_EXPLAIN_TOWER, OPSET, TEXT_EXPLAIN_TOWER, TowerSpec
 from tbps_runtime.errors import ExportError
 from tbps_train.model import TextBasedPersonSearch, normalize_slots
@@ -54,8 +55,10 @@ class TextExplainTower(nn.Module):
 _MODULES = {IMAGE_EXPLAIN_TOWER.name: ImageExplainTower, TEXT_EXPLAIN_TOWER.name: TextExplainTower}
 
 
-def export_explain_towers(directory: Path, model: TextBasedPersonSearch, atol: float) -> dict[str, Any]:
-    """Write both explain graphs into ``directory``, check them against PyTorch; returns parity figures."""
+def export_explain_towers(directory: Path, model: TextBasedPersonSearch, atol: float,
+                          threads: int | None = None) -> dict[str, Any]:
+    """Write both explain graphs into ``directory``, check them against PyTorch (onnxruntime with ``threads``
+    intra-op threads); returns parity figures."""
     parity = {}
     for spec in EXPLAIN_TOWERS:
         module = _MODULES[spec.name](model).eval()
@@ -71,20 +74,18 @@ def export_explain_towers(directory: Path, model: TextBasedPersonSearch, atol: f
         except Exception as e:  # the exporter raises many types; all mean "this model did not export"
             raise ExportError(f"torch.onnx.export failed for the {spec.name}: {type(e).__name__}: {e}") from e
         _check_single_file(path, spec)
-        parity[spec.name] = _parity(spec, module, path, model, atol)
+        parity[spec.name] = _parity(spec, module, path, model, atol, threads)
         logger.info("exported %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
     return parity
 
 
-def _parity(spec: TowerSpec, module: nn.Module, path: Path, model: TextBasedPersonSearch, atol: float) -> dict:
+def _parity(spec: TowerSpec, module: nn.Module, path: Path, model: TextBasedPersonSearch, atol: float,
+            threads: int | None) -> dict:
     """onnxruntime vs PyTorch at batch 3 (not the export's 2), every output within ``atol``."""
-    import onnxruntime as ort
-
     inputs = sample_inputs(spec, model, batch=3, sequence=5, seed=1)
     with torch.no_grad():
         expected = [t.numpy() for t in module(**inputs)]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run([t.name for t in spec.outputs], {k: v.numpy() for k, v in inputs.items()})
+    got = cpu_session(path, threads).run([t.name for t in spec.outputs], {k: v.numpy() for k, v in inputs.items()})
     figures = {}
     for tensor, want, have in zip(spec.outputs, expected, got):
         if want.shape != have.shape:

@@ -27,9 +27,10 @@ from tbps_export.bundle_writer import _place, _refuse_existing
 from tbps_runtime.outputs import publish_permissions, staging_directory
 from tbps_export.quiet import quiet_loggers
 from tbps_export.validate import compare, text_cases
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
 from tbps_runtime.errors import ExportError
-from tbps_runtime.model.bundle import Manifest, load_manifest, sha256_file, verify_files, write_manifest
+from tbps_runtime.model.bundle import Manifest, load_manifest, verify_files, write_manifest
 from tbps_runtime.model.images import normalize, read_image, resize_rgb
 from tbps_runtime.model.tokenizer import load_tokenizer
 
@@ -48,11 +49,12 @@ def int8_output(bundle: str | Path) -> Path:
 
 def quantize_bundle(bundle: str | Path, output: str | Path | None = None, *,
                     calibration: Sequence[str | Path] = (), force: bool = False,
-                    min_cosine: float = INT8_MIN_COSINE) -> Path:
+                    min_cosine: float = INT8_MIN_COSINE, threads: int | None = None) -> Path:
     """Write the int8 version of the float32 ``bundle`` to ``output`` (default: ``m.int8.bundle``).
 
     ``calibration``: crop image paths for the image tower's static quantization
-    (a few dozen to a few hundred); empty keeps the image tower float32.
+    (a few dozen to a few hundred); empty keeps the image tower float32. ``threads``: intra-op
+    threads of the onnxruntime sessions that check the int8 graphs (None: onnxruntime's default).
     """
     bundle = Path(bundle)
     output = Path(output) if output is not None else int8_output(bundle)
@@ -68,7 +70,7 @@ def quantize_bundle(bundle: str | Path, output: str | Path | None = None, *,
         pixels = calibration_pixels(calibration, manifest)
         towers[IMAGE_TOWER.name] = quantize_image_tower(bundle / IMAGE_TOWER.onnx_file,
                                                         staging / IMAGE_TOWER.onnx_file, pixels)
-        parity = int8_parity(bundle, staging, manifest, pixels, min_cosine)
+        parity = int8_parity(bundle, staging, manifest, pixels, min_cosine, threads)
         write_manifest(staging, _int8_manifest(manifest, staging, towers, parity))
         publish_permissions(staging)
         _place(staging, output, force)
@@ -124,7 +126,7 @@ def calibration_pixels(paths: Sequence[str | Path], manifest: Manifest) -> np.nd
 
 
 def int8_parity(float_dir: Path, int8_dir: Path, manifest: Manifest, pixels: np.ndarray | None,
-                min_cosine: float) -> dict[str, Any]:
+                min_cosine: float, threads: int | None = None) -> dict[str, Any]:
     """int8 vs float32 graphs on the text validation captions and on real crops (or random pixels)."""
     from tbps_export.validate import onnx_runner
 
@@ -139,7 +141,8 @@ def int8_parity(float_dir: Path, int8_dir: Path, manifest: Manifest, pixels: np.
     parity: dict[str, Any] = {"reference": "float32 bundle (onnxruntime CPU)", "min_cosine_required": min_cosine}
     failures = []
     for spec, inputs in cases.items():
-        reference, candidate = onnx_runner(float_dir / spec.onnx_file), onnx_runner(int8_dir / spec.onnx_file)
+        reference = onnx_runner(float_dir / spec.onnx_file, threads)
+        candidate = onnx_runner(int8_dir / spec.onnx_file, threads)
         results = [compare(reference(x), candidate(x), label) for label, x in inputs]
         parity[spec.name] = {"max_abs_diff": max(r.max_abs_diff for r in results),
                              "min_cosine": min(r.min_cosine for r in results),
@@ -165,7 +168,7 @@ def _int8_manifest(manifest: Manifest, directory: Path, towers: dict[str, Any], 
 
 
 def calibration_paths(source: str | Path | None, count: int) -> list[Path]:
-    """Up to ``count`` evenly spaced crops of a folder or list file (as ``tbps-index --images`` reads them)."""
+    """Up to ``count`` evenly spaced crops of a folder or list file (as ``tbps index --images`` reads them)."""
     if source is None:
         return []
     from tbps_runtime.model.images import collect_images

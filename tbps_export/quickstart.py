@@ -1,4 +1,5 @@
-"""``tbps quickstart``: the whole toolkit on the embedded default (the synthetic dataset).
+"""The whole toolkit on the embedded default (the synthetic dataset): :func:`run_quickstart`, which
+``tbps quickstart`` runs.
 
 Steps: synthetic dataset -> train the demo model -> evaluate -> export the
 bundle (with the explain graphs) and calibrate its score threshold on the val
@@ -16,13 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from tbps_runtime.cli.support import (
-    TbpsCommand, output_option, quiet_option, setup_logging, threads_option, user_errors_exit_2,
-)
 from tbps_runtime.atomic import read_json
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.synth import DEFAULT_IDS
@@ -34,28 +31,30 @@ RESULTS_K = 5  # crops per caption
 _METRICS = ("r1", "r5", "r10", "map", "minp")  # what eval.json must hold to be reused
 
 
-@click.command(cls=TbpsCommand)
-@output_option("Where the dataset, checkpoint and results go.", required=False, file_okay=False,
-               default="tbps-quickstart", aliases=("--workdir",))
-@click.option("--preset", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]))
-@click.option("--ids", default=DEFAULT_IDS, show_default=True, type=click.IntRange(min=8), help="Synthetic identities.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--examples", default=EXAMPLES, show_default=True, type=click.IntRange(min=1),
-              help="Test captions drawn on the results page.")
-@threads_option("Training threads (default: the cores other processes leave idle, re-checked as it "
-                "trains; pin it for bit-identical reruns).")
-@quiet_option()
-@user_errors_exit_2
-def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: int, threads: int | None,
-                       quiet: bool) -> None:
-    """Generate the synthetic dataset, train the demo model, evaluate it, export it,
-    index the test split and write a results page."""
-    from tbps_train.checkpoint import check_checkpoint_output
-    from tbps_train.cli import _quiet_libraries
+@dataclass(frozen=True)
+class Quickstart:
+    """What :func:`run_quickstart` made, each step's output (made now or reused)."""
 
-    quiet = setup_logging(quiet)
-    _quiet_libraries()
-    work = Path(output)
+    data: Path  # the synthetic dataset (CUHK-PEDES layout)
+    checkpoint: Path
+    evaluation: Path  # eval.json: the test split's metrics
+    metrics: dict[str, float]
+    bundle: Path
+    threshold: dict  # the bundle's score threshold record; empty when the val split could not calibrate one
+    gallery: Path  # the test split indexed by the runtime
+    pictures: tuple[Path, ...]  # results.png, results.html, explain.png
+    seconds: float
+
+
+def run_quickstart(work: str | Path, *, preset: str = "demo", ids: int = DEFAULT_IDS, seed: int = 0,
+                   examples: int = EXAMPLES, threads: int | None = None, progress: bool = True) -> Quickstart:
+    """Generate the synthetic dataset in ``work``, train ``preset`` on it, evaluate, export, calibrate,
+    index the test split and draw ``examples`` test captions' results; each step reuses what an earlier
+    run finished. ``threads``: training and calibration threads (default: the policy's)."""
+    from tbps_train.checkpoint import check_checkpoint_output
+
+    quiet = not progress
+    work = Path(work)
     data, checkpoint = work / "data", work / "m.pt"
     check_checkpoint_output(checkpoint)  # before the dataset: a foreign m.pt there is never trained over
     started = time.perf_counter()
@@ -67,16 +66,8 @@ def quickstart_command(output: str, preset: str, ids: int, seed: int, examples: 
     threshold = _calibrate(bundle, data, quiet, threads)
     gallery, records = _index(bundle, data, work / "g.npy", quiet)
     pictures = _results(bundle, gallery, records, work, examples)
-    click.echo(f"test: R@1 {metrics['r1']:.2f}  R@5 {metrics['r5']:.2f}  R@10 {metrics['r10']:.2f}  "
-               f"mAP {metrics['map']:.2f}  mINP {metrics['minp']:.2f}")
-    curves = checkpoint.with_suffix(".curves.png")
-    curves_note = f"  (training curves: {curves})" if curves.is_file() else ""
-    click.echo(f"dataset     {data}\ncheckpoint  {checkpoint}{curves_note}"
-               f"\nmetrics     {evaluation}\nbundle      {bundle}\nthreshold   {_threshold_line(threshold)}"
-               f"\ngallery     {gallery}"
-               "\nresults     " + "\n            ".join(str(p) for p in pictures))
-    click.echo(f"done in {time.perf_counter() - started:.0f}s")
-    click.echo(f"next: tbps-rank --gallery {gallery} --query \"a man in a red shirt\" -k 5 --show me.png --explain")
+    return Quickstart(data, checkpoint, evaluation, metrics, bundle, threshold, gallery, pictures,
+                      time.perf_counter() - started)
 
 
 def _dataset(data: Path, ids: int, seed: int, quiet: bool) -> None:
@@ -167,13 +158,6 @@ def _calibrate(bundle: Path, data: Path, quiet: bool, threads: int | None) -> di
     except ConfigError as e:  # a val split of one identity (--ids 8 or 9): the rest of the chain still runs
         logger.warning("      no score threshold: %s", e)
         return {}
-
-
-def _threshold_line(record: dict) -> str:
-    if not record:
-        return "not calibrated (the val split needs 2 identities or more)"
-    return (f"{record['value']:.4f} (tbps rank --min-score auto): at most {record['false_match_rate']:.0%} of "
-            f"strangers pass it, {record['found_rate']:.0%} of val captions have their person above it")
 
 
 def _index(bundle: Path, data: Path, gallery: Path, quiet: bool) -> tuple[Path, list]:

@@ -132,7 +132,8 @@ def to_mixed_precision(source: str | Path, destination: str | Path) -> Path:
     try:
         from onnxconverter_common import float16
     except ImportError as e:
-        raise ConfigError("--fp16 needs onnxconverter-common: pip install 'tbps[export]'") from e
+        raise ConfigError("fp16 needs onnxconverter-common: pip install 'tbps[export]'",
+                          code="fp16_converter_missing") from e
     model = onnx.load(str(source))
     originals = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     destination = Path(destination)

@@ -27,13 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
-from tbps_runtime.atomic import atomic_write_text, has_format, read_json, write_json_atomic
-from tbps_runtime.cli.support import TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
-from tbps_runtime.contract import MANIFEST_FILE, TOKENIZER_FILE, TOWERS, TensorSpec, TowerSpec
+from tbps_runtime.atomic import atomic_write_text, has_format, read_json, sha256_file, write_json_atomic
+from tbps_runtime.contract import MANIFEST_FILE, TOKENIZER_FILE, TOWERS, TensorSpec, TowerSpec, is_int
 from tbps_runtime.errors import BundleError, ConfigError, ExportError, OutputError
-from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, sha256_file, verify_files
+from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, verify_files
 from tbps_runtime.outputs import publish_permissions, replace_directory, staging_directory
 from tbps_runtime.paths import resolve_inside
 
@@ -236,9 +233,9 @@ def write_triton_repository(bundle: str | Path, output: str | Path, *, max_batch
 
 
 def _check_options(max_batch_size: Any, queue_delay_us: Any, onnx_device: Any) -> None:
-    if not _is_int(max_batch_size) or max_batch_size < 1:
+    if not is_int(max_batch_size) or max_batch_size < 1:
         raise ConfigError(f"max_batch_size must be an integer >= 1 (Triton's dynamic batching), not {max_batch_size!r}")
-    if not _is_int(queue_delay_us) or queue_delay_us < 0:
+    if not is_int(queue_delay_us) or queue_delay_us < 0:
         raise ConfigError(f"queue_delay_us must be an integer >= 0, not {queue_delay_us!r}")
     if onnx_device not in INSTANCE_KINDS:
         raise ConfigError(f"onnx_device must be one of {', '.join(INSTANCE_KINDS)}, not {onnx_device!r}")
@@ -308,7 +305,8 @@ def check_output(output: str | Path, force: bool, bundle: str | Path | None = No
     if bundle is not None:
         inside, root = output.resolve(), Path(bundle).resolve()
         if inside == root or root in inside.parents:
-            raise OutputError(f"-o {output} is inside the bundle {bundle}: write the Triton repository elsewhere")
+            raise OutputError(f"the output {output} is inside the bundle {bundle}: write the Triton repository "
+                              "elsewhere", code="triton_output_in_bundle", output=str(output), bundle=str(bundle))
     if not output.exists() and not output.is_symlink():
         return
     if not output.is_dir() or output.is_symlink():
@@ -317,10 +315,12 @@ def check_output(output: str | Path, force: bool, bundle: str | Path | None = No
         return
     if not is_repository(output):
         raise OutputError(f"{output} is not empty and is not a tbps Triton repository (no {REPOSITORY_FILE} with "
-                          f"format {REPOSITORY_FORMAT!r}): not replacing it, even with --force; choose another path")
+                          f"format {REPOSITORY_FORMAT!r}): not replacing it, even with force; choose another path",
+                          code="triton_output_foreign", output=str(output), file=REPOSITORY_FILE,
+                          format=REPOSITORY_FORMAT)
     if not force:
-        raise OutputError(f"Triton repository {output} already exists: choose another path or pass --force to "
-                          "replace it")
+        raise OutputError(f"Triton repository {output} already exists and force is off",
+                          code="triton_output_exists", output=str(output))
 
 
 def is_repository(directory: Path) -> bool:
@@ -479,33 +479,3 @@ def _tensor_problems(pb2: Any, tensor: Any, expected: tuple[str, list[int]], max
     elif any(d == 0 or d < -1 or (m != -1 and d != m) for d, m in zip(dims, model_dims)):
         problems.append(f"dims {dims} do not match the model's {model_dims}")
     return problems
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# ---- the command -----------------------------------------------------------
-
-@click.command(cls=TbpsCommand)
-@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle directory (tbps export).")
-# Not support.output_option: with click 8.5 its explicit default=None turns required=True off.
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Triton model repository directory to write.")
-@click.option("--max-batch", "max_batch_size", type=click.IntRange(1), default=32, show_default=True,
-              help="max_batch_size of each model (TensorRT models: at most their profile's max batch).")
-@click.option("--queue-delay-us", type=click.IntRange(0), default=500, show_default=True,
-              help="How long Triton's dynamic batcher waits for more requests, microseconds.")
-@click.option("--onnx-device", type=click.Choice(sorted(INSTANCE_KINDS)), default="cpu", show_default=True,
-              help="Where Triton runs the ONNX models (TensorRT engines always run on the GPU).")
-@click.option("--force", is_flag=True, help="Replace an existing tbps Triton repository at the output path.")
-@quiet_option("Warnings only on stderr.")
-@user_errors_exit_2
-def triton_command(bundle: Path, output: Path, max_batch_size: int, queue_delay_us: int, onnx_device: str,
-                   force: bool, quiet: bool) -> None:
-    """Write a Triton Inference Server model repository of a bundle's towers (ONNX, and its TensorRT
-    engines if any): config.pbtxt per model, tbps.json and tokenizer.json for clients."""
-    setup_logging(quiet)
-    path = write_triton_repository(bundle, output, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us,
-                                   onnx_device=onnx_device, force=force)
-    click.echo(str(path))

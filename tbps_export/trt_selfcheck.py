@@ -12,17 +12,14 @@ TensorRT or a GPU is missing or the bundle is bad.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import click
 import numpy as np
 
-from tbps_runtime.cli.support import TbpsCommand, setup_logging, user_errors_exit_2
 from tbps_runtime.contract import TOWERS, TowerSpec
 from tbps_runtime.errors import ExportError
 from tbps_runtime.model.bundle import Manifest, load_manifest, verify_files
@@ -108,7 +105,8 @@ def _median_ms(run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[
     return round(float(np.median(times)) * 1e3, 3)
 
 
-def _table(records: list[dict[str, Any]]) -> str:
+def table(records: list[dict[str, Any]]) -> str:
+    """The records as a Markdown table, with the GPU and TensorRT version under it."""
     lines = ["| tower | precision | build s | max abs diff vs ORT | min cosine | TensorRT ms | ORT CPU ms |",
              "|---|---|---|---|---|---|---|"]
     for r in records:
@@ -124,22 +122,3 @@ def _table(records: list[dict[str, Any]]) -> str:
                      + "; ".join(f"{r['tower']} {r['opt_shape']}" for r in records if r["ok"]
                                  and r["precision"] == ok["precision"]))
     return "\n".join(lines)
-
-
-@click.command(cls=TbpsCommand)
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
-              help="Engine precision(s) to check [default: both].")
-@click.option("--iterations", type=int, default=50, show_default=True, help="Timed runs per engine.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout instead of a table.")
-@user_errors_exit_2
-def selfcheck_command(bundle: Path, precisions: tuple[str, ...], iterations: int, as_json: bool) -> None:
-    """Build TensorRT engines from BUNDLE's ONNX towers, compare them with onnxruntime, and time them."""
-    setup_logging(quiet=as_json)
-    records = selfcheck(bundle, precisions or ("fp32", "fp16"), iterations=iterations)
-    click.echo(json.dumps(records, indent=2) if as_json else _table(records))
-    raise SystemExit(0 if all(r["ok"] for r in records) else 1)
-
-
-if __name__ == "__main__":
-    selfcheck_command()

@@ -160,11 +160,18 @@ def torch_runner(spec: TowerSpec, model: TextBasedPersonSearch) -> Callable[[dic
     return run
 
 
-def onnx_runner(path: str | Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """onnxruntime on the CPU: named numpy inputs -> the first output."""
+def cpu_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``path`` with ``threads`` intra-op threads (None: onnxruntime's default)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(path: str | Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """onnxruntime on the CPU: named numpy inputs -> the first output."""
+    session = cpu_session(path, threads)
     return lambda inputs: session.run(None, inputs)[0]
 
 
@@ -193,10 +200,11 @@ def parity_cases(spec: TowerSpec, image_size: tuple[int, int], tokenizer: Tokeni
 
 
 def validate_towers(paths: dict[str, Path], model: TextBasedPersonSearch, tokenizer: Tokenizer,
-                    atol: float = PARITY_ATOL) -> dict:
+                    atol: float = PARITY_ATOL, threads: int | None = None) -> dict:
     """Graph checks and onnxruntime-vs-PyTorch parity for every exported tower.
 
-    ``paths`` maps tower names (the contract's) to their ``.onnx`` files. Returns
+    ``paths`` maps tower names (the contract's) to their ``.onnx`` files; ``threads`` are the
+    onnxruntime sessions' intra-op threads (None: onnxruntime's default). Returns
     the manifest's ``parity`` record; raises one :class:`ExportError` (a
     :class:`ParityError` when only numbers differ) listing every failure.
     """
@@ -208,7 +216,7 @@ def validate_towers(paths: dict[str, Path], model: TextBasedPersonSearch, tokeni
             contract_failures += failures
             continue
         cases = parity_cases(spec, model.config.image_size, tokenizer, model.config.max_text_length)
-        parity[spec.name], failures = check_parity(spec.name, torch_runner(spec, model), onnx_runner(path),
+        parity[spec.name], failures = check_parity(spec.name, torch_runner(spec, model), onnx_runner(path, threads),
                                                    cases, atol)
         parity_failures += failures
     if contract_failures:

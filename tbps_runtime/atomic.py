@@ -1,9 +1,10 @@
-"""Write-then-rename, so a reader never sees a half-written artifact; and the one JSON reader, for which
-anything that is not JSON is a ``ValueError``."""
+"""Write-then-rename, so a reader never sees a half-written artifact; the one JSON reader, for which
+anything that is not JSON is a ``ValueError``; and the one file hash (:func:`sha256_file`)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -79,3 +80,12 @@ def has_format(path: str | Path, tag: str) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and record.get("format") == tag
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

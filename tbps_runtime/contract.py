@@ -2,7 +2,9 @@
 
 The exporter builds its dummy inputs and dynamic shapes from these specs, the
 manifest records them, and the runtime feeds tensors by these names; nobody
-repeats a tensor name as a string literal.
+repeats a tensor name as a string literal. Also declared once here: how a list is
+cut into blocks (gallery shards, training processes) and the one type check of
+records read from files.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from tbps_runtime.text import short
 
 OPSET = 18
 # Export validation, in the spirit of Hugging Face's exporters: embeddings are
@@ -89,7 +93,7 @@ TEXT_TOWER = TowerSpec(
 )
 TOWERS = (IMAGE_TOWER, TEXT_TOWER)
 
-# ---- optional "explain" graphs (tbps-export --explain) ---------------------
+# ---- optional "explain" graphs (tbps export --explain) ---------------------
 # The same towers, also returning the shared decoder's cross-attention averaged
 # over heads (paper Fig. 4). The default graphs above stay as they are.
 # Image: (B, D, h, w) over the backbone's feature map; text: (B, D + P, L) over
@@ -109,15 +113,31 @@ EXPLAIN_TOWERS = (IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER)
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
+# ---- blocks of a list ----------------------------------------------------------
+# ``tbps index --shard I/N`` embeds block I of the sorted image list, and N training processes each take
+# block RANK of the batch: one cut, so that N jobs agree on it from nothing but the list's length.
+
+def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+    """``[start, stop)`` of block ``index`` of ``count`` over ``total`` items, as ``np.array_split`` cuts it."""
+    base, extra = divmod(total, count)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
 # ---- records read from files -------------------------------------------------
 # A manifest and a run config are dataclasses filled from JSON a user may have edited: each field must hold
 # its annotated type before anything uses it (the one type check of such records).
+
+def is_int(value: Any) -> bool:
+    """An ``int`` that is not a ``bool`` (JSON's ``true`` is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 def mistyped_fields(record: Any) -> list[str]:
     """``"name is VALUE, expected TYPE"`` for each field of the dataclass ``record`` whose value is not of its
     annotated type: an ``int`` is no bool, a ``float`` finite; lists, tuples and dicts item by item."""
     hints = typing.get_type_hints(type(record))
-    return [f"{f.name} is {_short(getattr(record, f.name))}, expected {f.type}" for f in dataclasses.fields(record)
+    return [f"{f.name} is {short(getattr(record, f.name))}, expected {f.type}" for f in dataclasses.fields(record)
             if not _matches(getattr(record, f.name), hints[f.name])]
 
 
@@ -136,12 +156,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
     if hint is float:
-        return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
+        return is_int(value) or isinstance(value, float) and math.isfinite(value)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     return isinstance(value, type(None) if hint is None else hint)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tbps_runtime.errors import UnsafePathError
+from tbps_runtime.text import short
 
 
 def resolve_inside(root: str | Path, name: Any, what: str) -> Path:
@@ -30,17 +31,12 @@ def resolve_inside(root: str | Path, name: Any, what: str) -> Path:
             (``/x``, ``C:\\x``, ``\\\\host\\x``) or has a ``..`` component.
     """
     if not isinstance(name, str) or not name.strip():
-        raise UnsafePathError(f"{what} is {_short(name)}, expected a path relative to {root}/")
+        raise UnsafePathError(f"{what} is {short(name, 80)}, expected a path relative to {root}/")
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if "\x00" in name or name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
-        raise UnsafePathError(f"{what} is {_short(name)}, expected a path relative to {root}/ that stays "
+        raise UnsafePathError(f"{what} is {short(name, 80)}, expected a path relative to {root}/ that stays "
                               "inside it (no absolute path, no '..'): refusing to read outside it")
     return Path(root) / name
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def printable(text: str) -> str:

@@ -34,13 +34,14 @@ from tbps_runtime.model import attention
 from tbps_runtime.model.attention import Explanation
 from tbps_runtime.model.backends import Backend
 from tbps_runtime.model.bundle import Manifest
-from tbps_runtime.model.encoder import Encoder, ImageInput, check_queries
+from tbps_runtime.model.encoder import Encoder, ImageInput
 from tbps_runtime.outputs import disk_errors, output_lock
 from tbps_runtime.paths import printable
 from tbps_runtime.ranking import top_k_parts
 from tbps_runtime.store.base import Store
 from tbps_runtime.store.open import is_store_directory, open_store
 from tbps_runtime.store.rows import RowFilter, StoreHit
+from tbps_runtime.text import check_queries
 from tbps_runtime.threads import BLAS
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class PersonSearch:
         """Load a bundle once, after checking the SHA-256 of every file the backend will read.
 
         Args:
-            directory: the bundle (made by ``tbps-export``).
+            directory: the bundle (made by ``tbps export``).
             backend: ``"onnxruntime"`` or ``"tensorrt"``.
             threads: onnxruntime intra-op threads (default: the cores other processes leave idle).
             providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
@@ -130,7 +131,7 @@ class PersonSearch:
              min_score: float | str | None = None) -> list[list[Match]] | list[list[StoreHit]]:
         """The ``k`` best gallery rows for each query, best first (Eq. 14; ties keep gallery order).
 
-        A gallery built with a FAISS index (``tbps-index --faiss``) is searched with it
+        A gallery built with a FAISS index (``tbps index --faiss``) is searched with it
         unless ``exact``; :func:`describe_search` says which search that is. A store (``tbps ingest``)
         is searched exactly, after its ``row_filter``.
 
@@ -174,7 +175,8 @@ class PersonSearch:
         calibrated one).
 
         Raises:
-            ConfigError: ``"auto"`` with a bundle that was not calibrated, or not a number.
+            ConfigError: not a number or ``"auto"``, or not finite (code ``parameter_invalid``), or
+                ``"auto"`` with a bundle that was not calibrated (code ``min_score_uncalibrated``).
         """
         if value is None:
             return None
@@ -183,16 +185,18 @@ class PersonSearch:
                 try:
                     value = float(value)
                 except ValueError:
-                    raise ConfigError(f"--min-score {value!r} is not a number or 'auto'") from None
+                    raise ConfigError(f"min_score {value!r} is not a number or 'auto'", code="parameter_invalid",
+                                      names=("min_score",)) from None
             else:
                 record = getattr(self.manifest, "score_threshold", None) or {}
                 if not isinstance(record, dict) or record.get("value") is None:
-                    raise ConfigError(f"the bundle {self.directory} has no calibrated threshold for --min-score "
-                                      "auto: run tbps calibrate --bundle DIR --dataset NAME --root DIR, or give a "
-                                      "number")
+                    raise ConfigError(f"the bundle {self.directory} has no calibrated score threshold for "
+                                      "min_score 'auto': calibrate it on a labelled dataset (tbps calibrate), or "
+                                      "give a number", code="min_score_uncalibrated", bundle=str(self.directory))
                 return float(record["value"])
         if not np.isfinite(value):
-            raise ConfigError(f"--min-score must be a finite number, got {value}")
+            raise ConfigError(f"min_score must be a finite number, got {value}", code="parameter_invalid",
+                              names=("min_score",))
         return float(value)
 
     def _rank_store(self, queries: str | Sequence[str] | np.ndarray, store: Store, k: int, nprobe: int | None,
@@ -219,8 +223,9 @@ class PersonSearch:
             raise ConfigError(f"rescore must be 0 (off) or a number of candidates, got {rescore}")
         for name, value in (("nprobe", nprobe), ("rescore", rescore or None)):
             if value is not None and faiss is None:
-                raise ConfigError(f"{name} applies to a FAISS index: " + ("drop --exact" if exact else
-                                  "this gallery has none (tbps-index --faiss SPEC builds one)"))
+                raise ConfigError(f"{name} applies to a FAISS index: " + (
+                    "this search is exact (exact=True)" if exact else "this gallery has none (build_gallery_faiss "
+                    "builds one)"), code="faiss_option_without_index", name=name, exact=exact)
         if faiss is not None:
             scores, indices = faiss.top_k(query_embeddings, k, nprobe, rescore, parts)  # row -1: not found
         else:
@@ -232,7 +237,7 @@ class PersonSearch:
 
     def explain(self, query: str, images: Sequence[ImageInput]) -> Explanation:
         """The attention behind ``query``'s results (paper Fig. 4), from the bundle's explain graphs
-        (``tbps-export --explain``): an :class:`~tbps_runtime.model.attention.Explanation` with the query's
+        (``tbps export --explain``): an :class:`~tbps_runtime.model.attention.Explanation` with the query's
         ``tokens``, ``token_weights`` (D + P, T) and, per image, ``maps`` (N, D, h, w) and
         ``heatmaps`` (N, h, w) = A_avg."""
         check_queries([query])

@@ -1,4 +1,4 @@
-"""``tbps-ablate``: the paper's ablation rows (Tables 2-4, the supplement's D) over several seeds,
+"""``tbps ablate``: the paper's ablation rows (Tables 2-4, the supplement's D) over several seeds,
 and diagnostic rows (the full model with one non-paper setting changed).
 
 Every (row, seed) run trains to the preset's last epoch; the model kept is

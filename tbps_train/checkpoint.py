@@ -84,7 +84,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has num_identities {payload['num_identities']}: the file is damaged")
     if "train_state" in payload and not _is_train_state(payload["train_state"]):
         raise CheckpointError(f"{path} has a malformed train_state (epoch, optimizer, scheduler): the file is "
-                              "damaged; train again without --resume")
+                              "damaged; train again without resuming from it", code="train_state_malformed",
+                              path=str(path))
     return payload
 
 
@@ -112,8 +113,8 @@ def check_checkpoint_output(path: str | Path) -> None:
             return
     except Exception:  # torch.load raises many types for what is not a checkpoint
         pass
-    raise OutputError(f"-o {path} exists and is not a tbps checkpoint: training would replace it; choose another "
-                      "-o, or move the file")
+    raise OutputError(f"the output {path} exists and is not a tbps checkpoint: training would replace it; choose "
+                      "another output, or move the file", code="checkpoint_output_foreign", path=str(path))
 
 
 def _first_line(error: Exception) -> str:

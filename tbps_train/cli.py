@@ -1,4 +1,6 @@
-"""Command line: ``tbps-synth``, ``tbps-synth-footage``, ``tbps-train``, ``tbps-eval``, ``tbps-ablate``."""
+"""The trainer's command line: ``tbps synth``, ``synth-footage``, ``train``, ``eval``, ``ablate`` and ``data``
+(``check``: the dataset doctor; ``convert``: between annotation layouts). The library modules it calls
+speak Python; the flags live here."""
 
 from __future__ import annotations
 
@@ -6,39 +8,36 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tbps_runtime.cli.support import (
-    TbpsCommand, device_option, json_option, output_option, quiet_option, setup_logging, threads_option,
+from tbps_runtime.clikit import (
+    TbpsCommand, TbpsGroup, device_option, json_option, output_option, quiet_option, setup_logging, threads_option,
     user_errors_exit_2,
 )
+from tbps_runtime.climessages import in_flags
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.machine import cpu_model
+from tbps_runtime.paths import printable
 from tbps_runtime.synth import DEFAULT_IDS, DEFAULT_PARTS_IDS
 from tbps_runtime.threads import pinned_threads
 from tbps_train.ablate import ROWS as ABLATION_ROWS
 from tbps_train.config import PRESETS, RunConfig, apply_overrides, load_preset
+from tbps_train.data.convert.reading import FORMATS
+from tbps_train.data.doctor import DEFAULT_IMAGES_SAMPLE
+from tbps_train.data.formats import DATASETS, LAYOUTS
+
+if TYPE_CHECKING:
+    from tbps_train.data.convert.dataset import Conversion
 
 logger = logging.getLogger(__name__)
 
-DATASET_CHOICE = click.Choice(["cuhk-pedes", "icfg-pedes", "rstpreid", "csv"])  # tbps_train.data.readers.DATASETS
+DATASET_CHOICE = click.Choice(DATASETS)
 _DATASET_HELP = ("The annotations' layout: cuhk-pedes, icfg-pedes or rstpreid (the benchmarks' files), or csv "
                  "(your own captions: one row per image, person_id, caption[, split, camera]).")
 _ROOT_HELP = ("Dataset root directory; for csv, the .csv or .jsonl file, or the folder holding annotations.csv "
               "or annotations.jsonl (image paths are relative to its folder).")
-
-
-def _quiet_libraries() -> None:
-    """No network, and no progress bars from transformers' weight loading."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 @click.command(cls=TbpsCommand)
@@ -118,7 +117,7 @@ _TRAIN_THREADS_HELP = ("PyTorch intra-op threads (default: the cores other proce
 
 
 def _training_options(command):
-    """Options shared by tbps-train and tbps-ablate."""
+    """Options shared by tbps train and tbps ablate."""
     options = [
         click.option("--dataset", required=True, type=DATASET_CHOICE, help=_DATASET_HELP),
         click.option("--root", required=True, type=click.Path(), help=_ROOT_HELP),
@@ -191,14 +190,15 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
     process per GPU, --batch-size is the global batch):
 
     \b
-        torchrun --nproc_per_node 4 --no-python tbps-train --device cuda ...
+        torchrun --nproc_per_node 4 --no-python tbps train --device cuda ...
     """
     from tbps_train.checkpoint import check_checkpoint_output
+    from tbps_train.text import quiet_transformers
     from tbps_train.train import train
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     quiet = setup_logging(quiet or not main_process)
-    _quiet_libraries()
+    quiet_transformers()
     config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
                           cache_image_features)
     config = apply_overrides(config, "train", eval_every=eval_every, image_backbone_lr_scale=image_lr_scale,
@@ -222,7 +222,7 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
 
 
 @click.command(cls=TbpsCommand)
-@click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by tbps-train.")
+@click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by tbps train.")
 @click.option("--dataset", required=True, type=DATASET_CHOICE, help=_DATASET_HELP)
 @click.option("--root", required=True, type=click.Path(), help=_ROOT_HELP)
 @click.option("--split", default="test", show_default=True)
@@ -245,9 +245,10 @@ def eval_command(ckpt: str, dataset: str, root: str, split: str, device: str | N
     from tbps_train.data.readers import read_split
     from tbps_train.distributed import check_device
     from tbps_train.evaluate import evaluate
+    from tbps_train.text import quiet_transformers
 
     setup_logging(quiet=as_json)
-    _quiet_libraries()
+    quiet_transformers()
     _set_threads(threads)
     device = "cpu" if device is None else device  # --device "" is a device name to check, not "none given"
     check_device(device)
@@ -298,15 +299,16 @@ def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, 
     """
     from tbps_train.ablate import markdown_table, run_ablation, select_rows, write_summary
     from tbps_train.data.readers import read_split
+    from tbps_train.text import quiet_transformers
 
     quiet = setup_logging(quiet)
-    _quiet_libraries()
+    quiet_transformers()
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError as e:
         raise ConfigError(f"--seeds must be comma-separated integers, not {seeds!r}") from e
     if seed is not None or not seed_list:
-        raise ConfigError("give tbps-ablate its seeds as --seeds 0,1,2")
+        raise ConfigError("give tbps ablate its seeds as --seeds 0,1,2")
     config = _config_from(preset, epochs, batch_size, lr, None, device, image_backbone, text_backbone,
                           cache_image_features)
     meta = {"dataset": dataset, "preset": preset, "selection": "last epoch",
@@ -320,3 +322,115 @@ def ablate_command(dataset, root, preset, epochs, batch_size, lr, seed, device, 
                  threads=threads)
     document = write_summary(output, meta)
     click.echo(markdown_table(document["summary"]))
+
+
+# ---- tbps data: check and convert ------------------------------------------------------
+
+@click.group(cls=TbpsGroup, name="data")
+def data_group() -> None:
+    """Check dataset roots before training on them."""
+
+
+@data_group.command("check", cls=TbpsCommand)
+@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="The layout to check the root against.")
+@click.option("--root", required=True, type=click.Path(), help="Dataset root directory.")
+@json_option("Print the report as one JSON document on stdout.")
+@click.option("--images-sample", default=DEFAULT_IMAGES_SAMPLE, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Images to decode (a seeded sample; 0 = all). Every image's existence and size is checked.")
+@click.option("--token-limit", type=click.IntRange(min=1), metavar="N",
+              help="Count captions longer than N whitespace words (when the preset's tokenizer cannot load).")
+@click.option("--preset", type=click.Choice(PRESETS),
+              help="Count captions the preset's tokenizer truncates at its max_text_length [default: demo].")
+@user_errors_exit_2
+def check_command(dataset: str, root: str, as_json: bool, images_sample: int, token_limit: int | None,
+                  preset: str | None) -> None:
+    """Report every problem of a dataset root, grouped, with what to do.
+
+    Finds the annotation file (or says what is there instead and the command
+    that converts it), compares each split with the paper's published figures,
+    checks that every image exists and is not empty, decodes a sample of them,
+    and looks for identities shared between splits, empty captions, one caption
+    for several people and captions longer than the model reads.
+
+    \b
+    Exit status:
+      0  clean
+      1  warnings only: tbps can train on it, but look at the warnings
+      2  unusable: tbps train/eval would refuse it or fail on it (the report says why);
+         a missing root or a bad option is one 'error:' line, as for every command
+    """
+    from tbps_train.data.doctor import check_dataset, format_report, preset_token_counter, word_counter
+
+    setup_logging(quiet=as_json)
+    if token_limit is not None and preset is not None:
+        raise ConfigError("give --token-limit N (whitespace words) or --preset NAME (its tokenizer), not both")
+    counter, skipped = None, None
+    if token_limit is not None:
+        counter = word_counter(token_limit)
+    else:
+        try:
+            counter = preset_token_counter(preset or "demo")
+        except ConfigError as e:  # the report says the check was skipped, and why
+            skipped = in_flags(e)
+    report = check_dataset(dataset, root, images_sample=images_sample, token_counter=counter,
+                           token_skip_reason=skipped)
+    click.echo(json.dumps(report.to_json()) if as_json else format_report(report))
+    click.get_current_context().exit(report.status)
+
+
+@data_group.command("convert", cls=TbpsCommand)
+@click.option("--from", "from_format", required=True, type=click.Choice(FORMATS), help="Layout of the input.")
+@click.option("--to", "to_format", required=True, type=click.Choice(FORMATS), help="Layout to write.")
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="The input's annotation file, or its folder (per-split layouts: the folder of their files).")
+@click.option("--root", required=True, type=click.Path(file_okay=False),
+              help="Dataset root to write: the annotation file(s) and imgs/ (a link, never a copy).")
+@click.option("--images", type=click.Path(file_okay=False),
+              help="Images folder to link ROOT/imgs to (default: the input's, when found).")
+@click.option("--overwrite", is_flag=True, help="Replace existing annotation files (and an imgs link).")
+@json_option()
+@quiet_option()
+@user_errors_exit_2
+def convert_command(from_format: str, to_format: str, input_path: str, root: str, images: str | None,
+                    overwrite: bool, as_json: bool, quiet: bool) -> None:
+    """Convert dataset annotations between layouts (caption_all.json, reid_raw.json, ICFG-PEDES, RSTPReid,
+    RaSa, TBPS-CLIP, APTM, CSV); the result is read back and summarised per split."""
+    from tbps_train.data.convert.dataset import convert_dataset
+
+    quiet = setup_logging(quiet)
+    conversion = convert_dataset(from_format, to_format, input_path, root, images=images, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(conversion.to_json(), indent=2))
+    elif not quiet:
+        click.echo("\n".join(_summary_lines(conversion)))
+
+
+def _summary_lines(conversion: Conversion) -> list[str]:
+    """The text report of a conversion: what was written, the per-split table, images, notes."""
+    lines = [f"wrote {conversion.annotation} ({LAYOUTS[conversion.to_format].title}) from {conversion.input_path} "
+             f"({conversion.from_format})",
+             f"{'split':<6} {'entries':>9} {'images':>9} {'identities':>11} {'captions':>9}"]
+    for split, c in conversion.splits.items():
+        lines.append(f"{split:<6} {c.entries:>9,} {c.images:>9,} {c.identities:>11,} {c.captions:>9,}")
+    lines += conversion.notes
+    total = sum(c.images for c in conversion.splits.values())
+    if conversion.images_found is not None:
+        missing = total - conversion.images_found
+        state = "all found" if not missing else f"{missing:,} of {total:,} missing"
+        lines.append(f"images: {conversion.images_dir} ({state})")
+    hint = _doctor_hint(conversion)
+    return [printable(line) for line in lines + ([hint] if hint else [])]
+
+
+def _doctor_hint(conversion: Conversion) -> str | None:
+    """The dataset doctor's verdict on what was written (a layout tbps reads), and the command for its report."""
+    if conversion.to_format not in DATASETS:
+        return None
+    from tbps_train.data.doctor import check_dataset
+
+    command = f"tbps data check --dataset {conversion.to_format} --root {conversion.root}"
+    if conversion.images_found is None:
+        return f"images not linked yet: then check it: {command}"
+    report = check_dataset(conversion.to_format, conversion.root, images_sample=100, token_counter=None,
+                           token_skip_reason="not measured right after converting")
+    return f"data check: {report.verdict} (the full report: {command})"

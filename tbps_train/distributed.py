@@ -1,4 +1,4 @@
-"""Data-parallel training across processes: ``torchrun --nproc_per_node N tbps-train ...``.
+"""Data-parallel training across processes: ``torchrun --nproc_per_node N --no-python tbps train ...``.
 
 One process per GPU (NCCL) or per CPU worker (gloo). The processes agree on
 the global batches (one shuffle seeded by seed and epoch) and each takes a
@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from tbps_runtime.errors import ConfigError
-from tbps_runtime.gallery.shards import shard_bounds
+from tbps_runtime.contract import shard_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +44,21 @@ def check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"--device {device!r} is not a device PyTorch knows: use cpu, cuda or cuda:N") from e
+        raise ConfigError(f"device {device!r} is not a device PyTorch knows: use cpu, cuda or cuda:N",
+                          code="parameter_invalid", names=("device",)) from e
     if parsed.type == "cpu" or parsed.type == "mps" and torch.backends.mps.is_available():
         return
     if parsed.type != "cuda":
-        raise ConfigError(f"--device {device!r}: tbps trains and evaluates on cpu, cuda or cuda:N here")
+        raise ConfigError(f"device {device!r}: tbps trains and evaluates on cpu, cuda or cuda:N here",
+                          code="parameter_invalid", names=("device",))
     if not torch.cuda.is_available():
         build = "a CPU-only build of PyTorch" if torch.version.cuda is None else "no usable GPU"
-        raise ConfigError(f"--device {device}: this machine has {build}; use --device cpu, or install "
-                          "PyTorch with CUDA on a machine with an NVIDIA GPU")
+        raise ConfigError(f"device {device}: this machine has {build}; use device cpu, or install PyTorch with "
+                          "CUDA on a machine with an NVIDIA GPU", code="device_without_cuda", device=device,
+                          build=build)
     if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
-                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        raise ConfigError(f"device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}", code="parameter_invalid", names=("device",))
 
 
 @dataclass

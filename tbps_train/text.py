@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ logger = logging.getLogger(__name__)
 
 # The tiny test backbone borrows MiniLM's uncased WordPiece vocabulary.
 _TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def quiet_transformers() -> None:
+    """No network, and no progress bars from transformers' weight loading (for the commands: the
+    environment is the process's)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def load_text_backbone(spec: str, seed: int = 0) -> tuple[nn.Module, str]:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from tbps_runtime.errors import CheckpointError, DataError
 from tbps_runtime.machine import cpu_model
 from tbps_runtime.threads import AdaptiveThreads, ThreadChoice, choose_threads
-from tbps_runtime.model.bundle import sha256_file
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_runtime.outputs import check_writable
 from tbps_train.backbones import load_image_weights, resolve_image_weights

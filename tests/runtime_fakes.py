@@ -1,5 +1,6 @@
 """A hand-made bundle for the runtime tests: tiny valid ONNX towers, a word-level tokenizer, a manifest;
-and stand-in ``tensorrt``/``cuda`` modules that run "engines" (ONNX bytes) in onnxruntime.
+stand-in ``tensorrt``/``cuda`` modules that run "engines" (ONNX bytes) in onnxruntime; and image files
+that cannot be read (:func:`write_bad`).
 
 The towers make retrieval predictable. The image tower maps an image's mean
 normalised colour c (3,) to c @ W, split into K slots of d; the text tower sums
@@ -24,8 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.contract import EMBEDDINGS, IMAGE_TOWER, OPSET, TEXT_TOWER, TOKENIZER_FILE
-from tbps_runtime.model.bundle import Manifest, load_manifest, sha256_file, write_manifest
+from tbps_runtime.model.bundle import Manifest, load_manifest, write_manifest
 from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255),
@@ -34,6 +36,18 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 OTHER_WORDS = ["a", "person", "in", "wearing", "coat", "shirt"]
 IMAGE_SIZE = (16, 8)
 MAX_LENGTH = 12
+
+
+def write_bad(tmp_path, kind):
+    """An unreadable image file in ``tmp_path`` (beside a readable good.jpg): ``kind`` is corrupt, empty,
+    truncated or text."""
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(good)
+    path = tmp_path / f"{kind}.jpg"
+    data = good.read_bytes()
+    path.write_bytes({"corrupt": b"\xff\xd8\xff" + bytes(range(256)) * 4, "empty": b"",
+                      "truncated": data[:len(data) // 2], "text": b"this is not an image\n"}[kind])
+    return path
 
 
 def normalised_colour(rgb) -> np.ndarray:

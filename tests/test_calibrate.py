@@ -13,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli_assertions import assert_user_error
-from tbps_export.calibrate import (allowed_false_matches, calibrate_bundle, calibrate_command, calibrate_embeddings,
+from tbps_export.calibrate import (allowed_false_matches, calibrate_bundle, calibrate_embeddings,
                                    false_match_threshold, threshold_figures)
+from tbps_export.cli import calibrate_command
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.errors import BundleError, ConfigError
-from tbps_runtime.model.bundle import load_manifest, score_threshold, sha256_file, verify_files
+from tbps_runtime.model.bundle import load_manifest, score_threshold, verify_files
 
 # float32 spacing (one ulp) at the hand-made scores below: 2^-24 in [0.5, 1), 2^-25 in [0.25, 0.5), 2^-27 near 0.1
 ABOVE = {0.9: float(np.float32(0.9)) + 2 ** -24, 0.5: 0.5 + 2 ** -24, 0.4: float(np.float32(0.4)) + 2 ** -25,
@@ -292,6 +294,7 @@ def test_an_int8_bundle_is_calibrated_with_its_own_towers(int8_bundle, calibrate
 
 
 def test_quickstart_calibrates_its_bundle_once(calibrated, synth_root, tmp_path):
+    from tbps_export import cli as export_cli
     from tbps_export import quickstart
 
     bundle = tmp_path / "m.bundle"
@@ -301,8 +304,8 @@ def test_quickstart_calibrates_its_bundle_once(calibrated, synth_root, tmp_path)
     stamp = (bundle / "manifest.json").stat().st_mtime_ns
     assert quickstart._calibrate(bundle, synth_root, quiet=True, threads=1) == record
     assert (bundle / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rewritten
-    assert "of strangers pass it" in quickstart._threshold_line(record)
-    assert "not calibrated" in quickstart._threshold_line({})
+    assert "of strangers pass it" in export_cli._threshold_line(record)
+    assert "not calibrated" in export_cli._threshold_line({})
 
 
 def test_a_val_split_of_one_identity_is_refused_and_the_quickstart_goes_on(calibrated, tmp_path):

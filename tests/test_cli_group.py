@@ -106,3 +106,27 @@ def test_group_quiet_silences_info_lines(tmp_path):
 def test_a_missing_required_output_is_a_usage_error_not_a_traceback():
     """click 8.5 treats an explicit default=None as a default: -o must stay required."""
     assert_user_error(invoke(["synth"]), "Missing option '-o'")
+
+
+def _every_command():
+    """(path, command) of every subcommand this install lists, a group's commands included."""
+    for name, point in group.available_commands().items():
+        command = point.load()
+        subcommands = getattr(command, "commands", {})
+        yield from ((f"{name} {sub}", c) for sub, c in subcommands.items()) if subcommands else [(name, command)]
+
+
+def test_threads_is_one_shared_option_everywhere():
+    """--threads is tbps_runtime.clikit.threads_option on every command that runs PyTorch or onnxruntime."""
+    from tbps_runtime.clikit import MAX_THREADS
+
+    threaded = {path: param for path, command in _every_command() for param in command.params if param.name == "threads"}
+    assert {"ablate", "calibrate", "eval", "export", "gallery reindex", "index", "ingest", "quickstart", "rank",
+            "serve", "train"} <= set(threaded)
+    for path, param in threaded.items():
+        assert param.opts == ["--threads"] and (param.type.min, param.type.max) == (1, MAX_THREADS), path
+    assert_user_error(invoke(["export", "--ckpt", "m.pt", "--threads", "0"]), "--threads")
+
+
+def test_triton_output_is_required():
+    assert_user_error(invoke(["triton", "--bundle", "b"]), "Missing option '-o'")

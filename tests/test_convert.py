@@ -15,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli_assertions import assert_user_error, run
+from tbps_runtime.climessages import in_flags
 from tbps_runtime.errors import DataError, InputFileNotFoundError, OutputError
+from tbps_train.cli import convert_command
 from tbps_train.data.convert import images as convert_images
 from tbps_train.data.convert import (
-    FORMATS, convert, convert_command, convert_dataset, detect_format, read_layout, standard_cuhk_split,
+    FORMATS, convert, convert_dataset, detect_format, read_layout, standard_cuhk_split,
 )
 from tbps_train.data.formats import has_visible_text
 from tbps_train.data.readers import dataset_splits, read_csv_dataset, read_split
@@ -318,8 +320,10 @@ def test_rasa_entry_in_the_wrong_file(tmp_path):
 def test_aptm_folder_with_two_datasets_asks_for_one_file(tmp_path):
     shutil.copytree(CONVERT / "aptm", tmp_path / "finetune")
     shutil.copy(CONVERT / "aptm" / "cuhk_train.json", tmp_path / "finetune" / "rstp_train.json")
-    with pytest.raises(DataError, match=r"APTM files of 2 datasets \(cuhk, rstp\).*--input .*cuhk_train\.json"):
+    with pytest.raises(DataError, match=r"APTM files of 2 datasets \(cuhk, rstp\).*as the input.*cuhk_train\.json") \
+            as refused:
         convert("aptm", "cuhk-pedes", tmp_path / "finetune", tmp_path / "out")
+    assert refused.value.code == "convert_input_ambiguous" and "--input" in in_flags(refused.value)
     convert("aptm", "cuhk-pedes", tmp_path / "finetune" / "rstp_train.json", tmp_path / "out")
     assert list(records("cuhk-pedes", tmp_path / "out")) == ["train"]
 
@@ -383,8 +387,9 @@ def test_in_place_beside_the_original_release(tmp_path):
 
 def test_refuses_to_overwrite_without_overwrite(tmp_path):
     (tmp_path / "reid_raw.json").write_text("mine")
-    with pytest.raises(OutputError, match=r"reid_raw\.json exists: pass --overwrite"):
+    with pytest.raises(OutputError, match=r"reid_raw\.json exists: pass overwrite=True") as refused:
         convert("cuhk-original", "cuhk-pedes", CONVERT / "cuhk-original", tmp_path)
+    assert refused.value.code == "convert_output_exists" and "pass --overwrite" in in_flags(refused.value)
     assert (tmp_path / "reid_raw.json").read_text() == "mine"
     convert("cuhk-original", "cuhk-pedes", CONVERT / "cuhk-original", tmp_path, overwrite=True)
     assert len(load(tmp_path / "reid_raw.json")) == 12
@@ -407,8 +412,9 @@ def test_images_link_is_relative_and_replaced_only_when_asked(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (root / "reid_raw.json").unlink()
-    with pytest.raises(OutputError, match="links to .*pass --overwrite to relink it"):
+    with pytest.raises(OutputError, match="links to .*pass overwrite=True to relink it") as refused:
         convert("cuhk-original", "cuhk-pedes", CONVERT / "cuhk-original", root, images=other, overwrite=False)
+    assert "pass --overwrite to relink it" in in_flags(refused.value)
     conversion = convert_dataset("cuhk-original", "cuhk-pedes", CONVERT / "cuhk-original", root, images=other,
                                  overwrite=True)
     assert (root / "imgs").resolve() == other.resolve() and conversion.images_found == 0

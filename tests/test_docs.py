@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README_MAX_LINES = 250
 SETUP_COMMANDS = [
-    'pip install torch==2.13.0 && pip install -e ".[export]" && tbps-quickstart',
+    'pip install torch==2.13.0 && pip install -e ".[export]" && tbps quickstart',
     'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -q',
 ]
 BENCHMARK_JSON = sorted((ROOT / "docs" / "benchmarks").glob("*.json"))

@@ -17,12 +17,12 @@ from PIL import Image
 
 from cli_assertions import assert_user_error
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError
+from tbps_train.cli import check_command, convert_command
 from tbps_train.data import doctor
 from tbps_train.data.doctor import (
     CLEAN, PUBLISHED, UNUSABLE, WARNINGS, Figures, check_dataset, format_report, preset_token_counter, word_counter,
 )
 from tbps_train.data.readers import DATASETS, dataset_splits, read_split
-from tbps_train.data_cli import check_command
 
 LAYOUT = {"cuhk-pedes": ("reid_raw.json", "file_path"), "icfg-pedes": ("ICFG-PEDES.json", "file_path"),
           "rstpreid": ("data_captions.json", "img_path")}
@@ -200,12 +200,11 @@ def move_to_caption_all(root: Path) -> None:
 @pytest.mark.parametrize("layout", [move_to_caption_all, split_into_rasa_files])
 def test_the_suggested_conversion_makes_a_clean_root(root, layout):
     """The command the doctor prints, run as printed (the converter's own CLI), fixes the root."""
-    convert = pytest.importorskip("tbps_train.data.convert", reason="the converter is not in this tree")
     layout(root)
     (alternative,) = check(root).annotation["alternatives"]
     words = shlex.split(alternative["command"])
     assert words[:3] == ["tbps", "data", "convert"]
-    result = CliRunner().invoke(convert.convert_command, words[3:], catch_exceptions=False)
+    result = CliRunner().invoke(convert_command, words[3:], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert check(root).status == CLEAN
 

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from tbps_runtime.climessages import in_flags
 import torch
 from click.testing import CliRunner
 
@@ -27,13 +29,14 @@ from tbps_export.cli import export_command
 from tbps_export.fuse import fused_op_counts
 from tbps_export.tensorrt_build import profile_shapes, unavailable_reason
 from tbps_export.towers import axis_sizes, build_tower
-from tbps_export.validate import CAPTIONS, LONG_CAPTION, check_graph, onnx_runner
+from tbps_export.validate import CAPTIONS, LONG_CAPTION, check_graph, cpu_session, onnx_runner
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.contract import (
     EXPLAIN_TOWERS, IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER, TOKENIZER_FILE, TOWERS,
 )
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError, InputFileNotFoundError
 from tbps_runtime.machine import cpu_model
-from tbps_runtime.model.bundle import load_manifest, sha256_file, verify_files
+from tbps_runtime.model.bundle import load_manifest, verify_files
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_train.checkpoint import VERSION, load_checkpoint, model_from_checkpoint
 from cli_assertions import assert_user_error
@@ -271,8 +274,10 @@ def test_newer_checkpoint_version(tiny_checkpoint, tmp_path):
 def test_existing_output_is_refused_without_force(exported_bundle, tiny_checkpoint, tmp_path, fast_export):
     bundle = shutil.copytree(exported_bundle, tmp_path / "m.bundle")  # a copy: the session's is shared
     before = sha256_file(bundle / MANIFEST_FILE)
-    with pytest.raises(BundleError, match="--force"):
+    with pytest.raises(BundleError, match="already exists") as refused:
         export_bundle(tiny_checkpoint, bundle)
+    assert refused.value.code == "bundle_output_exists" and "--" not in str(refused.value)
+    assert "pass --force" in in_flags(refused.value)
     assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", bundle]), "already exists", "--force")
     assert sha256_file(bundle / MANIFEST_FILE) == before
     stranger = tmp_path / "notes"
@@ -307,6 +312,12 @@ def test_failed_parity_fails_the_export(tiny_checkpoint, tmp_path, fast_export):
     assert_nothing_left(tmp_path, "strict")
     assert_user_error(invoke(["--ckpt", tiny_checkpoint, "-o", output, "--atol", 0]), "max abs difference")
     assert not output.exists()
+
+
+def test_parity_sessions_run_with_the_thread_count(exported_bundle):
+    """tbps export --threads N reaches the onnxruntime sessions that check the graphs."""
+    session = cpu_session(exported_bundle / IMAGE_TOWER.onnx_file, threads=1)
+    assert session.get_session_options().intra_op_num_threads == 1
 
 
 def test_perturbed_graph_fails_parity(exported_bundle, tiny_checkpoint, tmp_path, monkeypatch):

@@ -9,10 +9,10 @@ The classes, and the one mechanism each:
   batch: :func:`tbps_runtime.model.bundle.check_sizes`, :func:`tbps_runtime.model.backends.check_graph`,
   :meth:`tbps_runtime.model.encoder.Encoder.run_tower`; the explain graphs through the same checks
   (:func:`tbps_runtime.model.bundle.check_towers` for their entries, :meth:`Encoder.run_graph` for their calls);
-- text: :func:`tbps_runtime.model.encoder.check_queries` refuses undecodable and invisible-only
+- text: :func:`tbps_runtime.text.check_queries` refuses undecodable and invisible-only
   queries; :func:`tbps_runtime.paths.printable` makes non-UTF-8 file names printable;
 - operating-system errors become one line at the command-line boundary
-  (:func:`tbps_runtime.cli.support.os_error_message`); ``tbps train`` checks its output
+  (:func:`tbps_runtime.clikit.os_error_message`); ``tbps train`` checks its output
   (:func:`tbps_runtime.outputs.check_writable`) and its device (:func:`tbps_train.distributed.check_device`)
   before training;
 - crafted metadata (checkpoints, ``g.json``, list files, partial-index state, shard counts) is type- and range-checked.
@@ -41,8 +41,8 @@ from cli_assertions import assert_user_error, index, run
 from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, IMAGE_TOWER, TEXT_EXPLAIN_TOWER, TEXT_TOWER
 from tbps_runtime.errors import DataError, QueryError, UnsafePathError
-from tbps_runtime.model.encoder import check_queries
 from tbps_runtime.paths import printable, resolve_inside
+from tbps_runtime.text import check_queries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -466,15 +466,18 @@ def test_train_refuses_an_unwritable_output_before_training(unprivileged, synth_
 @pytest.mark.parametrize("device, fragment", [("tpu:7", "not a device PyTorch knows"), ("cuda", "--device cuda"),
                                               ("cuda:99", "--device cuda:99"), ("meta", "cpu, cuda")])
 def test_devices_this_machine_cannot_use_are_one_error(device, fragment):
+    """The library names the device; the command line's line for the same error, the option."""
     import torch
 
+    from tbps_runtime.climessages import in_flags
     from tbps_runtime.errors import ConfigError
     from tbps_train.distributed import check_device
 
     if device.startswith("cuda") and torch.cuda.is_available() and device == "cuda":
         pytest.skip("this machine has CUDA: --device cuda is valid here")
-    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=fragment.removeprefix("--").replace("(", r"\(")) as refused:
         check_device(device)
+    assert "--" not in str(refused.value) and fragment in in_flags(refused.value)
     check_device("cpu")
 
 

@@ -18,6 +18,7 @@ pytest.importorskip("av", reason="PyAV is needed for footage: pip install 'tbps[
 pytest.importorskip("trackers", reason="the trackers package is needed: pip install 'tbps[footage]'")
 
 from cli_assertions import assert_user_error, run  # noqa: E402
+from fake_detectors import Interrupt, constant_graph, yolo_constant_graph  # noqa: E402
 from runtime_fakes import make_fake_bundle  # noqa: E402
 
 from tbps_runtime.cli.ingest import gallery_group, ingest_command  # noqa: E402
@@ -119,18 +120,6 @@ def test_ingesting_again_skips_finished_sources_and_refuses_other_settings(foota
     assert_user_error(other, "other settings", "fps")
 
 
-class _Interrupt:
-    """A detector that reads ground truth and raises ``error`` at frame ``at`` (Ctrl-C, a crash)."""
-
-    def __init__(self, path, at, error):
-        self.inner, self.at, self.error, self.name = FileDetections(path), at, error, "file:cam1.gt.txt"
-
-    def detect(self, frame, index):
-        if index == self.at:
-            raise self.error
-        return self.inner.detect(frame, index)
-
-
 def test_ctrl_c_keeps_the_finished_windows_and_a_rerun_continues(footage, bundle, tmp_path):
     directory, _ = footage
     encoder = Encoder.from_bundle(bundle, threads=1)
@@ -139,7 +128,7 @@ def test_ctrl_c_keeps_the_finished_windows_and_a_rerun_continues(footage, bundle
     source = str(directory / "cam1.mp4")
     with store.writing():
         with pytest.raises(KeyboardInterrupt):
-            ingest_source(source, store, encoder, _Interrupt(directory / "cam1.gt.txt", 26, KeyboardInterrupt()),
+            ingest_source(source, store, encoder, Interrupt(directory / "cam1.gt.txt", 26, KeyboardInterrupt()),
                           settings)
         saved = json.loads(store.progress(source))
         frames_before = {r.frame for _, records in store.iter_rows() for r in records}
@@ -158,12 +147,12 @@ def test_a_hard_kill_loses_at_most_the_current_window(footage, bundle, tmp_path)
     code = f"""
 import os, signal, sys
 sys.path.insert(0, {str(TESTS)!r})
-from test_ingest import _Interrupt
+from fake_detectors import Interrupt
 from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source
 from tbps_runtime.model.encoder import Encoder
 from tbps_runtime.store.local import LocalStore
 
-class Kill(_Interrupt):
+class Kill(Interrupt):
     def detect(self, frame, index):
         if index == self.at:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -300,7 +289,6 @@ def test_plain_galleries_refuse_store_filters(gallery):
 def test_a_yolo_export_finds_people_standing_still(bundle, tmp_path):
     """The detector path end to end: a still scene, and a graph in YOLOv8's output layout that predicts the
     people's boxes (letterboxed) plus a shifted duplicate of each (NMS must drop it) and a car (class 1)."""
-    from test_ingest_detectors import yolo_constant_graph
     from tbps_runtime.synth.footage import generate_footage
 
     out = generate_footage(tmp_path / "still", cameras=1, seconds=1.0, fps=10.0, size=(320, 180), people=3, seed=2,
@@ -416,7 +404,6 @@ def test_a_damaged_video_is_ingested_as_far_as_it_decodes(footage, bundle, tmp_p
 
 
 def test_a_detector_of_the_wrong_layout_is_one_error_line(footage, bundle, tmp_path):
-    from test_ingest_detectors import constant_graph
 
     directory, _ = footage
     graph = constant_graph(tmp_path / "seg.onnx", np.zeros((1, 7, 5, 3)), (640, 640))

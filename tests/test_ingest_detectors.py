@@ -1,8 +1,6 @@
 """Person detectors for tbps ingest: NMS and letterbox by hand, the YOLO export layouts on constant
-ONNX graphs (decoded boxes checked against hand-computed frame boxes), HOG's contract, and MOT files.
-
-``yolo_constant_graph`` is also the end-to-end tests' stand-in detector: a graph whose output is a fixed
-prediction, so a still scene's people are "detected" where the test put them.
+ONNX graphs (tests/fake_detectors.py; decoded boxes checked against hand-computed frame boxes), HOG's
+contract, and MOT files.
 """
 
 import sys
@@ -11,13 +9,12 @@ import types
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw
 
+from fake_detectors import anchor_count, constant_graph, yolo_constant_graph
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
 from tbps_runtime.ingest import detectors
 from tbps_runtime.ingest.detectors import (
@@ -39,66 +36,6 @@ except ImportError:
     cv2 = None
 needs_hog = pytest.mark.skipif(cv2 is None or not hasattr(cv2, "HOGDescriptor"),
                                reason="needs OpenCV 4.x (OpenCV 5 has no HOGDescriptor; pip install 'opencv-python<5')")
-
-
-# ---------------------------------------------------------------- constant ONNX graphs
-def _anchor_count(layout: str, input_size) -> int:
-    """Rows of ultralytics' heads at ``input_size``: one per cell at strides 8/16/32 (v8), three (v5)."""
-    height, width = input_size
-    cells = sum((height // s) * (width // s) for s in (8, 16, 32))
-    return {"v8": cells, "v5": 3 * cells, "e2e": 300}[layout]
-
-
-def constant_graph(path, prediction, input_size=(640, 640), *, dtype=np.float32, input_shape=None,
-                   output_shape=None, metadata=None, outputs=1):
-    """An ONNX file 'images' (1, 3, h, w) -> 'output0' = ``prediction`` + 0 * mean(images)
-    (``outputs=2``: a second output too). Shapes may be declared dynamic with strings."""
-    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
-    prediction = np.asarray(prediction, dtype)
-    nodes = [
-        helper.make_node("Constant", [], ["prediction"], value=numpy_helper.from_array(prediction)),
-        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.zeros((), dtype))),
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
-        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
-        helper.make_node("Add", ["prediction", "nothing"], ["output0"]),
-    ]
-    graph_outputs = [helper.make_tensor_value_info("output0", elem, output_shape or list(prediction.shape))]
-    if outputs == 2:
-        nodes.append(helper.make_node("Identity", ["prediction"], ["output1"]))
-        graph_outputs.append(helper.make_tensor_value_info("output1", elem, list(prediction.shape)))
-    graph = helper.make_graph(
-        nodes, "constant_detector",
-        [helper.make_tensor_value_info("images", elem, input_shape or [1, 3, *input_size])], graph_outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    for key, value in (metadata or {}).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
-
-
-def yolo_constant_graph(path, boxes_xyxy_in_input_pixels, scores, layout="v8", input_size=(640, 640), *,
-                        classes=None, nc=None, dtype=np.float32, **graph_options):
-    """A YOLO export of ``layout`` ("v5", "v8" or "e2e") that always predicts the given boxes (x0, y0,
-    x1, y1 in the letterboxed input's pixels) with ``scores`` and ``classes`` (default: all class 0,
-    the person), padded to the head's row count with zero-score rows."""
-    boxes = np.asarray(boxes_xyxy_in_input_pixels, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    classes = np.zeros(len(boxes), int) if classes is None else np.asarray(classes, int)
-    nc = nc or int(classes.max(initial=0)) + 1
-    rows = np.zeros((_anchor_count(layout, input_size), 6 if layout == "e2e" else 4 + nc + (layout == "v5")))
-    n = len(boxes)
-    if layout == "e2e":
-        rows[:n, :4], rows[:n, 4], rows[:n, 5] = boxes, scores, classes
-        return constant_graph(path, rows[None], input_size, dtype=dtype, **graph_options)
-    rows[:n, :2] = (boxes[:, :2] + boxes[:, 2:]) / 2
-    rows[:n, 2:4] = boxes[:, 2:] - boxes[:, :2]
-    if layout == "v5":  # objectness carries the score, the class column is one-hot
-        rows[:n, 4] = scores
-        rows[np.arange(n), 5 + classes] = 1.0
-        return constant_graph(path, rows[None], input_size, dtype=dtype, **graph_options)
-    rows[np.arange(n), 4 + classes] = scores
-    return constant_graph(path, rows.T[None], input_size, dtype=dtype, **graph_options)  # (1, 4 + nc, N)
 
 
 # A 200x100 frame letterboxed to 64x64: scale 0.32, pad (0, 16). Input boxes = frame boxes * 0.32 + (0, 16).
@@ -244,7 +181,7 @@ def test_yolo_keeps_people_only(tmp_path, layout):
 
 
 def test_yolo_v5_scores_are_objectness_times_class(tmp_path):
-    rows = np.zeros((_anchor_count("v5", SIZE), 7))
+    rows = np.zeros((anchor_count("v5", SIZE), 7))
     rows[0] = [12.8, 32.0, 12.8, 25.6, 0.8, 0.5, 0.1]  # A as cx, cy, w, h; 0.8 x 0.5 = 0.4
     rows[1] = [43.2, 32.0, 9.6, 19.2, 0.9, 0.5, 0.6]  # B, but a better class 1: not a person
     found = YoloOnnxDetector(constant_graph(tmp_path / "v5.onnx", rows[None], SIZE), threads=1).detect(FRAME, 3)
@@ -275,7 +212,7 @@ def test_yolo_dynamic_graph_takes_640_or_the_size_asked(tmp_path):
 
 
 def test_yolo_fixed_batch_is_padded(tmp_path):
-    rows = np.zeros((2, 5, _anchor_count("v8", SIZE)))
+    rows = np.zeros((2, 5, anchor_count("v8", SIZE)))
     rows[0, :, 0] = [12.8, 32.0, 12.8, 25.6, 0.9]  # A; the second image's rows are ignored
     rows[1, :, 0] = [43.2, 32.0, 9.6, 19.2, 0.9]
     path = constant_graph(tmp_path / "batch2.onnx", rows, SIZE, input_shape=[2, 3, *SIZE])

@@ -10,8 +10,8 @@ import torch
 
 from tbps_export import export_bundle
 from tbps_export.quantize import INT8_MIN_COSINE, quantize_bundle
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.contract import PARITY_ATOL
-from tbps_runtime.model.bundle import sha256_file
 from tbps_runtime.search import PersonSearch
 from tbps_train.backbones import packaged_mobilenet_v2_weights
 from tbps_train.checkpoint import load_checkpoint

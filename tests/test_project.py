@@ -47,7 +47,8 @@ def test_runtime_never_loads_torch():
 
 def test_import_contracts_are_kept():
     # pyproject.toml [tool.importlinter]: the package layers, no torch in the runtime, the runtime's parts
-    # importing downwards only, and no import cycles inside any package.
+    # importing downwards only, no import cycles inside any package, click only in the command modules, and
+    # no tbps_runtime.cli in the trainer or the exporter.
     if importlib.util.find_spec("importlinter") is None:
         pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
     lint_imports = "from importlinter.cli import lint_imports_command; lint_imports_command()"  # `lint-imports`
@@ -66,6 +67,6 @@ def readme_commands():
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     commands = readme_commands()
     assert len(commands) == 2, commands
-    assert "tbps-quickstart" in commands[0]
+    assert "tbps quickstart" in commands[0]
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines(), "'.ci/run' must run the README's test command unchanged"

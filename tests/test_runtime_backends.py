@@ -10,10 +10,12 @@ import onnxruntime as ort
 import pytest
 from runtime_fakes import COLOURS, add_fake_plans, make_fake_bundle, solid_image
 
+from tbps_runtime.atomic import sha256_file
+from tbps_runtime.climessages import in_flags
 from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
 from tbps_runtime.model.backends import CPU_PROVIDER, OnnxRuntimeBackend
-from tbps_runtime.model.bundle import load_manifest, sha256_file, write_manifest
+from tbps_runtime.model.bundle import load_manifest, write_manifest
 from tbps_runtime.model.tensorrt import TensorRTBackend, check_engine_compatible, compute_capability
 from tbps_runtime.search import PersonSearch
 
@@ -170,7 +172,9 @@ def test_tensorrt_refuses_engines_built_elsewhere(own_bundle, fake_gpu, machine,
     add_fake_plans(own_bundle)
     with pytest.raises(BundleError) as error:
         PersonSearch.from_bundle(own_bundle, backend="tensorrt")
-    assert message in str(error.value) and "tbps-export --ckpt m.pt --trt" in str(error.value)
+    assert message in str(error.value) and "build the engines again on this machine" in str(error.value)
+    assert error.value.code == "tensorrt_engine_unusable" and "--" not in str(error.value)
+    assert message in in_flags(error.value) and "tbps export --ckpt m.pt --trt" in in_flags(error.value)
 
 
 def test_tensorrt_without_plans_or_without_tensorrt(own_bundle, fake_gpu):
@@ -181,8 +185,9 @@ def test_tensorrt_without_plans_or_without_tensorrt(own_bundle, fake_gpu):
     manifest = load_manifest(own_bundle)
     manifest.tensorrt = {}
     write_manifest(own_bundle, manifest)
-    with pytest.raises(BundleError, match="no TensorRT engine for image_tower.*--trt"):
+    with pytest.raises(BundleError, match="no TensorRT engine for image_tower.*onnxruntime backend") as error:
         PersonSearch.from_bundle(own_bundle, backend="tensorrt")
+    assert error.value.code == "tensorrt_engine_missing" and "--trt" in in_flags(error.value)
 
 
 def test_tensorrt_undeserializable_plan_and_checksums(own_bundle, fake_gpu):

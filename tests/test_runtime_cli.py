@@ -9,14 +9,14 @@ import sys
 
 import numpy as np
 import pytest
-from runtime_fakes import COLOURS, MAX_LENGTH, make_fake_bundle, solid_image
-from test_runtime_images import write_bad
+from runtime_fakes import COLOURS, MAX_LENGTH, make_fake_bundle, solid_image, write_bad
 
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.cli.search import index_command, rank_command
 from tbps_runtime.contract import IMAGE_TOWER, TEXT_TOWER
 from tbps_runtime.gallery.npy import sidecar_path
 from tbps_runtime.gallery.open import load_gallery
-from tbps_runtime.model.bundle import load_manifest, sha256_file, write_manifest
+from tbps_runtime.model.bundle import load_manifest, write_manifest
 from tbps_runtime.model.images import collect_images
 from cli_assertions import assert_user_error, run
 

@@ -96,7 +96,7 @@ def test_faiss_misuse(fake_bundle, images, with_faiss, tmp_path, monkeypatch):
     plain = tmp_path / "plain.npy"
     index(fake_bundle, images, plain)
     assert_user_error(run(rank_command, ["--gallery", plain, "--query", "red", "--nprobe", 4]),
-                      "nprobe applies to a FAISS index", "tbps-index --faiss")
+                      "nprobe applies to a FAISS index", "tbps index --faiss")
     assert_user_error(run(rank_command, ["--gallery", with_faiss, "--query", "red", "--exact", "--nprobe", 4]),
                       "drop --exact")
     assert_user_error(run(rank_command, ["--gallery", plain, "--query", "red", "--rescore", 50]),

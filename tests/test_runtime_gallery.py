@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from runtime_fakes import COLOURS, solid_image
+from runtime_fakes import COLOURS, solid_image, write_bad
 
+from tbps_runtime.climessages import in_flags
 from tbps_runtime.contract import IMAGE_TOWER
 from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError
 from tbps_runtime.gallery.npy import Gallery, PartialIndex, sidecar_path, write_gallery
@@ -178,7 +179,6 @@ def test_interrupted_index_resumes_without_redoing_finished_batches(fake_bundle,
 
 
 def test_unreadable_images_are_skipped_and_listed(search, images, tmp_path):
-    from test_runtime_images import write_bad
 
     bad = [write_bad(tmp_path, kind) for kind in ("corrupt", "empty", "truncated", "text")]
     missing = tmp_path / "gone.jpg"
@@ -192,11 +192,11 @@ def test_unreadable_images_are_skipped_and_listed(search, images, tmp_path):
 
 
 def test_strict_index_stops_and_writes_nothing(search, images, tmp_path):
-    from test_runtime_images import write_bad
 
     listed = images[:5] + [write_bad(tmp_path, "truncated")]
-    with pytest.raises(DataError, match="truncated.jpg.*--strict"):
+    with pytest.raises(DataError, match="truncated.jpg.*strict=True") as refused:
         search.index(listed, tmp_path / "g.npy", batch_size=2, strict=True)
+    assert refused.value.code == "index_strict_unreadable" and "--strict" in in_flags(refused.value)
     assert not (tmp_path / "g.npy").exists() and not (tmp_path / "g.json").exists()
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runtime_fakes import write_bad
 from tbps_runtime.errors import DataError, InputFileNotFoundError
 from tbps_runtime.model.images import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image, resize_rgb
 
@@ -67,16 +68,6 @@ def test_exif_orientation_is_applied(tmp_path):
     pixels = pixels_of(tmp_path / "o.png")
     assert pixels.shape == (4, 2, 3)
     assert pixels[0, 1].tolist() == [255, 0, 0]  # the top-left pixel moved to the top-right
-
-
-def write_bad(tmp_path, kind):
-    good = tmp_path / "good.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(good)
-    path = tmp_path / f"{kind}.jpg"
-    data = good.read_bytes()
-    path.write_bytes({"corrupt": b"\xff\xd8\xff" + bytes(range(256)) * 4, "empty": b"",
-                      "truncated": data[:len(data) // 2], "text": b"this is not an image\n"}[kind])
-    return path
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "empty", "truncated", "text"])

@@ -5,8 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from runtime_fakes import COLOURS, solid_image
-from test_runtime_images import write_bad
+from runtime_fakes import COLOURS, solid_image, write_bad
 
 from cli_assertions import assert_user_error, run
 from tbps_runtime.cli.search import index_command

@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from runtime_fakes import COLOURS, make_fake_bundle, solid_image
-from test_runtime_images import write_bad
+from runtime_fakes import COLOURS, make_fake_bundle, solid_image, write_bad
 
 from cli_assertions import SAMPLE_QUERIES, assert_user_error, index, rank_json, run
 from tbps_runtime.cli.search import index_command, rank_command
+from tbps_runtime.contract import shard_bounds
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.gallery.npy import sidecar_path
 from tbps_runtime.gallery.open import load_gallery
-from tbps_runtime.gallery.shards import ShardedGallery, parse_shard, shard_bounds
+from tbps_runtime.gallery.shards import ShardedGallery, parse_shard
 from tbps_runtime.ranking import top_k, top_k_parts
 from tbps_runtime.search import PersonSearch
 

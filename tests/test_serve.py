@@ -272,6 +272,14 @@ def test_search_refusals(plain, body, fragments):
         error_of(client.post("/search", json=body), 400, "bad_request", *fragments)
 
 
+def test_a_library_error_names_the_request_field(plain):
+    body = {"query": "red", "filters": {"since": "2026-03-02T15:00", "until": "2026-03-02T14:00"}}
+    with serving(plain) as client:
+        message = error_of(client.post("/search", json=body), 400, "bad_request",
+                           "filters.until (2026-03-02T14:00:00.000Z) must be after filters.since (")
+    assert "--" not in message
+
+
 def test_a_body_that_is_not_json_is_a_400(plain):
     with serving(plain) as client:
         error_of(client.post("/search", content=b"{nope", headers={"Content-Type": "application/json"}), 400,
@@ -506,6 +514,19 @@ def test_ingest_then_search_then_delete(store):
         assert client.get("/readyz").json()["rows"] == before  # nothing of the refused requests was kept
 
 
+def test_removing_every_row_names_the_request_field_and_a_dry_run_counts_them(store):
+    with serving(store) as client:
+        total = client.get("/readyz").json()["rows"]
+        dry = client.request("DELETE", "/gallery/rows", json={"older_than": "0s", "dry_run": True})
+        assert dry.status_code == 200 and dry.json()["rows"] == total  # counted without "everything"
+        message = error_of(client.request("DELETE", "/gallery/rows", json={"older_than": "0s"}), 400,
+                           "bad_request", f"all {total} rows of the store", 'send "everything": true')
+        assert "--" not in message and str(store) not in message
+        error_of(client.request("DELETE", "/gallery/rows", json={"older_than": "soon"}), 400, "bad_request",
+                 "older_than 'soon' is not an age")
+        assert client.get("/readyz").json()["rows"] == total
+
+
 def test_store_endpoints_on_a_plain_gallery_are_409(plain):
     with serving(plain) as client:
         error_of(client.post("/gallery/ingest", json={"crops": [{"image": b64_png("red"), "camera": "c"}]}), 409,
@@ -724,6 +745,29 @@ def test_openapi_describes_every_body(plain):
     assert set(components["SearchRequest"]["properties"]) == {"query", "queries", "k", "filters", "min_score",
                                                               "per_track"}
     assert schema["paths"]["/search"]["post"]["security"]
+
+
+def test_openapi_states_the_bounds_of_every_request(plain):
+    with serving(plain) as client:
+        components = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def field(model, name):
+        schema = components[model]["properties"][name]
+        return next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+
+    queries, k, rows = field("SearchRequest", "queries"), field("SearchRequest", "k"), field("ExplainRequest", "rows")
+    assert (queries["minItems"], queries["maxItems"], queries["items"]["maxLength"]) == (1, 64, 1000)
+    assert field("SearchRequest", "query")["maxLength"] == 1000 and (k["minimum"], k["maximum"]) == (1, 100)
+    assert field("EmbedTextRequest", "texts")["maxItems"] == field("EmbedImageRequest", "images")["maxItems"] == 64
+    assert rows["maxItems"] == 10 and rows["items"]["minimum"] == 0
+    assert field("IngestRequest", "crops")["maxItems"] == 64 and field("IngestCropBody", "box")["maxItems"] == 4
+    assert field("Filters", "tracks")["items"]["minimum"] == 0
+    assert field("Filters", "cameras")["items"]["minLength"] == 1
+
+
+def test_limits_above_the_request_bounds_are_refused(plain):
+    with pytest.raises(ConfigError, match="max_queries is 65, above 64"):
+        create_app(settings_for(plain, limits=Limits(max_queries=65)))
 
 
 # ---- workers and the command ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 import store_rows
 import pytest
 
+from tbps_runtime.climessages import in_flags
 from tbps_runtime.errors import BundleError, ConfigError, DataError, OutputError, UnsafePathError
 from tbps_runtime.ranking import naive_similarity, normalize_slots
 from tbps_runtime.store import milvus as milvus_module
@@ -339,16 +340,21 @@ def test_prune_by_age_uses_the_time_seen_or_the_time_added(store):
     assert removal.rows == 1 and len(store) == 2  # the undated row was added just now: kept
 
 
-def test_deleting_everything_needs_yes_and_nothing_is_refused(store):
+def test_deleting_everything_needs_everything_and_nothing_is_refused(store):
     rng = np.random.default_rng(14)
     fill(store, rng)
     with store.writing():
-        with pytest.raises(ConfigError, match="all 15 rows.*--yes"):
+        with pytest.raises(ConfigError, match="all 15 rows of .*: removing every row needs everything=True") \
+                as refused:
             store.delete(older_than=0.0)
-        with pytest.raises(ConfigError, match="say what to delete"):
-            store.delete(RowFilter())
-        with pytest.raises(ConfigError, match="say what to delete"):
-            store.delete()
+        assert refused.value.code == "delete_everything_unconfirmed" and refused.value.facts["rows"] == 15
+        assert "--" not in str(refused.value) and "all 15 rows" in in_flags(refused.value)
+        assert in_flags(refused.value).endswith("add --yes to do it")
+        for unsaid in (RowFilter(), None):
+            with pytest.raises(ConfigError, match="say what to delete") as refused:
+                store.delete(unsaid)
+            assert refused.value.code == "delete_without_condition" and "--" not in str(refused.value)
+        assert store.delete(older_than=0.0, dry_run=True).rows == 15  # a dry run counts every row, unconfirmed
         assert store.delete(older_than=0.0, dry_run=True, everything=True).rows == 15
         assert len(store) == 15
         assert store.delete(older_than=0.0, everything=True).rows == 15

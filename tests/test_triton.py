@@ -18,17 +18,21 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+from tbps_runtime.climessages import in_flags
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli_assertions import assert_user_error
 from runtime_fakes import IMAGE_SIZE, MAX_LENGTH, add_fake_plans
+from tbps_export.cli import triton_command
 from tbps_export.triton import (CONFIG_FILE, REPOSITORY_FILE, TritonModel, config_problems, contract_io,
-                                render_config, triton_command, validate_repository, write_triton_repository)
+                                render_config, validate_repository, write_triton_repository)
+from tbps_runtime.atomic import sha256_file
 from tbps_runtime.contract import IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TOKENIZER_FILE
 from tbps_runtime.errors import BundleError, ConfigError, ExportError, OutputError
-from tbps_runtime.model.bundle import load_manifest, sha256_file
+from tbps_runtime.model.bundle import load_manifest
 from tbps_runtime.model.images import normalize
 from tbps_runtime.model.tokenizer import load_tokenizer
 from tbps_runtime.search import PersonSearch
@@ -290,8 +294,10 @@ def test_refuses_a_foreign_directory_even_with_force(bundle_copy, tmp_path, pb2)
 def test_replaces_its_own_repository_only_with_force(bundle_copy, tmp_path, pb2):
     repo = write_triton_repository(bundle_copy, tmp_path / "repo", max_batch_size=4)
     (repo / "stale.txt").write_text("old")
-    with pytest.raises(OutputError, match="already exists: choose another path or pass --force"):
+    with pytest.raises(OutputError, match="already exists") as refused:
         write_triton_repository(bundle_copy, repo)
+    assert refused.value.code == "triton_output_exists" and "--" not in str(refused.value)
+    assert "already exists: choose another path or pass --force" in in_flags(refused.value)
     assert (repo / "stale.txt").exists()
     write_triton_repository(bundle_copy, repo, max_batch_size=16, force=True)
     assert not (repo / "stale.txt").exists()

@@ -135,7 +135,7 @@ def test_explain_draws_heat_maps_and_explain_needs_a_picture(gallery, tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_runs_the_whole_chain_and_reuses_it(tmp_path):
-    from tbps_export.quickstart import quickstart_command
+    from tbps_export.cli import quickstart_command
 
     work = tmp_path / "qs"
     args = ["--workdir", str(work), "--preset", "tiny", "--ids", "20", "--quiet"]

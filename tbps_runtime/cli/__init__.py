@@ -15,7 +15,7 @@ from importlib.util import find_spec
 
 import click
 
-from tbps_runtime.cli.support import CONTEXT_SETTINGS, TbpsGroup, set_verbosity
+from tbps_runtime.clikit import CONTEXT_SETTINGS, TbpsGroup, set_verbosity
 
 ENTRY_POINT_GROUP = "tbps.commands"
 DISTRIBUTION = "tbps"

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import click
 
-from tbps_runtime.cli.support import (MAX_THREADS, TbpsCommand, TbpsGroup, json_option, quiet_option, setup_logging,
-                                      user_errors_exit_2)
+from tbps_runtime.clikit import (TbpsCommand, TbpsGroup, json_option, quiet_option, setup_logging, threads_option,
+                                 user_errors_exit_2)
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError, TbpsError
 from tbps_runtime.paths import printable
 
@@ -73,8 +73,7 @@ def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple
               help="Keep the rows in Milvus (pip install 'tbps[milvus]'); milvus-lite:DIR/rows.db/NAME for a local "
                    "file. Recorded in --gallery, which keeps the crops.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS),
-              help="onnxruntime threads (default: the cores other processes leave idle).")
+@threads_option("onnxruntime threads (default: the cores other processes leave idle).")
 @json_option("Print one JSON document on stdout: a report per source.")
 @quiet_option()
 @user_errors_exit_2
@@ -131,6 +130,7 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
 
 def _ingest_each(sources: tuple[str, ...], ingest: Callable[[str], Any]) -> tuple[list[Any], list[str]]:
     """``ingest(source)`` for each source; a source that fails does not stop the others: (reports, errors)."""
+    from tbps_runtime.climessages import in_flags  # messages hook
     from tbps_runtime.ingest.sources import source_name
 
     reports, failed = [], []
@@ -138,8 +138,8 @@ def _ingest_each(sources: tuple[str, ...], ingest: Callable[[str], Any]) -> tupl
         try:
             report = ingest(source)
         except TbpsError as e:  # this source only: the others still run
-            name = source_name(source)
-            failed.append(str(e) if name in str(e) else f"{printable(name)}: {e}")
+            name, line = source_name(source), in_flags(e)  # messages hook: the library's error in flags
+            failed.append(line if name in line else f"{printable(name)}: {line}")
             continue
         reports.append(report)
         if report.error:
@@ -257,7 +257,7 @@ def delete_command(directory: str, cameras: tuple[str, ...], sources: tuple[str,
 @click.option("--store", "milvus", metavar="milvus://HOST:PORT/COLLECTION",
               help="Keep the new store's rows in Milvus (as tbps ingest --store); default: a local store.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="onnxruntime threads.")
+@threads_option("onnxruntime threads.")
 @quiet_option()
 @user_errors_exit_2
 def reindex_command(directory: str, bundle: str, output: str, milvus: str | None, batch_size: int,

@@ -1,4 +1,4 @@
-"""Command line: ``tbps-index`` (embed a gallery) and ``tbps-rank`` (search it). No PyTorch."""
+"""Command line: ``tbps index`` (embed a gallery) and ``tbps rank`` (search it). No PyTorch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tbps_runtime.cli.ingest import filter_options, row_filter
-from tbps_runtime.cli.support import MAX_THREADS, TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
+from tbps_runtime.clikit import TbpsCommand, quiet_option, setup_logging, threads_option, user_errors_exit_2
 from tbps_runtime.contract import BACKENDS
 from tbps_runtime.errors import ConfigError, InputFileNotFoundError, QueryError
 from tbps_runtime.paths import printable
@@ -30,12 +30,11 @@ logger = logging.getLogger(__name__)
 
 _backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
                                help="Run the towers with onnxruntime (any machine) or the bundle's TensorRT engines.")
-_threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS),
-                               help="onnxruntime threads per tower (default: the cores other processes leave idle).")
+_threads_option = threads_option("onnxruntime threads per tower (default: the cores other processes leave idle).")
 
 
 @click.command(cls=TbpsCommand)
-@click.option("--bundle", required=True, type=click.Path(), help="The bundle made by tbps-export.")
+@click.option("--bundle", required=True, type=click.Path(), help="The bundle made by tbps export.")
 @click.option("--images", required=True, type=click.Path(),
               help="A directory (walked recursively) or a list file: one image path per line, "
                    "optionally TAB + identity.")
@@ -44,7 +43,7 @@ _threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS),
                    "(DIR/ or an existing one) receives DIR/shard-I-of-N.npy.")
 @click.option("--shard", "shard_spec", metavar="I/N",
               help="Embed only shard I of N (I counted from 0: 0..N-1) of the sorted image list: its I-th "
-                   "contiguous block. Shards 0..N-1 together are the unsharded gallery; tbps-rank takes "
+                   "contiguous block. Shards 0..N-1 together are the unsharded gallery; tbps rank takes "
                    "their directory as one gallery.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
               help="Embed with a Ray Data actor pool (pip install 'tbps[ray]'): a local Ray, or the "
@@ -57,7 +56,7 @@ _threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS),
 @click.option("--faiss", "faiss_spec", metavar="SPEC",
               help="Also build a FAISS index (pip install 'tbps[faiss]') of the gallery with this factory "
                    "string, e.g. Flat or IVF1024,PQ64; written beside it (g.faiss; with --shard one per shard) and "
-                   "used by tbps-rank.")
+                   "used by tbps rank.")
 @click.option("--force", is_flag=True,
               help="Replace the output's .npy/.json/.faiss even when they are not a tbps gallery (by default "
                    "such files, e.g. a bundle's manifest.json, are refused).")
@@ -117,12 +116,13 @@ def index_command(bundle: str, images: str, output: str, shard_spec: str | None,
             raise
         seconds = time.perf_counter() - started
         if faiss_spec is not None:
+            from tbps_runtime.climessages import in_flags  # messages hook
             from tbps_runtime.gallery.faiss_gallery import build_gallery_faiss
 
             try:
                 build_gallery_faiss(gallery, faiss_spec, force=force)
             except ConfigError as e:  # the gallery itself is whole: say so, keep it
-                raise ConfigError(f"{e}; the gallery {output} is complete, without a FAISS index") from e
+                raise ConfigError(f"{in_flags(e)}; the gallery {output} is complete, without a FAISS index") from e
         logger.info("indexed %d image(s) into %s in %.1f s (%.1f images/s)", len(gallery), output, seconds,
                     len(paths) / max(seconds, 1e-9))  # after the FAISS index: an error there stays the only line
     click.echo(str(output))
@@ -152,7 +152,7 @@ def _files_in(directory: str | Path) -> list[Path]:
 
 @click.command(cls=TbpsCommand)
 @click.option("--gallery", "gallery_path", required=True, type=click.Path(),
-              help="g.npy made by tbps-index, or a directory of shards (tbps-index --shard), ranked as one.")
+              help="g.npy made by tbps index, or a directory of shards (tbps index --shard), ranked as one.")
 @click.option("--query", "queries", multiple=True, help="What the person looks like (repeatable).")
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False),
               help="A UTF-8 file with one query per line ('-': standard input).")
@@ -174,7 +174,7 @@ def _files_in(directory: str | Path) -> list[Path]:
                    "the best k: recall for compressed indexes (PQ) at a few row reads per query; 0 = off.")
 @click.option("--explain", is_flag=True,
               help="In --show/--html, overlay each crop's attention heat map and shade the query's words by "
-                   "the text attention (needs a bundle exported with tbps-export --explain).")
+                   "the text attention (needs a bundle exported with tbps export --explain).")
 @filter_options
 @click.option("--per-track", is_flag=True,
               help="A store's tracks instead of its rows: each track once, by its best crop.")
@@ -197,9 +197,9 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     """
     from tbps_runtime.gallery.open import load_gallery
     from tbps_runtime.store.open import is_store_directory
-    from tbps_runtime.model.encoder import check_queries
     from tbps_runtime.outputs import check_writable
     from tbps_runtime.search import PersonSearch, describe_search
+    from tbps_runtime.text import check_queries
 
     quiet = setup_logging(quiet)
     texts = list(queries) + (_read_queries(queries_file) if queries_file is not None else [])

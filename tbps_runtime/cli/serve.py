@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import click
 
-from tbps_runtime.cli.support import MAX_THREADS, TbpsCommand, quiet_option, setup_logging, user_errors_exit_2
+from tbps_runtime.clikit import TbpsCommand, quiet_option, setup_logging, threads_option, user_errors_exit_2
 from tbps_runtime.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,8 @@ logger = logging.getLogger(__name__)
               help="How long a text query waits for others to share its text-tower call.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 1024),
               help="Queries per text-tower call at most.")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS),
-              help="onnxruntime threads per tower (default: the cores other processes leave idle, less one for "
-                   "the thread that answers requests).")
+@threads_option("onnxruntime threads per tower (default: the cores other processes leave idle, less one for the "
+                "thread that answers requests).")
 @quiet_option("Warnings only on stderr.")
 @user_errors_exit_2
 def serve_command(gallery: str, bundle: str | None, host: str, port: int, workers: int, api_key_file: str | None,

@@ -1,4 +1,4 @@
-"""A gallery's FAISS index: built beside it by ``tbps-index --faiss SPEC``, used by ``tbps-rank``.
+"""A gallery's FAISS index: built beside it by ``tbps index --faiss SPEC``, used by ``tbps rank``.
 
 The index of ``g.npy`` is ``g.faiss`` (of ``DIR/shard-I-of-N.npy``,
 ``DIR/shard-I-of-N.faiss``), written atomically after the gallery, then
@@ -45,9 +45,9 @@ def check_faiss_spec(spec: str, slots: int, dim: int) -> None:
         faiss.index_factory(slots * dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
-        raise ConfigError(f"--faiss {spec}: FAISS cannot make an index from this spec for {slots * dim}-"
-                          f"dimensional rows ({reason[-160:]}); examples: Flat, IVF1024,Flat, IVF1024,PQ64, "
-                          "HNSW32") from e
+        raise ConfigError(f"FAISS cannot make an index from the spec {spec!r} for {slots * dim}-dimensional rows "
+                          f"({reason[-160:]}); examples: Flat, IVF1024,Flat, IVF1024,PQ64, HNSW32",
+                          code="faiss_spec_invalid", spec=spec, dims=slots * dim, reason=reason[-160:]) from e
 
 
 def faiss_path_for(gallery_path: str | Path) -> Path:
@@ -67,8 +67,9 @@ def check_faiss_output(gallery_path: str | Path, force: bool = False) -> None:
     path = faiss_path_for(gallery_path)
     if force or not path.exists() or is_tbps_faiss_file(path) or _recorded_faiss(gallery_path) == path.name:
         return
-    raise OutputError(f"{path} exists and is not a FAISS index tbps wrote, and --faiss would replace it: move it, "
-                      "or pass --force to replace it")
+    raise OutputError(f"{path} exists and is not a FAISS index tbps wrote, and building the gallery's index would "
+                      "replace it: move it, or pass force=True to replace it", code="faiss_output_foreign",
+                      path=str(path))
 
 
 def _recorded_faiss(gallery_path: str | Path) -> str | None:
@@ -143,8 +144,8 @@ def open_gallery_faiss(gallery: Any) -> FaissSearch | None:
     if not recorded:
         return None
     if len(recorded) < len(shards):
-        logger.warning("only %d of %d shards have a FAISS index: ranking exactly (build one for every shard "
-                       "with tbps-index --faiss)", len(recorded), len(shards))
+        logger.warning("only %d of %d shards have a FAISS index: ranking exactly (build one for every "
+                       "shard to use them)", len(recorded), len(shards))
         return None
     from tbps_runtime.gallery.faiss_index import read_faiss_index
 
@@ -152,12 +153,15 @@ def open_gallery_faiss(gallery: Any) -> FaissSearch | None:
     for shard in shards:
         path = shard.faiss_path
         if not path.is_file():
-            raise BundleError(f"{shard.sidecar} records the FAISS index {path.name}, which is missing: rebuild "
-                              "it with tbps-index --faiss SPEC, or rank with --exact")
+            raise BundleError(f"{shard.sidecar} records the FAISS index {path.name}, which is missing: build "
+                              "it again, or rank exactly (exact=True)", code="faiss_index_missing",
+                              sidecar=str(shard.sidecar), file=path.name)
         index = read_faiss_index(path)
         if int(index.ntotal) != len(shard):
             raise BundleError(f"{path} holds {index.ntotal} rows, its gallery {shard.path.name} {len(shard)}: "
-                              "rebuild it with tbps-index --faiss SPEC, or rank with --exact")
+                              "build it again, or rank exactly (exact=True)", code="faiss_index_stale",
+                              path=str(path), rows=int(index.ntotal), gallery=shard.path.name,
+                              gallery_rows=len(shard))
         indexes.append(index)
         paths.append(path)
     return FaissSearch(indexes, [len(s) for s in shards], [s.faiss.spec for s in shards], paths)

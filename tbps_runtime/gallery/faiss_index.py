@@ -228,8 +228,8 @@ def read_faiss_index(path: str | Path) -> Any:
         index = faiss.read_index(str(path))
     except RuntimeError as e:  # FAISS reports any malformed file as a RuntimeError
         reason = str(e).strip().splitlines()[-1]
-        raise DataError(f"{path} is not a readable FAISS index ({reason[-200:]}): rebuild it "
-                        "(tbps-index --faiss SPEC)") from e
+        raise DataError(f"{path} is not a readable FAISS index ({reason[-200:]}): build it again",
+                        code="faiss_index_damaged", path=str(path)) from e
     if trailer is not None:
         if trailer.get("ntotal") != int(index.ntotal) or trailer.get("dim") != int(index.d):
             raise DataError(f"{path} holds {index.ntotal} rows of {index.d} dimensions, its trailer says "
@@ -443,14 +443,17 @@ def _read_trailer(path: Path) -> dict[str, Any] | None:
             return None
         (length,) = struct.unpack("<Q", tail[:8])
         if length > min(size - 16, 1 << 20):
-            raise DataError(f"{path} has a damaged tbps trailer: rebuild it (tbps-index --faiss SPEC)")
+            raise DataError(f"{path} has a damaged tbps trailer: build it again", code="faiss_index_damaged",
+                            path=str(path))
         stream.seek(size - 16 - length)
         try:
             trailer = parse_json(stream.read(length))
         except ValueError as e:
-            raise DataError(f"{path} has a damaged tbps trailer ({e}): rebuild it (tbps-index --faiss SPEC)") from e
+            raise DataError(f"{path} has a damaged tbps trailer ({e}): build it again", code="faiss_index_damaged",
+                            path=str(path)) from e
     if not isinstance(trailer, dict) or trailer.get("format") != "tbps-faiss":
-        raise DataError(f"{path} has a damaged tbps trailer: rebuild it (tbps-index --faiss SPEC)")
+        raise DataError(f"{path} has a damaged tbps trailer: build it again", code="faiss_index_damaged",
+                        path=str(path))
     if not isinstance(trailer.get("version"), int) or trailer["version"] > _TRAILER_VERSION:
         raise DataError(f"{path} is a tbps FAISS index of version {trailer.get('version')}; this tbps reads up "
                         f"to {_TRAILER_VERSION}: upgrade tbps")

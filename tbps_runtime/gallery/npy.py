@@ -2,18 +2,18 @@
 
 ``g.json`` records the format and version, the fingerprint of the bundle
 whose image tower made the rows (a gallery is refused with any other bundle),
-that bundle's directory (``tbps-rank``'s default), one entry per row (image
+that bundle's directory (``tbps rank``'s default), one entry per row (image
 path, optional identity) and the images that could not be read.
 
 Indexing is resumable: rows go into a memory-mapped ``.g.npy.partial.npy``
 and progress into ``.g.npy.partial.json`` after every batch (:class:`PartialIndex`);
 the final pair is written atomically (temp file + rename) and the partial files removed.
 
-A gallery may also be one shard of a larger one (``tbps-index --shard I/N``):
+A gallery may also be one shard of a larger one (``tbps index --shard I/N``):
 its ``g.json`` then holds a ``shard`` record (:class:`~tbps_runtime.gallery.records.ShardInfo`),
 and a directory of such shards loads as one
 :class:`~tbps_runtime.gallery.shards.ShardedGallery`. A FAISS index built
-beside the gallery (``tbps-index --faiss SPEC``) is recorded under ``faiss``
+beside the gallery (``tbps index --faiss SPEC``) is recorded under ``faiss``
 (:class:`~tbps_runtime.gallery.records.FaissRecord`). This module reads one
 gallery file; :func:`tbps_runtime.gallery.open.load_gallery` opens whatever is
 at a path, file or shard directory.
@@ -97,8 +97,9 @@ def check_same_bundle(what: str, built_with: str, fingerprint: str, bundle: str 
         where = f" ({bundle})" if bundle is not None else ""
         raise BundleError(
             f"{what} was built with the bundle of fingerprint {built_with[:12]}, not this bundle{where} "
-            f"({fingerprint[:12]}): its scores would be meaningless; re-index it with tbps-index --bundle, "
-            "or rank with the bundle that built it")
+            f"({fingerprint[:12]}): its scores would be meaningless; re-index it with this bundle, or rank with "
+            "the bundle that built it", code="gallery_of_another_bundle", what=what, built_with=built_with[:12],
+            fingerprint=fingerprint[:12], where=where)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -125,11 +126,13 @@ def check_gallery_output(output: str | Path, force: bool = False) -> None:
         return
     if sidecar.exists():
         raise OutputError(f"{sidecar} is not a tbps gallery description (no '{GALLERY_FORMAT}' format tag), and "
-                          f"indexing into {output.name} would replace it with one: pick another -o, or pass "
-                          "--force to replace it")
+                          f"indexing into {output.name} would replace it with one: index into another output, or "
+                          "pass force=True to replace it", code="gallery_output_foreign_sidecar", sidecar=str(sidecar),
+                          output=output.name, tag=GALLERY_FORMAT)
     if output.exists():
-        raise OutputError(f"{output} exists and is not a tbps gallery (no {sidecar.name} beside it): pick "
-                          "another -o, or pass --force to replace it")
+        raise OutputError(f"{output} exists and is not a tbps gallery (no {sidecar.name} beside it): index into "
+                          "another output, or pass force=True to replace it", code="gallery_output_foreign",
+                          output=str(output), sidecar=sidecar.name)
 
 
 def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
@@ -153,11 +156,13 @@ def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
     if meta.get("shard") is not None:
         shard = ShardInfo.from_json(meta["shard"])
         if shard is None:
-            raise BundleError(f"{sidecar_path(path)} has a malformed shard record; re-index with tbps-index --shard")
+            raise BundleError(f"{sidecar_path(path)} has a malformed shard record; index the shard again",
+                              code="gallery_record_malformed", sidecar=str(sidecar_path(path)), record="shard")
     if meta.get("faiss") is not None:
         faiss = FaissRecord.from_json(meta["faiss"])
         if faiss is None:
-            raise BundleError(f"{sidecar_path(path)} has a malformed faiss record; re-index with tbps-index --faiss")
+            raise BundleError(f"{sidecar_path(path)} has a malformed faiss record; build its FAISS index again",
+                              code="gallery_record_malformed", sidecar=str(sidecar_path(path)), record="faiss")
         resolve_inside(path.parent, faiss.file, f"{sidecar_path(path)}: faiss 'file'")
     return Gallery(embeddings, entries, meta["fingerprint"], meta.get("bundle"),
                    list(meta.get("unreadable", [])), path, shard, faiss)
@@ -352,9 +357,11 @@ class PartialIndex:
         batch was recorded the partial files are discarded, after one they are kept to resume."""
         if not self.done:
             self.discard()
-            return DataError(f"{message} (--strict makes unreadable images fatal)")
-        return DataError(f"{message} (--strict makes unreadable images fatal; the {self.done} image(s) "
-                         "before its batch are kept: re-run to resume)")
+            return DataError(f"{message} (strict=True makes unreadable images fatal)", code="index_strict_unreadable",
+                             reason=message, kept=0)
+        return DataError(f"{message} (strict=True makes unreadable images fatal; the {self.done} image(s) before its "
+                         "batch are kept: index again to resume)", code="index_strict_unreadable", reason=message,
+                         kept=self.done)
 
     def finish(self, entries: Sequence[GalleryEntry], bundle: str | Path | None,
                shard: ShardInfo | None = None) -> Gallery:

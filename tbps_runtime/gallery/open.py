@@ -12,7 +12,7 @@ from tbps_runtime.gallery.shards import ShardedGallery, load_shard_directory
 def load_gallery(path: str | Path, mmap: bool = True) -> Gallery | ShardedGallery:
     """Read and validate ``g.npy`` and its ``g.json``; rows are memory-mapped unless ``mmap=False``.
 
-    ``path`` may also be a directory of shard galleries (``tbps-index --shard``):
+    ``path`` may also be a directory of shard galleries (``tbps index --shard``):
     that gives a :class:`~tbps_runtime.gallery.shards.ShardedGallery`, which ranks as
     the one gallery of all its shards' images.
 

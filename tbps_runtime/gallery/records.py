@@ -50,7 +50,7 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class FaissRecord:
-    """The FAISS index built beside a gallery (``tbps-index --faiss SPEC``): its ``file`` name
+    """The FAISS index built beside a gallery (``tbps index --faiss SPEC``): its ``file`` name
     (in the gallery's directory) and the factory ``spec`` it was built from."""
 
     file: str

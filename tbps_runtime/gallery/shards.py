@@ -1,6 +1,6 @@
 """Sharded galleries: embed one block of an image list per job, rank the directory of shards as one.
 
-``tbps-index --shard I/N`` (I is 0-based, 0 <= I < N) collects and sorts the
+``tbps index --shard I/N`` (I is 0-based, 0 <= I < N) collects and sorts the
 image list exactly as an unsharded run does, then embeds only its I-th
 contiguous block (``numpy.array_split`` semantics: the first ``total % N``
 blocks hold one image more). The split depends on nothing but the list, so N
@@ -18,7 +18,7 @@ A :class:`ShardedGallery` ranks as the one gallery of all its shards' rows:
 each shard stays memory-mapped, is scored on its own, and the per-shard top k
 are merged (:func:`tbps_runtime.ranking.top_k_parts`), so results, scores and
 tie order (lower global row first) are those of the unsharded gallery.
-Each shard may carry its own FAISS index (``tbps-index --shard I/N --faiss
+Each shard may carry its own FAISS index (``tbps index --shard I/N --faiss
 SPEC``); :mod:`tbps_runtime.gallery.faiss_gallery` merges their top k the same way.
 """
 
@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tbps_runtime.contract import shard_bounds
 from tbps_runtime.errors import BundleError, ConfigError, InputFileNotFoundError
 from tbps_runtime.gallery.npy import Gallery, check_same_bundle, load_gallery_file, sidecar_path
 from tbps_runtime.gallery.records import MAX_SHARDS, GalleryEntry, ShardInfo
@@ -40,7 +41,7 @@ _SHARD_SYNTAX = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
 def shard_file_name(index: int, count: int) -> str:
-    """The name ``tbps-index --shard I/N -o DIR/`` gives shard I of N: ``shard-I-of-N.npy``."""
+    """The name of shard I of N in a directory of shards: ``shard-I-of-N.npy``."""
     return f"shard-{index}-of-{count}.npy"
 
 
@@ -48,27 +49,24 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` -> ``(I, N)``, with I 0-based: ``0 <= I < N``.
 
     Raises:
-        ConfigError: not of the form I/N, N < 1, or I out of range.
+        ConfigError: not of the form I/N (code ``shard_syntax``), N < 1 or too many
+            (``shard_count_invalid``), or I out of range (``shard_index_invalid``); facts ``text``, ``count``.
     """
     match = _SHARD_SYNTAX.match(text)
     if match is None:
-        raise ConfigError(f"--shard takes I/N (shard I of N, I counted from 0), e.g. --shard 0/4; got {text!r}")
+        raise ConfigError(f"a shard is I/N (shard I of N, I counted from 0), e.g. 0/4; got {text!r}",
+                          code="shard_syntax", text=text)
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1:
-        raise ConfigError(f"--shard {text}: the number of shards must be at least 1")
+        raise ConfigError(f"shard {text}: the number of shards must be at least 1", code="shard_count_invalid",
+                          text=text, count=count, most=MAX_SHARDS)
     if count > MAX_SHARDS:
-        raise ConfigError(f"--shard {text}: at most {MAX_SHARDS} shards")
+        raise ConfigError(f"shard {text}: at most {MAX_SHARDS} shards", code="shard_count_invalid", text=text,
+                          count=count, most=MAX_SHARDS)
     if index >= count:
-        raise ConfigError(f"--shard {text}: shards are numbered from 0, so I must be 0..{count - 1} "
-                          f"(with a Slurm array use --array=0-{count - 1})")
+        raise ConfigError(f"shard {text}: shards are numbered from 0, so I must be 0..{count - 1}",
+                          code="shard_index_invalid", text=text, last=count - 1)
     return index, count
-
-
-def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
-    """``[start, stop)`` of block ``index`` of ``count`` over ``total`` items, as ``np.array_split`` cuts it."""
-    base, extra = divmod(total, count)
-    start = index * base + min(index, extra)
-    return start, start + base + (1 if index < extra else 0)
 
 
 def image_list_hash(paths: Sequence[str], identities: Sequence[int | str | None] | None = None) -> str:
@@ -100,8 +98,9 @@ def shard_output(output: str | Path, index: int, count: int) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         return directory / shard_file_name(index, count)
     if Path(text).suffix != ".npy":  # most likely a directory meant without its trailing slash
-        raise ConfigError(f"-o {text}: write {text}/ (trailing slash) to put {shard_file_name(index, count)} "
-                          "in that directory, or name the shard's .npy file")
+        raise ConfigError(f"the output {text} is neither a directory nor a .npy file: write {text}/ (trailing "
+                          f"slash) to put {shard_file_name(index, count)} in that directory, or name the shard's .npy "
+                          "file", code="shard_output_ambiguous", text=text, file=shard_file_name(index, count))
     return Path(text)
 
 
@@ -162,8 +161,9 @@ def load_shard_directory(directory: str | Path, mmap: bool = True) -> ShardedGal
     pending = sorted(directory.glob(".*.partial.npy"))
     busy = f" ({len(pending)} shard(s) are still being indexed there)" if pending else ""
     if not files:
-        raise InputFileNotFoundError(f"{directory} holds no shard galleries{busy}: tbps-index --shard I/N "
-                                     f"-o {directory}/ writes shard-I-of-N.npy there")
+        raise InputFileNotFoundError(f"{directory} holds no shard galleries{busy}: indexing shard I of N into the "
+                                     "directory writes shard-I-of-N.npy there", code="shards_none",
+                                     directory=str(directory), busy=busy)
     shards = [load_gallery_file(file, mmap=mmap) for file in files]
     for shard in shards:
         if shard.shard is None:
@@ -186,8 +186,11 @@ def load_shard_directory(directory: str | Path, mmap: bool = True) -> ShardedGal
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         names = ", ".join(str(i) for i in missing[:10]) + more
         raise BundleError(f"{directory} lacks shard{'s' if len(missing) > 1 else ''} {names} of {count} (it has "
-                          f"{', '.join(str(i) for i in sorted(by_index))}){busy}: run tbps-index --shard "
-                          f"{missing[0]}/{count} with the same --images and --bundle")
+                          f"{', '.join(str(i) for i in sorted(by_index))}){busy}: index shard "
+                          f"{missing[0]}/{count} from the same images with the same bundle", code="shards_missing",
+                          directory=str(directory), missing=names, plural="s" if len(missing) > 1 else "",
+                          count=count, present=", ".join(str(i) for i in sorted(by_index)), busy=busy,
+                          first=missing[0])
     return ShardedGallery([by_index[i] for i in range(count)], directory)
 
 
@@ -211,7 +214,9 @@ def _check_one_list(directory: Path, shards: list[Gallery]) -> None:
         info = shard.shard
         if (info.count, info.total, info.list_hash) != (first.count, first.total, first.list_hash):
             raise BundleError(f"the shards in {directory} are of different image lists: {describe(shards[0])}, "
-                              f"{describe(shard)}; index every shard from the same --images with the same N")
+                              f"{describe(shard)}; index every shard from the same images with the same N",
+                              code="shards_of_different_lists", directory=str(directory), first=describe(shards[0]),
+                              other=describe(shard))
 
 
 def _check_block(shard: Gallery) -> None:
@@ -220,5 +225,6 @@ def _check_block(shard: Gallery) -> None:
     start, stop = shard_bounds(info.total, info.index, info.count)
     if not 0 <= info.index < info.count or info.start != start or len(shard) + len(shard.unreadable) != stop - start:
         raise BundleError(f"{shard.path} does not hold block {info.index} of {info.count} of its list of "
-                          f"{info.total} images (images {start}..{stop - 1}): re-index it with tbps-index "
-                          f"--shard {info.index}/{info.count}")
+                          f"{info.total} images (images {start}..{stop - 1}): index shard {info.index}/{info.count} "
+                          "again", code="shard_block_wrong", path=str(shard.path), index=info.index, count=info.count,
+                          total=info.total, start=start, last=stop - 1)

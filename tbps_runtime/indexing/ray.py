@@ -1,4 +1,4 @@
-"""Distributed indexing with Ray Data: ``tbps-index --ray [ADDRESS]`` (the ``tbps[ray]`` extra).
+"""Distributed indexing with Ray Data: ``tbps index --ray [ADDRESS]`` (the ``tbps[ray]`` extra).
 
 The image list becomes a Ray dataset of ``(position, path)`` rows; a pool of
 actors (``map_batches`` with a class and an ``ActorPoolStrategy`` of
@@ -39,7 +39,8 @@ def require_ray() -> Any:
         import ray
         import ray.data  # noqa: F401  (Ray Data is a separate part of the ray package)
     except ImportError as e:
-        raise ConfigError(f"--ray needs Ray Data, which is not installed ({e}): {RAY_EXTRA_HINT}") from e
+        raise ConfigError(f"indexing with Ray needs Ray Data, which is not installed ({e}): {RAY_EXTRA_HINT}",
+                          code="ray_missing", reason=str(e), hint=RAY_EXTRA_HINT) from e
     return ray
 
 
@@ -76,7 +77,8 @@ class RayIndexer:
 
     def __init__(self, address: str | None = None, actors: int = 2, threads: int = 1):
         if actors < 1 or threads < 1:
-            raise ConfigError(f"--ray-actors and --threads must be at least 1, got {actors} and {threads}")
+            raise ConfigError(f"actors and threads must be at least 1, got {actors} and {threads}",
+                              code="parameter_invalid", names=("actors", "threads"))
         self.address = address or None
         self.actors = actors
         self.threads = threads

@@ -52,11 +52,14 @@ class IngestSettings:
 
     def __post_init__(self) -> None:
         if self.fps is not None and not 0 < self.fps <= MAX_FPS:
-            raise ConfigError(f"--fps must be in (0, {MAX_FPS:g}], got {self.fps}")
+            raise ConfigError(f"fps must be in (0, {MAX_FPS:g}], got {self.fps}", code="parameter_invalid",
+                              names=("fps",))
         if not 0 < self.window <= 86400:
-            raise ConfigError(f"--window must be in (0, 86400] seconds, got {self.window}")
+            raise ConfigError(f"window must be in (0, 86400] seconds, got {self.window}", code="parameter_invalid",
+                              names=("window",))
         if self.keep < 1 or self.batch_size < 1:
-            raise ConfigError("--keep and --batch-size must be at least 1")
+            raise ConfigError(f"keep and batch_size must be at least 1, got {self.keep} and {self.batch_size}",
+                              code="parameter_invalid", names=("keep", "batch_size"))
 
     def identity(self, camera: str) -> dict[str, Any]:
         """What must match between a run and the one it resumes."""
@@ -104,7 +107,9 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
     if state is not None and state.get("settings") != identity:
         raise ConfigError(f"{source} was ingested into {store.directory} with other settings "
                           f"({_differences(state.get('settings'), identity)}): use the same ones to continue, or "
-                          f"remove its rows first (tbps gallery delete {store.directory} --source {source})")
+                          f"delete its rows first (the source {source!r})", code="ingest_settings_changed",
+                          source=source, directory=str(store.directory),
+                          differences=_differences(state.get("settings"), identity))
     if state is not None and state.get("finished"):
         report.skipped = True
         logger.info("%s: already ingested to its end; skipped", source)
@@ -114,8 +119,8 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
     opened = open_source(opened_as, settings.fps)
     report.start_time = settings.start if settings.start is not None else opened.creation_time()
     if report.start_time is None:
-        report.notes.append("no --start and no creation time in the file: its rows have no time (time filters "
-                            "skip them); pass --start")
+        report.notes.append("no start time given and none in the file: its rows have no time (time filters "
+                            "skip them); give the source's start time")
         logger.warning("%s: %s", source, report.notes[-1])
     rate = settings.fps or opened.frame_rate or 10.0
     keeper = TrackKeeper(rate, store.max_track() + 1, settings.keep)
@@ -182,8 +187,9 @@ def _saved_state(store: Store, source: str) -> dict[str, Any] | None:
     except ValueError:
         state = None
     if not isinstance(state, dict) or not isinstance(state.get("frame"), int):
-        raise DataError(f"the saved progress of {source} in {store.directory} is damaged: remove its rows "
-                        f"(tbps gallery delete {store.directory} --source {source}) and ingest it again")
+        raise DataError(f"the saved progress of {source} in {store.directory} is damaged: delete its rows (the "
+                        f"source {source!r}) and ingest it again", code="ingest_progress_damaged", source=source,
+                        directory=str(store.directory))
     return state
 
 

@@ -58,7 +58,7 @@ class TrackKeeper:
 
     def __init__(self, fps: float, first_track: int, keep: int = 2, min_box_height: int = 24):
         if keep < 1:
-            raise ConfigError(f"--keep must be at least 1, got {keep}")
+            raise ConfigError(f"keep must be at least 1, got {keep}", code="parameter_invalid", names=("keep",))
         try:
             from trackers import ByteTrackTracker
             from trackers.utils.iou import BIoU, IoU

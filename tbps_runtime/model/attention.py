@@ -1,6 +1,6 @@
 """The attention behind a query's results (paper Fig. 4), from the bundle's explain graphs.
 
-``tbps-export --explain`` adds ``image_tower.explain.onnx`` and
+``tbps export --explain`` adds ``image_tower.explain.onnx`` and
 ``text_tower.explain.onnx``: the same towers, also returning the shared
 decoder's cross-attention. :func:`explain` runs them for one query and its
 result crops and returns an :class:`Explanation`; drawing it is
@@ -49,8 +49,9 @@ def _run(encoder: Encoder, spec: TowerSpec, feeds: dict[str, np.ndarray]) -> np.
 
 def _require(encoder: Encoder, spec: TowerSpec) -> None:
     if spec.name not in encoder.manifest.towers or spec.onnx_file not in encoder.manifest.files:
-        raise BundleError(f"{encoder.directory} has no {spec.onnx_file}: re-export it with "
-                          "tbps-export --ckpt m.pt --explain --force")
+        raise BundleError(f"{encoder.directory} has no {spec.onnx_file}: export the checkpoint again with the "
+                          "explain graphs", code="explain_graphs_missing", directory=str(encoder.directory),
+                          file=spec.onnx_file)
 
 
 def text_attention(encoder: Encoder, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

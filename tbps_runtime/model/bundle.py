@@ -12,17 +12,17 @@ calibrated Eq. 14 score above which a hit is trusted (``tbps calibrate``);
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tbps_runtime.atomic import read_json, write_json_atomic
+from tbps_runtime.atomic import read_json, sha256_file, write_json_atomic
 from tbps_runtime.contract import (BUNDLE_FORMAT, BUNDLE_VERSION, EXPLAIN_TOWERS, MANIFEST_FILE, TOWERS,
-                                   TowerSpec, mistyped_fields)
+                                   TowerSpec, is_int, mistyped_fields)
 from tbps_runtime.errors import BundleError, InputFileNotFoundError
 from tbps_runtime.paths import resolve_inside
+from tbps_runtime.text import short
 
 
 @dataclass
@@ -82,15 +82,6 @@ class Manifest:
         return {"file": tower.onnx_file, "inputs": io(tower.inputs), "outputs": io(tower.outputs)}
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically (temp file + rename)."""
     path = Path(directory) / MANIFEST_FILE
@@ -116,7 +107,7 @@ def load_manifest(directory: str | Path) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not a tbps bundle manifest (no '{BUNDLE_FORMAT}' format tag)")
     version = data.get("version")
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise BundleError(f"{path} has bundle version {version!r}, not one tbps writes (1..{BUNDLE_VERSION}): "
                           "re-export the bundle")
     if version > BUNDLE_VERSION:
@@ -168,14 +159,14 @@ def threshold_problems(record: Any, num_slots: Any) -> list[str]:
     images at least 1, ``matching_pairs + non_matching_pairs == captions * images``; non-empty names.
     """
     if not isinstance(record, dict):
-        return [f"score_threshold is {_short(record, 60)}, expected an object"]
+        return [f"score_threshold is {short(record)}, expected an object"]
     if not record:
         return []
     problems = [f"score_threshold.{key} is {'missing' if key not in record else 'not a field of it'}"
                 for key in sorted(set(THRESHOLD_FIELDS) ^ set(record))]
     for key, kind in THRESHOLD_FIELDS.items():
         if key in record and not _threshold_field_ok(kind, record[key], num_slots):
-            problems.append(f"score_threshold.{key} is {_short(record[key], 60)}, expected {_EXPECTED[kind]}"
+            problems.append(f"score_threshold.{key} is {short(record[key])}, expected {_EXPECTED[kind]}"
                             + (f" (K = {num_slots})" if kind == "score" else ""))
     pairs = record.get("matching_pairs", 0), record.get("non_matching_pairs", 0)
     if not problems and record["captions"] * record["images"] != sum(pairs):
@@ -188,11 +179,11 @@ def _threshold_field_ok(kind: str, value: Any, num_slots: Any) -> bool:
     if kind == "name":
         return isinstance(value, str) and value.strip() != ""
     if kind in ("positive", "count"):
-        return _is_int(value) and value >= (1 if kind == "positive" else 0)
+        return is_int(value) and value >= (1 if kind == "positive" else 0)
     if not _is_number(value):
         return False
     if kind == "score":
-        return _is_int(num_slots) and abs(value) <= num_slots + _SCORE_SLACK
+        return is_int(num_slots) and abs(value) <= num_slots + _SCORE_SLACK
     return 0 < value < 1 if kind == "open_rate" else 0 <= value <= 1
 
 
@@ -236,7 +227,7 @@ def check_sizes(directory: str | Path, manifest: Manifest) -> None:
     for name, (low, high) in SIZE_LIMITS.items():
         value = getattr(manifest, name)
         values, count = (value, 2) if name == "image_size" else ([value], 1)
-        if not (isinstance(values, list) and len(values) == count and all(_is_int(v) and low <= v <= high
+        if not (isinstance(values, list) and len(values) == count and all(is_int(v) and low <= v <= high
                                                                              for v in values)):
             expected = "[height, width], each" if name == "image_size" else "an integer"
             problems.append(f"{name} is {value!r}, expected {expected} in {low}..{high}")
@@ -276,7 +267,7 @@ def check_towers(directory: str | Path, manifest: Manifest) -> None:
         sizes = manifest.tower_sizes(tower)
         axes = {a for spec in (*tower.inputs, *tower.outputs) for a in spec.axes}
         bad = [f"{axis} {sizes.get(axis)!r}" for axis, (low, high) in AXIS_LIMITS.items()
-               if axis in axes and not (_is_int(sizes.get(axis)) and low <= sizes[axis] <= high)]
+               if axis in axes and not (is_int(sizes.get(axis)) and low <= sizes[axis] <= high)]
         if bad:
             problems.append(f"towers[{tower.name!r}] gives {', '.join(bad)}, expected "
                             + ", ".join(f"{a} in {lo}..{hi}" for a, (lo, hi) in AXIS_LIMITS.items() if a in axes))
@@ -284,20 +275,11 @@ def check_towers(directory: str | Path, manifest: Manifest) -> None:
         entry, expected = manifest.towers[tower.name], manifest.tower_entry(tower)
         recorded = {k: entry.get(k) for k in expected} if isinstance(entry, dict) else entry
         if recorded != expected:
-            problems.append(f"towers[{tower.name!r}] is {_short(recorded)}, the export contract makes it "
-                            f"{_short(expected)}")
+            problems.append(f"towers[{tower.name!r}] is {short(recorded, 300)}, the export contract makes it "
+                            f"{short(expected, 300)}")
     if problems:
         raise BundleError(f"{Path(directory) / MANIFEST_FILE} does not match its manifest's sizes and the export "
                           f"contract: {'; '.join(problems)}; re-export the bundle")
-
-
-def _short(value: Any, limit: int = 300) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:

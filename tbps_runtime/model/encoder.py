@@ -15,21 +15,20 @@ contexts) are created under locks.
 
 from __future__ import annotations
 
-import re
 import threading
-import unicodedata
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
 
 from tbps_runtime.contract import EMBEDDINGS, IMAGE_TOWER, MANIFEST_FILE, TEXT_TOWER, TowerSpec
-from tbps_runtime.errors import BundleError, DataError, InputFileNotFoundError, QueryError
+from tbps_runtime.errors import BundleError, DataError, InputFileNotFoundError
 from tbps_runtime.model.backends import Backend, create_backend, files_for, open_session
 from tbps_runtime.model.bundle import Manifest, check_supported, load_manifest, verify_files
 from tbps_runtime.model.images import normalize, read_image, resize_rgb
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_runtime.paths import resolve_inside
+from tbps_runtime.text import check_queries
 
 ImageInput = Union[str, Path, np.ndarray]  # a file, or an (H, W, 3) uint8 RGB crop
 
@@ -53,7 +52,7 @@ class Encoder:
         """Load a bundle once, after checking the SHA-256 of every file the backend will read.
 
         Args:
-            directory: the bundle (made by ``tbps-export``).
+            directory: the bundle (made by ``tbps export``).
             backend: ``"onnxruntime"`` or ``"tensorrt"``.
             threads: onnxruntime intra-op threads (default: the cores other processes leave idle).
             providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
@@ -230,34 +229,3 @@ class Encoder:
         outputs = {t.name: np.asarray(v, t.dtype) for t, v in zip(spec.outputs, values)}
         self.check_call(spec, feeds, outputs)
         return [outputs[t.name] for t in spec.outputs]
-
-
-def check_queries(texts: Sequence[Any]) -> None:
-    """Refuse what cannot be a query: a non-string, text that is not valid Unicode (undecodable
-    bytes), or one with nothing to read once :func:`visible_text` drops its invisible characters.
-
-    Raises:
-        QueryError: naming the query (1-based) and what is wrong with it.
-    """
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise QueryError(f"query {i + 1} is a {type(text).__name__}, not a string")
-        bad = _SURROGATE.search(text)
-        if bad is not None:
-            raise QueryError(f"query {i + 1} is not valid UTF-8 text (an undecodable byte at character "
-                             f"{bad.start() + 1}): pass the query as UTF-8")
-        if not visible_text(text).strip():
-            raise QueryError(f"query {i + 1} is empty, or only whitespace or invisible characters: "
-                             "describe the person to search for")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes of argv/stdin become lone surrogates
-
-
-def visible_text(text: str) -> str:
-    """``text`` without control and format characters (NUL, zero-width spaces and joiners,
-    bidi marks, byte-order marks), the characters a tokenizer drops; whitespace is kept."""
-    return "".join(c for c in text if c.isspace() or unicodedata.category(c) not in _INVISIBLE)
-
-
-_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}

@@ -103,9 +103,11 @@ def collect_images(source: str | Path) -> tuple[list[Path], list[int | str | Non
             raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {source}")
         return paths, None
     if not source.is_file():
-        raise InputFileNotFoundError(f"--images: no such directory or list file: {source}")
+        raise InputFileNotFoundError(f"no such directory or list file of images: {source}", code="images_missing",
+                                     source=str(source))
     if source.suffix.lower() in IMAGE_EXTENSIONS:
-        raise ConfigError(f"--images takes a directory or a list file (one image path per line), not an image: {source}")
+        raise ConfigError(f"images are a directory or a list file (one image path per line), not an image: {source}",
+                          code="images_is_an_image", source=str(source))
     return _read_list(source)
 
 

@@ -24,15 +24,21 @@ from tbps_runtime.errors import BundleError, ConfigError
 from tbps_runtime.model.bundle import Manifest
 from tbps_runtime.paths import resolve_inside
 
-REBUILD_HINT = "rebuild the engines on this machine with `tbps-export --ckpt m.pt --trt`"
+REBUILD_HINT = "build the engines again on this machine (export the checkpoint with TensorRT here)"
+
+
+def _unusable(reason: str, extra: str = "") -> BundleError:
+    """A TensorRT engine that cannot run here (``reason``): it must be built again on this machine."""
+    return BundleError(f"{reason}: {REBUILD_HINT}{extra}", code="tensorrt_engine_unusable", reason=reason,
+                       extra=extra)
 
 
 def plan_entry(manifest: Manifest, tower: TowerSpec) -> dict[str, Any]:
     """The manifest's record of a tower's TensorRT engine (keyed by tower or plan file name)."""
     entry = manifest.tensorrt.get(tower.name) or manifest.tensorrt.get(tower.plan_file)
     if not isinstance(entry, dict) or not entry:
-        raise BundleError(f"the bundle has no TensorRT engine for {tower.name}: {REBUILD_HINT}, "
-                          "or use --backend onnxruntime")
+        raise BundleError(f"the bundle has no TensorRT engine for {tower.name}: {REBUILD_HINT}, or use the "
+                          "onnxruntime backend", code="tensorrt_engine_missing", tower=tower.name)
     return entry
 
 
@@ -62,7 +68,7 @@ def check_engine_compatible(entry: dict[str, Any], plan: str, tensorrt_version: 
     if built_gpu != gpu_name.strip():
         problems.append(f"GPU {built_gpu!r}, this one is {gpu_name.strip()!r}")
     if problems:
-        raise BundleError(f"TensorRT engine {plan} was built for {'; '.join(problems)}: {REBUILD_HINT}")
+        raise _unusable(f"TensorRT engine {plan} was built for {'; '.join(problems)}")
 
 
 def import_tensorrt() -> tuple[Any, Any]:
@@ -75,7 +81,7 @@ def import_tensorrt() -> tuple[Any, Any]:
         import tensorrt as trt
     except ImportError as e:
         raise ConfigError("the tensorrt backend needs TensorRT and cuda-python (pip install 'tbps[trt]'); "
-                          "use --backend onnxruntime on machines without them") from e
+                          "use the onnxruntime backend on machines without them", code="tensorrt_missing") from e
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
@@ -133,7 +139,7 @@ class TensorRTEngine:
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise BundleError(f"TensorRT could not deserialize {source} (see its log above): {REBUILD_HINT}")
+            raise _unusable(f"TensorRT could not deserialize {source} (see its log above)")
         self.context = self.engine.create_execution_context()
         self.stream = cuda(cuda.rt.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -171,8 +177,8 @@ class TensorRTEngine:
         host_inputs = {name: np.ascontiguousarray(feeds[name], dtype=self.dtype(name)) for name in self.inputs}
         for name, array in host_inputs.items():
             if not self.context.set_input_shape(name, tuple(array.shape)):
-                raise BundleError(f"input {name} of shape {array.shape} is outside the engine's optimisation "
-                                  f"profile: {REBUILD_HINT} with a larger profile")
+                raise _unusable(f"input {name} of shape {array.shape} is outside the engine's optimisation profile",
+                                " with a larger profile")
         result = np.empty(tuple(self.context.get_tensor_shape(output)), dtype=self.dtype(output))
         for name, array in host_inputs.items():
             pointer = self._buffer(name, max(array.nbytes, 1))

@@ -7,7 +7,7 @@ red (grey when unknown), as in the paper's Fig. 3.
 
 With an :class:`~tbps_runtime.model.attention.Explanation` (from
 :meth:`~tbps_runtime.search.PersonSearch.explain`: the bundle's
-``*.explain.onnx`` graphs, ``tbps-export --explain``), each crop gets the image
+``*.explain.onnx`` graphs, ``tbps export --explain``), each crop gets the image
 tower's averaged decoder attention A_avg as a heat map (Fig. 4a), and the
 query's tokens are shaded by the text tower's decoder attention (Fig. 4b).
 

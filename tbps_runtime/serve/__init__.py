@@ -4,8 +4,14 @@
 
 The modules, from the outside in:
 
-- :mod:`~tbps_runtime.serve.app`: the FastAPI application (routes, the error contract, the request
-  guard: request ids, API key, body limits, metrics); :mod:`~tbps_runtime.serve.schemas`: its bodies;
+- :mod:`~tbps_runtime.serve.app`: the FastAPI application, assembled by :func:`~tbps_runtime.serve.app.create_app`
+  from the routers of :mod:`~tbps_runtime.serve.routes` (one per resource: search, embed and explain,
+  crops, gallery, health, page);
+- :mod:`~tbps_runtime.serve.deps`: the ``Depends`` providers of the routes (the service, the API key,
+  the page's files); :mod:`~tbps_runtime.serve.schemas`: the request and response models, bounds
+  included; :mod:`~tbps_runtime.serve.errors`: the one error shape and the exception handlers;
+  :mod:`~tbps_runtime.serve.guard`: the middleware in front (request ids, API key, body limits, metrics);
+- :mod:`~tbps_runtime.serve.messages`: the service's words (library errors in request fields);
 - :mod:`~tbps_runtime.serve.service`: what the routes do, without HTTP (one loaded bundle and gallery);
 - :mod:`~tbps_runtime.serve.galleries`: that gallery behind one interface, a plain one or a store;
 - :mod:`~tbps_runtime.serve.batching`: concurrent text queries share one text-tower call;
@@ -87,7 +93,7 @@ def settings_from_environment(environ: Mapping[str, str] | None = None) -> Serve
     environ = os.environ if environ is None else environ
     get = lambda name: environ.get(_ENV + name, "")  # noqa: E731
     if not get("GALLERY"):
-        raise ConfigError(f"{_ENV}GALLERY is not set: start the service with tbps serve --gallery G")
+        raise ConfigError(f"{_ENV}GALLERY is not set: workers get their settings from tbps serve, which sets it")
     try:
         settings = ServeSettings(
             gallery=get("GALLERY"), bundle=get("BUNDLE") or None, host=get("HOST") or "127.0.0.1",

@@ -250,18 +250,12 @@ class StoreGallery:
         """Remove rows passing ``row_filter`` older than ``age`` seconds; what was (would be) removed.
 
         Raises:
-            ConfigError: no condition; or every row, without ``everything``.
+            ConfigError: no condition; or every row, without ``everything`` (:meth:`Store.delete
+                <tbps_runtime.store.base.Store.delete>`: the service words its code).
             Conflict: another process is writing the store.
         """
-        if (row_filter is None or row_filter.empty) and age is None:
-            raise ConfigError("say what to delete: filters (cameras, sources, tracks, since, until) or older_than")
         with self._writing("deleting from"):
-            planned = self.target.delete(row_filter, older_than=age, everything=True, dry_run=True)
-            total = self.rows()
-            if planned.rows and planned.rows == total and not everything:
-                raise ConfigError(f"this would remove all {total} rows of the store: send \"everything\": true "
-                                  "to do it")
-            removal = planned if dry_run else self.target.delete(row_filter, older_than=age, everything=everything)
+            removal = self.target.delete(row_filter, older_than=age, everything=everything, dry_run=dry_run)
         self._cameras = None
         return {"dry_run": dry_run, **removal.to_json()}
 

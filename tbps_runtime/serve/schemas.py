@@ -1,13 +1,56 @@
 """The request and response bodies of ``tbps serve`` (pydantic): validated on the way in, and the OpenAPI
 description at ``/docs``. A request body refuses fields it does not know (a misspelt ``kk`` is a 400, not
-silently ignored); the limits that settings can change (k, queries, lengths) are checked by the service,
-so their descriptions state the defaults."""
+silently ignored), values of the wrong type, numbers that are not finite, negative row and track ids, and
+more texts, images, rows or characters than :data:`BOUNDS` (the default :class:`~tbps_runtime.serve.Limits`),
+each stated in the OpenAPI description; a service built with lower limits refuses past those as well
+(:class:`~tbps_runtime.serve.service.Service`), in the same words (:mod:`tbps_runtime.serve.messages`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from tbps_runtime.errors import ConfigError
+from tbps_runtime.serve import Limits
+from tbps_runtime.serve.messages import count_refusal, length_refusal, range_refusal
+from tbps_runtime.store.rows import MAX_TEXT
+
+BOUNDS = Limits()  # what any request body may hold: the default limits
+_LARGEST_ID = 2**63 - 1  # rows and tracks are SQLite / Milvus int64
+
+
+def _counted(item: Any, noun: str, most: int) -> Any:
+    """A list of 1 to ``most`` items, refused in the service's words, its bounds in the OpenAPI description."""
+
+    def check(items: list) -> list:
+        if not 1 <= len(items) <= most:
+            raise ValueError(count_refusal(most, noun, len(items)))
+        return items
+
+    return Annotated[list[item], AfterValidator(check), Field(json_schema_extra={"minItems": 1, "maxItems": most})]
+
+
+def _query_length(text: str) -> str:
+    if len(text) > BOUNDS.max_query_chars:
+        raise ValueError(length_refusal(len(text), BOUNDS.max_query_chars))
+    return text
+
+
+def _between(name: str, most: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not 1 <= value <= most:
+            raise ValueError(range_refusal(name, most, value))
+        return value
+
+    return check
+
+
+Query = Annotated[str, AfterValidator(_query_length), Field(json_schema_extra={"maxLength": BOUNDS.max_query_chars})]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]  # a camera or source
+Id = Annotated[int, Field(ge=0, le=_LARGEST_ID)]  # a row or track
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a 400, not silently ignored
@@ -17,9 +60,9 @@ class Filters(_Body):
     """Which rows of a store to search or delete; empty fields select everything. Times: ISO-8601 (no
     zone: UTC); the range is since <= time < until."""
 
-    cameras: list[str] = Field(default_factory=list)
-    sources: list[str] = Field(default_factory=list)
-    tracks: list[int] = Field(default_factory=list)
+    cameras: list[Name] = Field(default_factory=list)
+    sources: list[Name] = Field(default_factory=list)
+    tracks: list[Id] = Field(default_factory=list)
     since: str | None = None
     until: str | None = None
 
@@ -27,13 +70,25 @@ class Filters(_Body):
 class SearchRequest(_Body):
     """One query (``query``) or several (``queries``), ranked by Eq. 14."""
 
-    query: str | None = Field(None, description="What the person looks like (at most 1000 characters).")
-    queries: list[str] | None = Field(None, description="Several queries (at most 64): one result list each.")
-    k: int = Field(10, description="Results per query, 1 to 100.")
+    query: Query | None = Field(None, description="What the person looks like.")
+    queries: _counted(Query, "texts", BOUNDS.max_queries) | None = Field(
+        None, description="Several queries: one result list each.")
+    k: Annotated[int, AfterValidator(_between("k", BOUNDS.max_k))] = Field(
+        10, description="Results per query.", json_schema_extra={"minimum": 1, "maximum": BOUNDS.max_k})
     filters: Filters | None = Field(None, description="A store's rows to search (a plain gallery: none).")
-    min_score: float | Literal["auto"] | None = Field(
+    min_score: Finite | Literal["auto"] | None = Field(
         None, description="Drop hits scoring below it; 'auto': the bundle's calibrated threshold.")
     per_track: bool = Field(False, description="A store's tracks, each by its best row, instead of rows.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_query(self) -> SearchRequest:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give either query (a string) or queries (a list of strings)")
+        return self
+
+    def texts(self) -> tuple[list[str], str]:
+        """The query texts and the field they came from."""
+        return ([self.query], "query") if self.query is not None else (list(self.queries or ()), "queries")
 
 
 class Hit(BaseModel):
@@ -64,12 +119,13 @@ class SearchResponse(BaseModel):
 
 
 class EmbedTextRequest(_Body):
-    texts: list[str] = Field(description="At most 64 captions of at most 1000 characters.")
+    texts: _counted(Query, "texts", BOUNDS.max_queries) = Field(description="Captions.")
     encoding: Literal["json", "base64"] = "json"
 
 
 class EmbedImageRequest(_Body):
-    images: list[str] = Field(description="At most 64 base64 JPEG or PNG files, each at most 4096x4096 pixels.")
+    images: _counted(str, "images", BOUNDS.max_images) = Field(
+        description=f"Base64 JPEG or PNG files, each at most {BOUNDS.max_image_side}x{BOUNDS.max_image_side} pixels.")
     encoding: Literal["json", "base64"] = "json"
 
 
@@ -81,8 +137,8 @@ class EmbedResponse(BaseModel):
 
 
 class ExplainRequest(_Body):
-    query: str
-    rows: list[int] = Field(description="Gallery rows (at most 10), e.g. a search's hits.")
+    query: Query
+    rows: _counted(Id, "rows", BOUNDS.max_explain_rows) = Field(description="Gallery rows, e.g. a search's hits.")
 
 
 class ExplainResponse(BaseModel):
@@ -93,15 +149,15 @@ class ExplainResponse(BaseModel):
 
 class IngestCropBody(_Body):
     image: str = Field(description="Base64 JPEG or PNG.")
-    camera: str = Field(min_length=1, max_length=1024)
+    camera: Name
     time: str | None = Field(None, description="When it was seen: ISO-8601 (no zone: UTC).")
-    source: str = Field("api", min_length=1, max_length=1024)
-    track: int | None = Field(None, ge=0, le=2**63 - 1)
-    box: list[float] | None = Field(None, min_length=4, max_length=4, description="x0, y0, x1, y1")
+    source: Name = "api"
+    track: Id | None = None
+    box: list[Finite] | None = Field(None, min_length=4, max_length=4, description="x0, y0, x1, y1")
 
 
 class IngestRequest(_Body):
-    crops: list[IngestCropBody] = Field(description="At most 64 crops.")
+    crops: _counted(IngestCropBody, "crops", BOUNDS.max_images) = Field(description="Crops to append.")
 
 
 class IngestResponse(BaseModel):
@@ -111,7 +167,8 @@ class IngestResponse(BaseModel):
 class DeleteRequest(_Body):
     filters: Filters | None = None
     older_than: str | None = Field(None, description="An age: 30d, 12h, 90m (rows without a time: when added).")
-    dry_run: bool = False
+    dry_run: bool = Field(False, description="Count what would go (every row too, without everything); remove "
+                                             "nothing.")
     everything: bool = Field(False, description="Allow removing every row of the store.")
 
 
@@ -149,6 +206,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {  # the refusals a data endpoint docu
      (503, "the store is not answering"))}
 
 
-__all__ = ["DeleteRequest", "ERRORS", "EmbedImageRequest", "EmbedResponse", "EmbedTextRequest", "ErrorDetail",
+def check_limits(limits: Limits) -> None:
+    """Refuse limits above :data:`BOUNDS`: the request models would refuse what the settings allow.
+
+    Raises:
+        ConfigError: naming the limit.
+    """
+    for name in ("max_query_chars", "max_queries", "max_k", "max_images", "max_explain_rows"):
+        if getattr(limits, name) > getattr(BOUNDS, name):
+            raise ConfigError(f"limits.{name} is {getattr(limits, name)}, above {getattr(BOUNDS, name)}, the bound "
+                              "of the request bodies: a service may lower its limits, not raise them")
+
+
+__all__ = ["BOUNDS", "DeleteRequest", "ERRORS", "EmbedImageRequest", "EmbedResponse", "EmbedTextRequest", "ErrorDetail",
            "ErrorResponse", "ExplainRequest", "ExplainResponse", "Filters", "Hit", "IngestCropBody", "IngestRequest",
-           "IngestResponse", "ReadyResponse", "RemovalResponse", "SearchRequest", "SearchResponse"]
+           "IngestResponse", "ReadyResponse", "RemovalResponse", "SearchRequest", "SearchResponse", "check_limits"]

@@ -1,7 +1,7 @@
 """Who may call the service: loopback detection, the API key, public paths, CORS origins.
 
 The model: ``tbps serve`` binds 127.0.0.1 unless told otherwise; on any other address it refuses to
-start without an API key (``--api-key-file`` or ``TBPS_API_KEY``). With a key, every data endpoint
+start without an API key (a key file or ``TBPS_API_KEY``). With a key, every data endpoint
 wants ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time
 (:func:`hmac.compare_digest` over SHA-256 digests: neither the content nor the length of the key
 shows in the time taken). Liveness, readiness and metrics (counts only, no data), the operator page
@@ -47,9 +47,9 @@ def read_api_key(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputFileNotFoundError(f"--api-key-file {path}: no such file")
+        raise InputFileNotFoundError(f"no API key file at {path}", code="api_key_file_missing", path=str(path))
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return check_api_key(lines[0] if lines else "", f"the first line of --api-key-file {path}")
+    return check_api_key(lines[0] if lines else "", f"the first line of the API key file {path}")
 
 
 def check_api_key(key: str, where: str) -> str:
@@ -70,7 +70,7 @@ def check_api_key(key: str, where: str) -> str:
 
 
 def resolve_api_key(api_key_file: str | Path | None, environ: Mapping[str, str] | None = None) -> str | None:
-    """The key from ``--api-key-file`` (first), else ``TBPS_API_KEY``, else None (no key)."""
+    """The key from ``api_key_file`` (first), else ``TBPS_API_KEY``, else None (no key)."""
     if api_key_file is not None:
         return read_api_key(api_key_file)
     environ = os.environ if environ is None else environ
@@ -85,8 +85,9 @@ def check_exposure(host: str, api_key: str | None) -> None:
         ConfigError: ``host`` is reachable from other machines and no key is configured.
     """
     if api_key is None and not is_loopback(host):
-        raise ConfigError(f"--host {host} is reachable from other machines: an API key is required there "
-                          f"(--api-key-file FILE or {KEY_ENVIRONMENT}); or serve on 127.0.0.1")
+        raise ConfigError(f"the host {host} is reachable from other machines: an API key is required there (a key "
+                          f"file or {KEY_ENVIRONMENT}); or serve on 127.0.0.1", code="serve_exposed_without_key",
+                          host=host, environment=KEY_ENVIRONMENT)
 
 
 def is_public(path: str) -> bool:
@@ -116,7 +117,7 @@ def key_matches(presented: bytes | None, expected: bytes) -> bool:
 
 
 def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
-    """``--cors-origin`` values as browsers send them (``https://host[:port]``), each checked.
+    """CORS origins as browsers send them (``https://host[:port]``), each checked.
 
     Raises:
         ConfigError: ``*``, or a value with a path, query or another scheme.
@@ -126,8 +127,9 @@ def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
         parts = urlsplit(origin)
         if origin == "*" or parts.scheme not in ("http", "https") or not parts.netloc \
                 or parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ConfigError(f"--cors-origin {origin!r} is not an origin: give scheme and host, e.g. "
-                              "https://ops.example.org or http://localhost:3000 (no '*', no path)")
+            raise ConfigError(f"the CORS origin {origin!r} is not an origin: give scheme and host, e.g. "
+                              "https://ops.example.org or http://localhost:3000 (no '*', no path)",
+                              code="cors_origin_invalid", origin=origin)
         checked.append(f"{parts.scheme}://{parts.netloc}")
     return tuple(checked)
 

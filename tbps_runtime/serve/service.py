@@ -1,6 +1,8 @@
 """What the service does, without HTTP: one loaded bundle and one gallery, searched, embedded, explained,
-and (a store) appended to and pruned. The routes of :mod:`tbps_runtime.serve.app` call these methods off
-the event loop; everything here is blocking and thread-safe.
+and (a store) appended to and pruned. The routes of :mod:`tbps_runtime.serve.routes` call these methods
+off the event loop; everything here is blocking and thread-safe. The request models bound every request
+at the default limits (:mod:`tbps_runtime.serve.schemas`); the service holds it to its own, which may be
+lower, and refuses in the same words (:mod:`tbps_runtime.serve.messages`).
 
 Built on the public API only: :class:`~tbps_runtime.search.PersonSearch`, the gallery behind one interface
 (:class:`~tbps_runtime.serve.galleries.ServedGallery`: a plain gallery or a store),
@@ -13,7 +15,6 @@ import base64
 import binascii
 import io
 import logging
-import math
 import tempfile
 import time
 from concurrent.futures import Future
@@ -26,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, QueryError
-from tbps_runtime.model.encoder import Encoder, check_queries
+from tbps_runtime.model.encoder import Encoder
 from tbps_runtime.model.images import read_image
 from tbps_runtime.paths import printable
 from tbps_runtime.report.draw import CROP_SIZE, crop_image
@@ -34,8 +35,10 @@ from tbps_runtime.search import PersonSearch
 from tbps_runtime.serve import Limits, ServeSettings
 from tbps_runtime.serve.batching import QueryBatcher
 from tbps_runtime.serve.galleries import Conflict, IngestCrop, ServedGallery, open_served
+from tbps_runtime.serve.messages import NO_EXPLAIN_GRAPHS, count_refusal, length_refusal, range_refusal
 from tbps_runtime.serve.metrics import ServiceMetrics
 from tbps_runtime.store.rows import RowFilter, parse_age, parse_time
+from tbps_runtime.text import check_queries
 from tbps_runtime.threads import choose_threads
 
 logger = logging.getLogger(__name__)
@@ -80,10 +83,13 @@ class Service:
         gallery = open_served(settings.gallery)
         bundle = settings.bundle or gallery.bundle
         if not bundle:
-            raise ConfigError(f"the gallery {settings.gallery} records no bundle: pass --bundle DIR")
+            raise ConfigError(f"the gallery {settings.gallery} records no bundle: name one (ServeSettings.bundle)",
+                              code="gallery_without_bundle", gallery=settings.gallery)
         if not Path(bundle).is_dir():
-            raise InputFileNotFoundError(f"no bundle at {bundle}" + ("" if settings.bundle else
-                                                                     " (the one the gallery records): pass --bundle"))
+            recorded = not settings.bundle
+            raise InputFileNotFoundError(f"no bundle at {bundle}" + (" (the one the gallery records): name one "
+                                                                     "(ServeSettings.bundle)" if recorded else ""),
+                                         code="bundle_missing", bundle=str(bundle), recorded=recorded)
         # Never spin-waiting: the event loop's thread needs the core an idle tower thread would spin on.
         search = PersonSearch(Encoder.from_bundle(bundle, threads=serving_threads(settings.threads), spinning=False))
         gallery.target.check_bundle(search.fingerprint, search.directory)
@@ -137,11 +143,10 @@ class Service:
         """
         limits = self.limits
         if not 1 <= len(texts) <= limits.max_queries:
-            raise QueryError(f"{what}: give 1 to {limits.max_queries} texts per request, got {len(texts)}")
+            raise QueryError(f"{what}: {count_refusal(limits.max_queries, 'texts', len(texts))}")
         for i, text in enumerate(texts):
             if isinstance(text, str) and len(text) > limits.max_query_chars:
-                raise QueryError(f"{what}[{i}] is {len(text)} characters long; at most {limits.max_query_chars}: "
-                                 "describe the person in fewer words")
+                raise QueryError(f"{what}[{i}]: {length_refusal(len(text), limits.max_query_chars)}")
         check_queries(texts)
         return list(texts)
 
@@ -150,26 +155,14 @@ class Service:
         """A request's ranking, checked against the limits and the gallery.
 
         Raises:
-            ConfigError: k out of range, filters or per_track on a plain gallery, a bad threshold.
+            ConfigError: k out of range, filters or per_track on a plain gallery, a bad threshold
+                (:meth:`PersonSearch.min_score <tbps_runtime.search.PersonSearch.min_score>`).
         """
         if not 1 <= k <= self.limits.max_k:
-            raise ConfigError(f"k must be 1 to {self.limits.max_k}, got {k}")
+            raise ConfigError(range_refusal("k", self.limits.max_k, k))
         self.gallery.check_filters(row_filter, per_track)
         return RankSpec(k, row_filter if row_filter is not None and not row_filter.empty else None, per_track,
-                        self._threshold(min_score))
-
-    def _threshold(self, value: float | str | None) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                return self.search.min_score("auto")
-            except ConfigError:
-                raise ConfigError("min_score 'auto' needs a bundle calibrated with tbps calibrate, and this one "
-                                  "is not: give a number") from None
-        if not math.isfinite(value):
-            raise ConfigError(f"min_score must be a finite number, got {value}")
-        return float(value)
+                        self.search.min_score(min_score))
 
     def describe(self, spec: RankSpec, rows: int) -> str:
         """The search a spec makes over ``rows`` rows, in words: ``exact Eq. 14 over 800 row(s); no filter``."""
@@ -217,7 +210,7 @@ class Service:
             DataError: naming the image (0-based) that is not base64, not a JPEG or PNG, or too large.
         """
         if not 1 <= len(images) <= self.limits.max_images:
-            raise DataError(f"{what}: give 1 to {self.limits.max_images} images per request, got {len(images)}")
+            raise DataError(f"{what}: {count_refusal(self.limits.max_images, 'images', len(images))}")
         return [decode_image(text, f"{what}[{i}]", self.limits) for i, text in enumerate(images)]
 
     # -- crops and explanations --------------------------------------------------------------------
@@ -238,9 +231,9 @@ class Service:
             NotFound: a row that does not exist.
         """
         if not self.explain_available:
-            raise Conflict("this bundle has no explain graphs: re-export it with tbps export --explain")
+            raise Conflict(NO_EXPLAIN_GRAPHS)
         if not 1 <= len(rows) <= self.limits.max_explain_rows:
-            raise ConfigError(f"rows: give 1 to {self.limits.max_explain_rows} rows, got {len(rows)}")
+            raise ConfigError(f"rows: {count_refusal(self.limits.max_explain_rows, 'rows', len(rows))}")
         self.check_texts([query], "query")
         paths = [self.gallery.image_file(row) for row in rows]
         explanation = self.search.explain(query, [str(p) for p in paths])
@@ -266,7 +259,7 @@ class Service:
         """
         self.require_store("ingesting")
         if not 1 <= len(crops) <= self.limits.max_images:
-            raise DataError(f"crops: give 1 to {self.limits.max_images} crops per request, got {len(crops)}")
+            raise DataError(f"crops: {count_refusal(self.limits.max_images, 'crops', len(crops))}")
         embeddings = self.embed_pixels([crop.pixels for crop in crops])  # (n, K, d), before taking the lock
         return self.gallery.append(embeddings, crops)
 
@@ -277,7 +270,8 @@ class Service:
 
         Raises:
             Conflict: a plain gallery, or another process is writing the store.
-            ConfigError: no condition; or every row, without ``everything``.
+            ConfigError: no condition; every row, without ``everything`` (its code and facts say which:
+                :meth:`Store.delete <tbps_runtime.store.base.Store.delete>`); an age that is not one.
         """
         self.require_store("deleting rows")
         age = None if older_than is None else parse_age(older_than)

@@ -108,8 +108,11 @@ class Store(Protocol):
         (seconds), were seen (or, without a time, added) longer ago than that. Deleting a source by name
         forgets its ingest progress; batches left without rows go with their crop folders.
 
+        ``dry_run``: count what would go, remove nothing; every row may be counted without ``everything``.
+
         Raises:
-            ConfigError: no condition at all, or every row without ``everything``.
+            ConfigError: no condition at all (code ``delete_without_condition``), or every row without
+                ``everything`` (code ``delete_everything_unconfirmed``, facts ``rows`` and ``location``).
         """
 
     def search(self, queries: np.ndarray, k: int = 10, *, row_filter: RowFilter | None = None,
@@ -274,13 +277,17 @@ class StoreBase:
         """Remove rows by filter and age; see :meth:`Store.delete`."""
         row_filter = row_filter or RowFilter()
         if row_filter.empty and older_than is None:
-            raise ConfigError("say what to delete: --older-than AGE, --camera, --source, --track, --since/--until")
+            raise ConfigError("say what to delete: a row filter (cameras, sources, tracks, since, until) or "
+                              "older_than", code="delete_without_condition")
         cutoff = None if older_than is None else time.time() - older_than
         return self._delete(row_filter, cutoff, everything, dry_run)
 
     def _refuse_everything(self, doomed: int, total: int, everything: bool) -> None:
+        """Raises ConfigError when ``doomed`` rows are all ``total`` rows and ``everything`` is not set."""
         if doomed and doomed == total and not everything:
-            raise ConfigError(f"this would remove all {total} rows of {self.location}: add --yes to do it")
+            raise ConfigError(f"this would remove all {total} rows of {self.location}: removing every row needs "
+                              "everything=True", code="delete_everything_unconfirmed", rows=total,
+                              location=self.location)
 
     def _remove_crops(self, removal: Removal, crops: Iterable[str | None], emptied: Iterable[str | None]) -> None:
         """Remove the deleted rows' crop files (``crops``) and the crop folders of batches left without rows

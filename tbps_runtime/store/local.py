@@ -97,10 +97,12 @@ class LocalStore(StoreBase):
         """
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
-            raise OutputError(f"{directory} is a file, not a store directory: pick another --gallery")
+            raise OutputError(f"{directory} is a file, not a store directory: a store needs a directory",
+                              code="store_path_is_file", path=str(directory))
         if not is_store(directory) and directory.is_dir() and any(directory.iterdir()):
-            raise OutputError(f"{directory} is not empty and not a tbps store (no {CATALOG}): pick a new or "
-                              "empty directory for --gallery")
+            raise OutputError(f"{directory} is not empty and not a tbps store (no {CATALOG}): a new store needs a "
+                              "new or empty directory", code="store_path_not_empty", path=str(directory),
+                              catalog=CATALOG)
         directory.mkdir(parents=True, exist_ok=True)
         with output_lock(directory / CATALOG, "creating"):
             db = _connect(directory / CATALOG)
@@ -188,7 +190,7 @@ class LocalStore(StoreBase):
         with self._write() as db:
             doomed = db.execute(f"SELECT id, segment, camera, crop FROM rows WHERE {where}", params).fetchall()
             total = int(db.execute("SELECT COALESCE(SUM(live), 0) FROM segments").fetchone()[0])
-            self._refuse_everything(len(doomed), total, everything)
+            self._refuse_everything(len(doomed), total, everything or dry_run)
             removal.rows = len(doomed)
             for _, _, camera, _ in doomed:
                 removal.cameras[camera] = removal.cameras.get(camera, 0) + 1

@@ -227,7 +227,7 @@ class MilvusStore(StoreBase):
         removal = Removal()
         with self._errors("deleting rows"):
             doomed = [row for page in self._pages(expr, ["camera", "crop", "batch"]) for row in page]
-            self._refuse_everything(len(doomed), self._count(""), everything)
+            self._refuse_everything(len(doomed), self._count(""), everything or dry_run)
             removal.rows = len(doomed)
             removal.cameras = dict(Counter(row["camera"] for row in doomed))
             if dry_run or not doomed:

@@ -78,9 +78,12 @@ def _new_reference(directory: Path, milvus: str, reference: tuple[str, str] | No
                               f"{directory}, e.g. milvus-lite:{directory / 'rows.db'}/{collection}")
         milvus_uri = str(lite)
     if is_store(directory):
-        raise ConfigError(f"{directory} is a local store: --store {milvus} needs a new directory")
+        raise ConfigError(f"{directory} is a local store: a Milvus store ({milvus}) needs a new directory",
+                          code="store_local_not_milvus", directory=str(directory), milvus=milvus)
     if reference is not None and reference != (milvus_uri, collection):
-        raise ConfigError(f"{directory} keeps its rows in {reference[1]} at {reference[0]}, not --store {milvus}")
+        raise ConfigError(f"{directory} keeps its rows in {reference[1]} at {reference[0]}, not in {milvus}",
+                          code="store_milvus_elsewhere", directory=str(directory), collection=reference[1],
+                          uri=reference[0], milvus=milvus)
     return milvus_uri, collection
 
 

@@ -3,7 +3,7 @@
 
 Times are UTC seconds since the epoch (float). :func:`parse_time` reads the
 ISO-8601 a user types (``2026-03-02T14:00``, ``...Z``, ``...+01:00``; no zone
-means UTC) and :func:`parse_age` the ages of ``--older-than`` (``30d``, ``12h``).
+means UTC) and :func:`parse_age` ages (``30d``, ``12h``).
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ class RowFilter:
         for name in ("since", "until"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ConfigError(f"--{name} {value!r} is not a time")
+                raise ConfigError(f"{name} {value!r} is not a time", code="parameter_invalid", names=(name,))
         if self.since is not None and self.until is not None and self.until <= self.since:
-            raise ConfigError(f"--until ({format_time(self.until)}) must be after --since "
-                              f"({format_time(self.since)})")
+            since, until = format_time(self.since), format_time(self.until)
+            raise ConfigError(f"until ({until}) must be after since ({since})", code="parameter_invalid",
+                              names=("until", "since"))
 
     @property
     def empty(self) -> bool:
@@ -172,13 +173,13 @@ def format_time(seconds: float) -> str:
 
 
 def parse_age(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds.
+    """An age (``older_than``: ``30d``, ``12h``, ``90m``, ``45s``, ``2w``) -> seconds.
 
     Raises:
         ConfigError: not such an age.
     """
     match = _AGE.match(text)
     if match is None:
-        raise ConfigError(f"--older-than {text!r} is not an age: a number and a unit, s, m, h, d or w "
-                          "(e.g. 30d, 12h)")
+        raise ConfigError(f"older_than {text!r} is not an age: a number and a unit, s, m, h, d or w (e.g. 30d, "
+                          "12h)", code="parameter_invalid", names=("older_than",))
     return float(match.group(1)) * _AGE_SECONDS[match.group(2)]

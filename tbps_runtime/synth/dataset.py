@@ -42,7 +42,7 @@ DATASET = OutputKind(
     marker=MARKER, format="tbps-synth",
     own_files=re.compile("|".join(map(re.escape, _OWN_FILES)) + r"|imgs/SYNTH/\d{5,}_\d{2,}\.png"),
     own_dirs=frozenset({"imgs", "imgs/SYNTH"}),
-    noun="dataset", described="a dataset", writer="tbps synth", overwrite_hint="overwrite=True",
+    noun="dataset", described="a dataset", writer="tbps synth",
 )
 
 

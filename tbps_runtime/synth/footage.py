@@ -50,7 +50,7 @@ MANIFEST = "footage.json"  # also the marker: only a directory holding ours (and
 FOOTAGE = OutputKind(
     marker=MANIFEST, format=FORMAT, version=VERSION,
     own_files=re.compile(r"footage\.json|cam\d+\.mp4|cam\d+\.gt\.txt"), own_dirs=frozenset(),
-    noun="footage", described="footage", writer="tbps synth-footage", overwrite_hint="--overwrite",
+    noun="footage", described="footage", writer="tbps synth-footage",
 )
 SOLID_COLOURS = ("red", "green", "blue", "yellow", "white", "black")  # PALETTE names, cycled over people
 
@@ -186,9 +186,11 @@ def _check_args(cameras, seconds, fps, size, people, seed, start, outfits, still
     frames = round(seconds * fps)
     if not 1 <= frames <= MAX_FRAMES:
         raise ConfigError(f"seconds x fps = {seconds * fps:g} frames per camera: it must be 1..{MAX_FRAMES}; "
-                          "change --seconds or --fps")
+                          "change seconds or fps", code="footage_frames_invalid", frames=f"{seconds * fps:g}",
+                          most=MAX_FRAMES)
     if not still and seconds < 2:
-        raise ConfigError(f"seconds={seconds:g} is too short for people to walk into view: use >= 2, or --still")
+        raise ConfigError(f"seconds={seconds:g} is too short for people to walk into view: use >= 2, or still=True",
+                          code="footage_too_short", seconds=f"{seconds:g}")
     moment = _parse_start(start)
     try:
         moment + timedelta(seconds=seconds)
@@ -316,7 +318,9 @@ def _schedule(rng: np.random.Generator, clip: _Clip, people: int) -> list[_Walk]
         if booked is None:
             raise ConfigError(f"cannot show {people} people in {clip.cameras} camera(s) x "
                               f"{clip.frames / clip.fps:g} s with at most {MAX_IN_VIEW} in view at a time: "
-                              "raise --seconds or --cameras, or lower --people")
+                              "raise seconds or cameras, or lower people", code="footage_too_crowded",
+                              people=people, cameras=clip.cameras, seconds=f"{clip.frames / clip.fps:g}",
+                              most=MAX_IN_VIEW)
         occupancy.append(booked[0])
         entries.append(booked[1])
         walks += booked[2]
@@ -395,7 +399,9 @@ def _still_walks(rng: np.random.Generator, clip: _Clip, people: int) -> list[_Wa
     """
     if people > MAX_IN_VIEW * clip.cameras:
         raise ConfigError(f"still footage shows at most {MAX_IN_VIEW} people per camera: {people} people need "
-                          f"{math.ceil(people / MAX_IN_VIEW)} cameras (--cameras), or lower --people")
+                          f"{math.ceil(people / MAX_IN_VIEW)} cameras, or lower people",
+                          code="still_footage_too_crowded", people=people, most=MAX_IN_VIEW,
+                          cameras=math.ceil(people / MAX_IN_VIEW))
     dealt = rng.permutation(people).tolist()
     per_camera = [[dealt[k] for k in range(c, people, clip.cameras)] or [dealt[c % people]]
                   for c in range(clip.cameras)]

@@ -37,7 +37,6 @@ class OutputKind:
     noun: str  # "dataset": "pass a directory path for the dataset"
     described: str  # "a dataset": "... is not a dataset written by tbps synth"
     writer: str  # "tbps synth"
-    overwrite_hint: str  # how its caller asks to replace: "overwrite=True", "--overwrite"
     version: int = 1
 
 
@@ -57,7 +56,8 @@ def prepare_output(out: str | Path, kind: OutputKind, overwrite: bool, need: int
         raise OutputError(f"{out} is a file: pass a directory path for the {kind.noun}")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise OutputError(f"{out} exists and is not empty: pick a new directory or pass {kind.overwrite_hint}")
+            raise OutputError(f"{out} exists and is not empty: pick a new directory or pass overwrite=True",
+                              code="output_not_empty", path=str(out))
         _check_replaceable(out, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out

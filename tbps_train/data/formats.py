@@ -23,13 +23,13 @@ from typing import Any, Iterable, Mapping
 
 from tbps_runtime.atomic import parse_json
 from tbps_runtime.errors import DataError, UnsafePathError
-from tbps_runtime.model.encoder import visible_text
 from tbps_runtime.paths import resolve_inside
+from tbps_runtime.text import short, visible_text
 
 __all__ = [
     "DATASETS", "IMAGE_DIR", "JSON_DATASETS", "LAYOUTS", "SPLITS", "Entry", "EntryProblem", "Layout",
     "has_visible_text", "is_utf8", "json_type", "kept_captions", "load_entry_list", "parse_entry", "quoted",
-    "read_json", "short",
+    "read_json",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -315,9 +315,3 @@ def json_type(value: Any) -> str:
 def quoted(names: Iterable[Any]) -> str:
     """``'a', 'b'``."""
     return ", ".join(repr(n) for n in names)
-
-
-def short(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

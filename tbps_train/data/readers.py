@@ -35,9 +35,10 @@ from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple
 from tbps_runtime.atomic import parse_json, read_json, write_json_atomic
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, OutputError
 from tbps_runtime.paths import resolve_inside
+from tbps_runtime.text import short
 from tbps_train.data.formats import (
     DATASETS, LAYOUTS, EntryProblem, Layout, has_visible_text, kept_captions, load_entry_list,
-    parse_entry, quoted, short,
+    parse_entry, quoted,
 )
 from tbps_train.data.records import ImageRecord
 
@@ -340,12 +341,13 @@ def locate_csv(root: str | Path) -> Path:
             except OSError:  # a folder we may not list: the message just names fewer files
                 others = []
             held = f"; it holds {', '.join(others)}: pass that file itself" if others else ""
-            raise InputFileNotFoundError(f"no {wanted} under {path}{held} (--dataset csv reads one row per "
-                                         "image, person_id, caption)")
+            raise InputFileNotFoundError(f"no {wanted} under {path}{held} (a csv dataset has one row per image, "
+                                         "person_id, caption)", code="csv_dataset_missing", wanted=wanted,
+                                         path=str(path), held=held)
         return found[0]
     if path.suffix.lower() not in _SUFFIXES:
-        raise DataError(f"{path} is not a .csv or .jsonl file: --dataset csv reads one row per "
-                        "(image, person_id, caption) from either")
+        raise DataError(f"{path} is not a .csv or .jsonl file: a csv dataset has one row per (image, person_id, "
+                        "caption) in either", code="csv_dataset_suffix", path=str(path))
     return path
 
 

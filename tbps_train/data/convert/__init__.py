@@ -28,10 +28,9 @@ reads) for the per-split summary.
 
 The layouts are rows of :data:`tbps_train.data.formats.LAYOUTS`. The parts: ``reading`` (layouts in),
 ``writing`` (layouts out), ``images`` (the ``imgs`` link), ``dataset`` (:func:`convert_dataset`: ids and splits
-resolved, the result read back) and ``command`` (``tbps data convert``).
+resolved, the result read back); the command, ``tbps data convert``, is in :mod:`tbps_train.cli`.
 """
 
-from tbps_train.data.convert.command import convert_command
 from tbps_train.data.convert.dataset import (
     CUHK_STANDARD_SPLIT, Conversion, SplitCounts, convert, convert_dataset, standard_cuhk_split,
 )
@@ -39,4 +38,4 @@ from tbps_train.data.convert.reading import FORMATS, Source, detect_format, read
 from tbps_train.data.formats import Entry
 
 __all__ = ["CUHK_STANDARD_SPLIT", "FORMATS", "Conversion", "Entry", "Source", "SplitCounts", "convert",
-           "convert_command", "convert_dataset", "detect_format", "read_layout", "standard_cuhk_split"]
+           "convert_dataset", "detect_format", "read_layout", "standard_cuhk_split"]

@@ -92,7 +92,7 @@ def convert_dataset(from_format: str, to_format: str, input_path: str | Path, ou
         InputFileNotFoundError: no input, or not the files ``from_format`` expects.
         OutputError: an annotation file exists (without ``overwrite``), or ``ROOT/imgs`` is in the way.
     """
-    source_layout, target = layout_named(from_format, "--from"), layout_named(to_format, "--to")
+    source_layout, target = layout_named(from_format, "from_format"), layout_named(to_format, "to_format")
     root = Path(output_root).expanduser().absolute()
     source = read_layout(from_format, input_path)
     entries = _for_target(source, from_format, to_format)

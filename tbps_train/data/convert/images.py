@@ -35,16 +35,20 @@ def plan_images(root: Path, images: str | Path | None, entries: list[Entry], can
         return Link(target)
     target = Path(images).expanduser().absolute()
     if not target.is_dir():
-        raise InputFileNotFoundError(f"--images {images} is not a folder: pass the folder that holds the "
-                                     "images (the paths in the annotations are relative to it)")
+        raise InputFileNotFoundError(f"images {images} is not a folder: give the folder that holds the images (the "
+                                     "paths in the annotations are relative to it)", code="parameter_invalid",
+                                     names=("images",))
     if os.path.lexists(link):
         if link.exists() and os.path.samefile(link, target):
             return Link(None)
         if not link.is_symlink():
             raise OutputError(f"{link} is a folder: images are linked, never copied or replaced; move it away, or "
-                              "leave out --images to keep it")
+                              "convert without images (None) to keep it", code="convert_images_folder_in_the_way",
+                              link=str(link))
         if not overwrite:
-            raise OutputError(f"{link} links to {os.readlink(link)}, not {target}: pass --overwrite to relink it")
+            raise OutputError(f"{link} links to {os.readlink(link)}, not {target}: pass overwrite=True to relink it",
+                              code="convert_images_link_differs", link=str(link), current=os.readlink(link),
+                              target=str(target))
     return Link(target)
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tbps_runtime.errors import DataError, InputFileNotFoundError
+from tbps_runtime.text import short
 from tbps_train.data import readers
 from tbps_train.data.formats import (
     IMAGE_DIR, LAYOUTS, SPLITS, Entry, EntryProblem, Layout, is_utf8, kept_captions, load_entry_list, parse_entry,
-    short,
 )
 
 __all__ = ["FORMATS", "MAX_PROBLEMS", "Problems", "Source", "detect_format", "group_by_image", "layout_named",
@@ -71,16 +71,17 @@ class Problems:
                         f"-- fix the input and run again")
 
 
-def layout_named(name: str, option: str) -> Layout:
-    """The layout ``name`` given as ``option`` (``--from``/``--to``, for the message)."""
+def layout_named(name: str, parameter: str) -> Layout:
+    """The layout ``name`` given as ``parameter`` (``from_format``/``to_format``, for the message)."""
     if name not in LAYOUTS:
-        raise DataError(f"unknown layout {name!r} for {option}: choose one of {', '.join(FORMATS)}")
+        raise DataError(f"unknown layout {name!r} for {parameter}: choose one of {', '.join(FORMATS)}",
+                        code="parameter_invalid", names=(parameter,))
     return LAYOUTS[name]
 
 
 def read_layout(fmt_name: str, input_path: str | Path) -> Source:
     """Read and check every entry of a dataset in layout ``fmt_name``; ids and splits not yet resolved."""
-    layout = layout_named(fmt_name, "--from")
+    layout = layout_named(fmt_name, "from_format")
     path = Path(input_path).expanduser()
     if not path.exists():
         raise InputFileNotFoundError(f"input {path} does not exist: pass the {layout.title} annotation file "
@@ -174,8 +175,10 @@ def _aptm_prefix(layout: Layout, path: Path) -> tuple[Path, str]:
     if not prefixes:
         raise _missing_input(path, "PREFIX_train.json / PREFIX_test.json", layout)
     if len(prefixes) > 1:
-        raise DataError(f"{path} holds the APTM files of {len(prefixes)} datasets ({', '.join(prefixes)}): pass "
-                        f"one of their files, e.g. --input {path / (prefixes[0] + '_train.json')}")
+        example = path / (prefixes[0] + "_train.json")
+        raise DataError(f"{path} holds the APTM files of {len(prefixes)} datasets ({', '.join(prefixes)}): give "
+                        f"one of their files as the input, e.g. {example}", code="convert_input_ambiguous",
+                        path=str(path), count=len(prefixes), prefixes=", ".join(prefixes), example=str(example))
     return path, prefixes[0]
 
 

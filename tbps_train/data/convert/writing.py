@@ -87,10 +87,12 @@ def _json_bytes(data: Any) -> bytes:
 def check_outputs(root: Path, files: Files, overwrite: bool) -> None:
     """Refuse, before anything is written, a root that is a file or annotation files in the way."""
     if root.exists() and not root.is_dir():
-        raise OutputError(f"--root {root} is a file: pass the folder to write the dataset into")
+        raise OutputError(f"output_root {root} is a file: give the folder to write the dataset into",
+                          code="parameter_invalid", names=("output_root",))
     existing = [root / name for name in files if (root / name).exists()]
     if existing and not overwrite:
-        raise OutputError(f"{existing[0]} exists: pass --overwrite to replace it, or choose another --root")
+        raise OutputError(f"{existing[0]} exists: pass overwrite=True to replace it, or choose another output_root",
+                          code="convert_output_exists", path=str(existing[0]))
     for path in existing:
         if path.is_dir():
             raise OutputError(f"{path} is a folder, where the annotation file goes: move it away")

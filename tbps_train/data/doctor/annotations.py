@@ -10,11 +10,12 @@ from typing import Mapping
 
 from tbps_runtime.errors import DataError
 from tbps_runtime.paths import printable
+from tbps_runtime.text import clip, short
 from tbps_train.data.doctor.adapters import DatasetAdapter
 from tbps_train.data.doctor.figures import PUBLISHED, PUBLISHED_SOURCE, WHOLE_DATASET, Figures
-from tbps_train.data.doctor.report import MAX_EXAMPLES, Report, clip, plural, relative, shown, them
+from tbps_train.data.doctor.report import MAX_EXAMPLES, Report, plural, relative, shown, them
 from tbps_train.data.doctor.tokens import TokenCounter
-from tbps_train.data.formats import Entry, has_visible_text, kept_captions, short
+from tbps_train.data.formats import Entry, has_visible_text, kept_captions
 from tbps_train.data.readers import dataset_splits
 
 __all__ = ["caption_checks", "identity_checks", "load_entries", "split_check"]

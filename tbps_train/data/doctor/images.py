@@ -11,9 +11,10 @@ from pathlib import Path, PurePosixPath
 
 from tbps_runtime.errors import UnsafePathError
 from tbps_runtime.paths import printable, resolve_inside
+from tbps_runtime.text import clip, short
 from tbps_train.data.doctor.adapters import DatasetAdapter
-from tbps_train.data.doctor.report import Report, clip, plural, shown, them
-from tbps_train.data.formats import Entry, short
+from tbps_train.data.doctor.report import Report, plural, shown, them
+from tbps_train.data.formats import Entry
 
 __all__ = ["image_checks"]
 

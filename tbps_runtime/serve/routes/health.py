@@ -1,0 +1,36 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``: the service's state, public (no data behind them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from tbps_runtime.serve.deps import ServiceDep
+from tbps_runtime.serve.errors import error_response, request_id
+from tbps_runtime.serve.schemas import ErrorResponse, ReadyResponse
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
+def readyz(request: Request, service: ServiceDep) -> Any:
+    """Readiness: the bundle and gallery are loaded and a warm-up query ran (503 before)."""
+    if not service.ready:
+        message = "warming up failed: see the service's log" if service.failure else "warming up"
+        return error_response(503, message, request_id(request))
+    return service.readiness()
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(service: ServiceDep) -> Response:
+    """Prometheus metrics (counts and timings only)."""
+    content, media_type = service.metrics.render()
+    return Response(content, media_type=media_type)

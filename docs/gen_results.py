@@ -90,7 +90,7 @@ def goal_lines(document: dict) -> str:
             f"- Best global-only model: `{kept['baseline']}`, test R@1 {fmt(base_r1)} ({len(baseline)} seed(s)).\n"
             f"- Full − global-only: **{gap:+.2f}** test R@1 (goal: ≥ +3).\n"
             f"- Coarse tokens' centred image-attention cosine in the kept full model: "
-            f"{fmt(cos) if cos else '– (not recorded by these runs)'} (goal: < 0.9).")
+            f"{_cos(cos) if cos else '– (not recorded by these runs)'} (goal: < 0.9).")
 
 
 def diagnostics_table(document: dict, split: str = "test", twins: bool = False) -> str:

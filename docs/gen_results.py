@@ -134,17 +134,18 @@ def replace_section(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text)
 
 
-def token_picture(heads: dict, out: Path) -> None:
+def token_picture(documents: dict[str, dict], out: Path) -> None:
     """Token similarity against training steps for every heads run that recorded its history."""
     runs = {}
-    for run in heads["runs"]:
-        history = run.get("history")
-        if history:
-            # Runs recorded before epochs counted their steps: the default set's 3,840 captions / 32.
-            runs[f"{run['row']} s{run['seed']}"] = (history, history[0].get("steps", 120))
+    for label, document in documents.items():
+        for run in document["runs"]:
+            history = run.get("history")
+            if history:
+                # Runs recorded before epochs counted their steps: the default set's 3,840 captions / 32.
+                runs[f"{run['row']} s{run['seed']} ({label})"] = (history, history[0].get("steps", 120))
     if runs:
-        plot_token_specialisation(runs, out, title="Decoder tokens on the synthetic default set, heads preset "
-                                                   "(frozen cached MobileNetV2, lr 5e-4, 60 epochs)")
+        plot_token_specialisation(runs, out, title="Decoder tokens, heads preset (frozen cached MobileNetV2, "
+                                                   "lr 5e-4, 60 epochs), validation every 5 epochs")
 
 
 def main() -> None:
@@ -157,7 +158,7 @@ def main() -> None:
         text = replace_section(text, "demo-diagnostics", diagnostics_table(demo))
     if heads:
         text = replace_section(text, "heads", diagnostics_table(heads, "val"))
-        token_picture(heads, DOCS / "tokens.png")
+        token_picture({"default set": heads, **({"parts set": parts} if parts else {})}, DOCS / "tokens.png")
     if parts:
         text = replace_section(text, "parts", diagnostics_table(parts, "val", twins=True))
     results.write_text(text)

@@ -101,8 +101,10 @@ def plot_token_specialisation(runs: dict[str, tuple[list[dict[str, Any]], int]],
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=label)
         ax.set(xlabel="training steps", title=panel_title)
+        if group != "per_slot":
+            ax.set_ylim(-0.3, 1.05)  # a cosine: the full range, so that "stuck at 1" reads as such
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="lower right")
     if title:
         figure.suptitle(title)
     figure.tight_layout()

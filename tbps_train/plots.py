@@ -41,12 +41,7 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
     _plot_parts(parts, [r for r in evaluated if "per_slot" in r["val"]])
     for axes in (losses, recall, parts):
         axes.grid(alpha=0.3)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
-    plt.close(figure)
-    return Path(path)
+    return _save(figure, path, title)
 
 
 def _plot_parts(axes, evaluated: list[dict[str, Any]]) -> None:
@@ -92,8 +87,7 @@ def plot_token_specialisation(runs: dict[str, tuple[list[dict[str, Any]], int]],
     from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(1, len(_TOKEN_PANELS), figsize=(4.2 * len(_TOKEN_PANELS), 3.8), dpi=100)
-    for (group, key), panel_title in zip((p for p, _ in _TOKEN_PANELS), (t for _, t in _TOKEN_PANELS)):
-        ax = axes[[p for p, _ in _TOKEN_PANELS].index((group, key))]
+    for ax, ((group, key), panel_title) in zip(axes, _TOKEN_PANELS):
         for label, (history, steps_per_epoch) in runs.items():
             points = [(r["epoch"] * steps_per_epoch, r["val"].get(group, {}).get(key))
                       for r in history if "val" in r]
@@ -105,6 +99,13 @@ def plot_token_specialisation(runs: dict[str, tuple[list[dict[str, Any]], int]],
             ax.set_ylim(-0.3, 1.05)  # a cosine: the full range, so that "stuck at 1" reads as such
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
+    return _save(figure, path, title)
+
+
+def _save(figure, path: str | Path, title: str) -> Path:
+    """Title, lay out and write ``figure`` as a PNG atomically; closes it."""
+    from matplotlib import pyplot as plt
+
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -3,13 +3,17 @@
 
 Times are UTC seconds since the epoch (float). :func:`parse_time` reads the
 ISO-8601 a user types (``2026-03-02T14:00``, ``...Z``, ``...+01:00``; no zone
-means UTC) and :func:`parse_age` ages (``30d``, ``12h``).
+means UTC) and :func:`parse_age` ages (``30d``, ``12h``). Every time that enters a store
+(CLI, HTTP, container metadata, a catalog) lies in ``[TIME_MIN, TIME_MAX)``,
+1900-01-01T00:00Z to 3000-01-01T00:00Z: :func:`check_time` holds the bound, so
+:func:`format_time` never meets a year it cannot print.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -17,6 +21,9 @@ from typing import Any
 from tbps_runtime.errors import ConfigError
 
 MAX_TEXT = 1024  # a camera or source name longer than this is not a name
+TIME_MIN = -2208988800.0  # 1900-01-01T00:00:00Z
+TIME_MAX = 32503680000.0  # 3000-01-01T00:00:00Z (exclusive)
+TIME_RANGE = "1900-01-01T00:00Z to 3000-01-01T00:00Z"
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -64,15 +71,14 @@ class RowFilter:
     def __post_init__(self) -> None:
         for name in ("cameras", "sources"):
             for value in getattr(self, name):
-                if not isinstance(value, str) or not value or len(value) > MAX_TEXT or "\x00" in value:
-                    raise ConfigError(f"{name}: {value!r} is not a name (1..{MAX_TEXT} characters, no NUL)")
+                check_name(value, name[:-1])
         for value in self.tracks:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
                 raise ConfigError(f"track {value!r} is not a track id (a non-negative integer)")
         for name in ("since", "until"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ConfigError(f"{name} {value!r} is not a time", code="parameter_invalid", names=(name,))
+            if value is not None:
+                check_time(value, name)
         if self.since is not None and self.until is not None and self.until <= self.since:
             since, until = format_time(self.since), format_time(self.until)
             raise ConfigError(f"until ({until}) must be after since ({since})", code="parameter_invalid",
@@ -163,11 +169,49 @@ def parse_time(text: str, option: str = "time") -> float:
                           "2026-03-02T14:00+01:00 or 2026-03-02") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    try:
+        seconds = moment.timestamp()
+    except (OverflowError, ValueError):  # year 1 or 9999 moved out of range by its zone
+        seconds = math.inf
+    return check_time(seconds, option, text)
+
+
+def check_time(seconds: Any, name: str = "time", shown: str | None = None) -> float:
+    """A time as UTC seconds, checked to lie in ``[TIME_MIN, TIME_MAX)`` -> that float.
+
+    Raises:
+        ConfigError: not a finite number, or outside the range (``shown``: the text the user typed).
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or not TIME_MIN <= seconds < TIME_MAX:
+        raise ConfigError(f"{name} {shown if shown is not None else seconds!r} is not a time in the accepted "
+                          f"range, {TIME_RANGE}", code="parameter_invalid", names=(name,))
+    return float(seconds)
+
+
+def check_name(value: Any, what: str = "camera") -> str:
+    """A camera or source name, checked where it enters a store or a filter -> the name.
+
+    A name is 1..:data:`MAX_TEXT` characters without control characters or line/paragraph separators,
+    so every name stored can be selected again and printed on one line.
+
+    Raises:
+        ConfigError: not such a name.
+    """
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else repr(value[:60]) + "..."
+        raise ConfigError(f"{what} {shown} is not a name: 1 to {MAX_TEXT} characters",
+                          code="parameter_invalid", names=(what,))
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ConfigError(f"{what} {value[:60]!r} is not a name: it holds the control character {bad!r}",
+                          code="parameter_invalid", names=(what,))
+    return value
 
 
 def format_time(seconds: float) -> str:
-    """UTC seconds since the epoch -> ``2026-03-02T14:00:05.300Z`` (milliseconds)."""
+    """UTC seconds since the epoch (in ``[TIME_MIN, TIME_MAX)``) -> ``2026-03-02T14:00:05.300Z``
+    (milliseconds)."""
     moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with Server(args.bundle, args.gallery, work, extra) as server:
             import httpx
 
-            rows = httpx.get(f"{server.url}/readyz", timeout=10).json()["rows"]
+            rows = httpx.get(f"{server.url}/readyz", headers=server.headers, timeout=10).json()["rows"]
             levels = [run_level(server, count, requests, offset=i * (requests + 8), k=args.k)
                       for i, count in enumerate(clients)]
         no_window = None

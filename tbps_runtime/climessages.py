@@ -24,7 +24,7 @@ OPTIONS = {
     "actors": "--ray-actors", "threads": "--threads", "since": "--since", "until": "--until",
     "older_than": "--older-than", "min_score": "--min-score", "device": "--device",
     "token_limit": "--token-limit", "images": "--images", "output_root": "--root", "from_format": "--from",
-    "to_format": "--to",
+    "to_format": "--to", "start": "--start", "camera": "--camera",
 }
 
 _FAISS_AGAIN = "rebuild it with tbps index --faiss SPEC, or rank with --exact"
@@ -35,6 +35,7 @@ WORDS: dict[str, Wording] = {
     # -- stores (tbps ingest, tbps gallery) ----------------------------------------------------------
     "delete_everything_unconfirmed": "this would remove all {rows} rows of {location}: add --yes to do it",
     "delete_without_condition": "say what to delete: --older-than AGE, --camera, --source, --track, --since/--until",
+    "store_read_only": "{message}",
     "store_path_is_file": "{path} is a file, not a store directory: pick another --gallery",
     "store_path_not_empty": "{path} is not empty and not a tbps store (no {catalog}): pick a new or empty directory "
                             "for --gallery",

@@ -7,7 +7,10 @@ bundle directory copies it to its own ``tmp_path`` first (``shutil.copytree``)."
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +142,24 @@ def gallery(fake_bundle, images, tmp_path_factory):
     output = tmp_path_factory.mktemp("gallery") / "g.npy"
     index(fake_bundle, images, output)
     return output
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs, filled but for ``room`` bytes by ``fill(room)``; skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mount], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {done.stderr.strip()}")
+
+    def fill(room: int) -> Path:
+        with open(mount / "filler", "wb") as stream:
+            while shutil.disk_usage(mount).free > room:
+                stream.write(b"\0" * 4096)
+                stream.flush()
+        return mount
+    try:
+        yield fill
+    finally:
+        subprocess.run(["umount", "-l", mount], check=False)

@@ -352,27 +352,6 @@ def test_index_checks_free_space_before_mapping_the_rows(fake_bundle, images, tm
     assert listing(tmp_path) == []
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs, filled but for ``room`` bytes by ``fill(room)``; skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mount], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {done.stderr.strip()}")
-
-    def fill(room: int) -> Path:
-        with open(mount / "filler", "wb") as stream:
-            while shutil.disk_usage(mount).free > room:
-                stream.write(b"\0" * 4096)
-                stream.flush()
-        return mount
-    try:
-        yield fill
-    finally:
-        subprocess.run(["umount", "-l", mount], check=False)
-
-
 @pytest.mark.parametrize("lie_about_free_space", [False, True], ids=["checked", "allocated"])
 def test_index_onto_a_full_disk_is_one_error_line(lie_about_free_space, small_disk, fake_bundle, images, tmp_path):
     """"checked": free space is checked before the map exists; "allocated": with the check fooled

@@ -29,6 +29,7 @@ from PIL import Image  # noqa: E402
 
 from cli_assertions import assert_user_error, index, run  # noqa: E402
 from runtime_fakes import COLOURS, solid_image  # noqa: E402
+from serve_clients import ReadyClient, error_of, serving, settings_for  # noqa: E402
 
 from tbps_runtime.errors import ConfigError  # noqa: E402
 from tbps_runtime.search import PersonSearch  # noqa: E402
@@ -82,36 +83,12 @@ def store(store_template, tmp_path):
     return Path(shutil.copytree(store_template, tmp_path / "s"))
 
 
-def settings_for(gallery, **options) -> ServeSettings:
-    return ServeSettings(gallery=str(gallery), threads=1, **options)
 
 
-def serving(gallery, *, page_dir=None, service=None, **options) -> TestClient:
-    """A test client of the app for ``gallery``, warmed up (use as a context manager)."""
-    settings = settings_for(gallery, **options)
-    return _Ready(create_app(settings, service, page_dir=page_dir))
 
 
-class _Ready(TestClient):
-    def __enter__(self):
-        client = super().__enter__()
-        deadline = time.monotonic() + 10
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.01)
-        return client
 
 
-def error_of(response, status, code, *fragments):
-    """The one error shape, with this status and code; the request id in the body and the header."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "request_id"} and body["error"]["code"] == code, body
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    for fragment in fragments:
-        assert fragment in body["error"]["message"], body
-    assert "Traceback" not in response.text
-    return body["error"]["message"]
 
 
 def b64_png(colour=None, size=(20, 10), fmt="PNG", rgb=None) -> str:
@@ -125,7 +102,8 @@ def b64_png(colour=None, size=(20, 10), fmt="PNG", rgb=None) -> str:
 def test_health_readiness_and_metrics_are_public_and_data_is_not(plain):
     with serving(plain, api_key=KEY) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
-        ready = client.get("/readyz").json()
+        assert client.get("/readyz").json() == {"status": "ready"}  # without the key: the status only
+        ready = client.get("/readyz", headers=AUTH).json()
         fingerprint = json.loads(plain.with_suffix(".json").read_text())["fingerprint"]
         assert ready == {"status": "ready", "rows": 6, "bundle": fingerprint[:12], "store": False, "explain": False,
                          "cameras": []}
@@ -394,7 +372,9 @@ def test_embed_image_matches_indexing_and_refuses_bad_images(plain, fake_bundle,
 
 def test_explain_without_explain_graphs_is_a_409(plain):
     with serving(plain) as client:
-        error_of(client.post("/explain", json={"query": "red", "rows": [0]}), 409, "conflict", "--explain")
+        message = error_of(client.post("/explain", json={"query": "red", "rows": [0]}), 409, "conflict",
+                           "no explain graphs")
+    assert "--" not in message
 
 
 def test_explain_with_explain_graphs(exported_bundle, synth_root, tmp_path):
@@ -783,7 +763,7 @@ def test_settings_travel_to_workers_through_the_environment(plain, fake_bundle, 
     assert settings_from_environment(environment) == settings.with_key(KEY)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    with _Ready(app_from_environment()) as client:
+    with ReadyClient(app_from_environment()) as client:
         assert client.post("/search", json={"query": "red"}, headers=AUTH).status_code == 200
         assert client.post("/search", json={"query": "red"}).status_code == 401
     with pytest.raises(ConfigError, match="TBPS_SERVE_GALLERY"):
@@ -836,7 +816,7 @@ def test_the_command_runs_uvicorn_on_a_loopback_socket(plain, fake_bundle, no_uv
     sockets[0].close()
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"http://127.0.0.1:{port}" in lines[0] and "6 rows" in lines[0]
-    with _Ready(server.config.app) as client:
+    with ReadyClient(server.config.app) as client:
         assert client.post("/search", json={"query": "red"}).json()["results"][0][0]["identity"] == "red"
 
 

@@ -90,26 +90,37 @@ def test_deleting_a_segments_last_row_removes_its_file(store):
 
 
 def test_a_crashed_writers_files_are_swept_by_the_next_writer(store):
+    """What the writer marked pending and never registered goes; what it never made stays (see also
+    tests/test_guarantees_store.py: a writer killed between its segment file and its registration)."""
     rng = np.random.default_rng(10)
     with store.writing():
         store.append(rows(rng, 2), [record(0), record(1)])
-    stray_segment = store.directory / "segments" / "0123.npy"
-    stray_segment.write_bytes(b"half")
-    stray_crops = store.directory / "crops" / "abc"
-    stray_crops.mkdir(parents=True)
-    (stray_crops / "0.jpg").write_bytes(b"x")
+        _, unregistered = store.new_batch()  # a crop folder whose append never came
+        (unregistered / "0.jpg").write_bytes(b"x")
+    foreign = store.directory / "crops" / "abc"
+    foreign.mkdir(parents=True)
+    (foreign / "0.jpg").write_bytes(b"x")
     with store.writing():
         pass
-    assert not stray_segment.exists() and not stray_crops.exists() and len(store) == 2
+    assert not unregistered.exists() and (foreign / "0.jpg").exists() and len(store) == 2
 
 
 def test_a_failed_registration_leaves_no_segment_file(store, monkeypatch):
     rng = np.random.default_rng(11)
+    monkeypatch.setattr(local, "_BUSY_MS", 50)
     with store.writing():
         with pytest.raises(ValueError):
             store.append(rows(rng, 2), [record(0)])  # one record for two rows
-        with pytest.raises(sqlite3.IntegrityError):  # a NOT NULL column: the transaction fails
+        with pytest.raises(ConfigError, match="source None"):  # checked before anything is written
             store.append(rows(rng, 1), [CropRecord(None, "cam1")])  # type: ignore[arg-type]
+        holder = sqlite3.connect(store.directory / CATALOG, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the registration's transaction cannot start
+        try:
+            with pytest.raises(StoreError, match="database is locked"):
+                store.append(rows(rng, 1), [record(0)])
+        finally:
+            holder.rollback()
+            holder.close()
     assert len(store) == 0 and not any((store.directory / "segments").iterdir())
 
 

@@ -12,7 +12,7 @@ import click
 
 from tbps_runtime.clikit import (TbpsCommand, TbpsGroup, json_option, quiet_option, setup_logging, threads_option,
                                  user_errors_exit_2)
-from tbps_runtime.errors import ConfigError, InputFileNotFoundError, TbpsError
+from tbps_runtime.errors import ConfigError, InputFileNotFoundError, OutputError, StoreError, TbpsError
 from tbps_runtime.paths import printable
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,10 @@ def filter_options(command: Any) -> Any:
 
 def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple[int, ...], since: str | None,
                until: str | None) -> Any:
+    from tbps_runtime.ingest.sources import source_spellings
     from tbps_runtime.store.rows import RowFilter, parse_time
 
-    return RowFilter(tuple(cameras), tuple(sources), tuple(tracks),
+    return RowFilter(tuple(cameras), source_spellings(sources), tuple(tracks),
                      None if since is None else parse_time(since, "--since"),
                      None if until is None else parse_time(until, "--until"))
 
@@ -51,14 +52,15 @@ def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple
               help="The store directory to append to (created when new).")
 @click.option("--bundle", type=click.Path(file_okay=False),
               help="The bundle whose image tower embeds the crops (default: the one the store was made with).")
-@click.option("--camera", help="Camera name of the rows (default: each source's name, e.g. cam3 for cam3.mp4). "
-                               "Only with one source.")
+@click.option("--camera", help="Camera name of the rows: 1 to 1024 characters, no control characters (default: "
+                               "each source's name, e.g. cam3 for cam3.mp4, with control characters as _). Only "
+                               "with one source.")
 @click.option("--fps", type=float, default=5.0, show_default=True,
               help="Frames sampled per second of video (0: every frame). Below 4, people move more than a "
                    "body width between frames and tracks match on widened boxes.")
 @click.option("--start", metavar="TIME",
-              help="When the source's first frame was taken (ISO-8601; no zone means UTC). Default: the "
-                   "container's creation time; a stream's: when it was opened.")
+              help="When the source's first frame was taken (ISO-8601; no zone means UTC; every row's time must "
+                   "lie in 1900..3000). Default: the container's creation time; a stream's: when it was opened.")
 @click.option("--detector", default=None, metavar="hog|PATH.onnx",
               help="Person detector: OpenCV's HOG (default) or an ultralytics YOLO export (.onnx, class 0 = person).")
 @click.option("--detections", type=click.Path(dir_okay=False),
@@ -85,25 +87,30 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
     and append them to a searchable store with camera and time.
 
     Resumable: an interrupted run continues when the same command runs again; a source ingested to its end
-    is skipped. A source that fails part-way keeps its rows, and the command exits with status 2 after
-    the other sources.
+    is skipped, whatever the spelling of its path (files are keyed by their resolved path, streams by
+    their URL without credentials). A source that fails part-way keeps its rows, and the command exits
+    with status 2 after the other sources; a store that fails (a full disk) stops the command, keeping
+    every window appended before.
     """
     from tbps_runtime.ingest.detectors import open_detector
     from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source
+    from tbps_runtime.ingest.sources import is_stream, shown_source, source_name
     from tbps_runtime.model.encoder import Encoder
     from tbps_runtime.store.open import create_store, is_store_directory
-    from tbps_runtime.store.rows import parse_time
+    from tbps_runtime.store.rows import check_name, parse_time
 
     quiet = setup_logging(quiet)
     if len(sources) > 1 and (camera or detections):
         raise ConfigError("--camera and --detections describe one source: give one source per command")
+    if camera is not None:
+        check_name(camera, "--camera")
     start_time = None if start is None else parse_time(start, "--start")
-    from tbps_runtime.ingest.sources import is_stream
-
     missing = [s for s in sources if not is_stream(s) and not Path(s).exists()]
     if missing:  # a typo fails before any work
-        raise InputFileNotFoundError(f"no such video or folder: {printable(missing[0])}"
+        raise InputFileNotFoundError(f"no such video or folder: {shown_source(missing[0])}"
                                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for source in sources:  # a name no store can keep fails before any work too
+        source_name(source)
     existing = is_store_directory(gallery_dir)
     bundle = bundle or (_recorded_bundle(gallery_dir) if existing else None)
     if bundle is None:
@@ -119,17 +126,21 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
     with store:
         store.check_bundle(encoder.fingerprint, bundle)
         with store.writing("ingesting into"):
-            reports, failed = _ingest_each(sources, lambda source: ingest_source(
+            reports, failed, stopped = _ingest_each(sources, lambda source: ingest_source(
                 source, store, encoder, chosen, settings, progress=not quiet))
     if as_json:
-        click.echo(json.dumps({"gallery": str(gallery_dir), "sources": [r.to_json() for r in reports],
+        click.echo(json.dumps({"gallery": printable(str(gallery_dir)), "sources": [r.to_json() for r in reports],
                                "errors": failed}))
+    if stopped is not None:
+        raise stopped
     if failed:
         raise _SourcesFailed(failed, len(sources))
 
 
-def _ingest_each(sources: tuple[str, ...], ingest: Callable[[str], Any]) -> tuple[list[Any], list[str]]:
-    """``ingest(source)`` for each source; a source that fails does not stop the others: (reports, errors)."""
+def _ingest_each(sources: tuple[str, ...], ingest: Callable[[str], Any]
+                 ) -> tuple[list[Any], list[str], TbpsError | None]:
+    """``ingest(source)`` for each source; a source that fails does not stop the others, a store that fails
+    (a full disk, a catalog it cannot write) stops them all: (reports, errors, the store's error or None)."""
     from tbps_runtime.climessages import in_flags  # messages hook
     from tbps_runtime.ingest.sources import source_name
 
@@ -137,15 +148,19 @@ def _ingest_each(sources: tuple[str, ...], ingest: Callable[[str], Any]) -> tupl
     for source in sources:
         try:
             report = ingest(source)
+        except (StoreError, OutputError) as e:  # the store cannot take rows now: every later source would fail
+            name, line = source_name(source), in_flags(e)  # messages hook: the library's error in flags
+            failed.append(line if name in line else f"{name}: {line}")
+            return reports, failed, type(e)(failed[-1])
         except TbpsError as e:  # this source only: the others still run
             name, line = source_name(source), in_flags(e)  # messages hook: the library's error in flags
-            failed.append(line if name in line else f"{printable(name)}: {line}")
+            failed.append(line if name in line else f"{name}: {line}")
             continue
         reports.append(report)
         if report.error:
             failed.append(report.error)
         _log_report(report)
-    return reports, failed
+    return reports, failed, None
 
 
 def _recorded_bundle(directory: str) -> str | None:
@@ -169,7 +184,7 @@ def _log_report(report: Any) -> None:
     rate = report.frames / report.seconds if report.seconds else 0.0
     resumed = f", resumed after frame {report.resumed_after}" if report.resumed_after is not None else ""
     logger.info("%s (camera %s): %d frames, %d detections, %d tracks, %d crops in %.1f s (%.1f frames/s)%s",
-                printable(report.source), report.camera, report.frames, report.detections, report.tracks,
+                _one_line(report.source), _one_line(report.camera), report.frames, report.detections, report.tracks,
                 report.crops, report.seconds, rate, resumed)
 
 
@@ -191,16 +206,23 @@ def info_command(directory: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"store      {printable(info['store'])}")
+    click.echo(f"store      {_one_line(str(info['store']))}")
     click.echo(f"rows       {info['rows']} in {info['segments']} segment(s), {info['tracks']} track(s), "
                f"{info['sources']} source(s)")
     click.echo(f"time       {info['first'] or '-'} .. {info['last'] or '-'}"
                + (f" ({info['undated_rows']} row(s) without a time)" if info["undated_rows"] else ""))
     click.echo(f"size       {info['bytes'] / 2**20:.1f} MiB")
-    click.echo(f"bundle     {printable(str(info['bundle']))} (fingerprint {info['fingerprint'][:12]})")
-    for camera in info["cameras"]:
-        click.echo(f"camera     {printable(camera['camera'])}: {camera['rows']} row(s), {camera['tracks']} "
+    click.echo(f"bundle     {_one_line(str(info['bundle']))} (fingerprint {info['fingerprint'][:12]})")
+    for camera in info["cameras"]:  # a name from the catalog, whoever wrote it: one line each, always
+        click.echo(f"camera     {_one_line(camera['camera'])}: {camera['rows']} row(s), {camera['tracks']} "
                    f"track(s), {camera['first'] or '-'} .. {camera['last'] or '-'}")
+
+
+def _one_line(text: str) -> str:
+    """A name for one line of a table: printable, its control characters and line breaks as escapes."""
+    from tbps_runtime.ingest.sources import one_line
+
+    return one_line(printable(text))
 
 
 def _deletion(directory: str, row_filter: Any, older_than: float | None, yes: bool, dry_run: bool,
@@ -213,7 +235,7 @@ def _deletion(directory: str, row_filter: Any, older_than: float | None, yes: bo
         click.echo(json.dumps({"dry_run": dry_run, **removal.to_json()}))
         return
     verb = "would remove" if dry_run else "removed"
-    cameras = ", ".join(f"{printable(c)} {n}" for c, n in sorted(removal.cameras.items()))
+    cameras = ", ".join(f"{_one_line(c)} {n}" for c, n in sorted(removal.cameras.items()))
     click.echo(f"{verb} {removal.rows} row(s)" + (f" ({cameras})" if cameras else "")
                + ("" if dry_run else f", {removal.crops} crop(s), {removal.segments} segment(s), "
                                      f"{removal.bytes / 2**20:.1f} MiB"))

@@ -4,28 +4,36 @@
 Every ``window`` seconds of source time the crops kept so far are embedded and
 appended to the store in one transaction together with the source's progress
 (the last frame done). A crash or Ctrl-C loses at most the current window; the
-same command continues after the last appended frame. A source ingested to its
-end is skipped when given again; one ingested with other settings is refused
-(delete its rows first: ``tbps gallery delete --source``).
+same command continues after the last appended frame; so does it after the
+store failed (a full disk), which keeps every window committed before. A source
+is keyed by its resolved path (a stream by its URL without credentials), so one
+ingested to its end is skipped when given again under any spelling; one ingested
+with other settings is refused (delete its rows first: ``tbps gallery delete
+--source``). Every row's time lies in the range a store accepts
+(:data:`~tbps_runtime.store.rows.TIME_RANGE`): a start that would date rows
+past it is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
-from tbps_runtime.errors import ConfigError, DataError
+from tbps_runtime.errors import ConfigError, DataError, OutputError, StoreError
 from tbps_runtime.ingest.detectors import Detector
-from tbps_runtime.ingest.sources import SourceError, camera_name, open_source, source_name
+from tbps_runtime.ingest.sources import SourceError, camera_name, is_url, open_source, source_name
 from tbps_runtime.ingest.tracking import Candidate, TrackKeeper
 from tbps_runtime.store.base import Store
-from tbps_runtime.store.rows import CropRecord
+from tbps_runtime.store.rows import TIME_MAX, TIME_RANGE, CropRecord, check_name, check_time, format_time
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +52,17 @@ class IngestSettings:
 
     detector: str
     fps: float | None = 5.0  # frames sampled per second of source time; None: every frame
-    camera: str | None = None  # default: the source's name
-    start: float | None = None  # UTC seconds of the source's first frame; default: its creation time
+    camera: str | None = None  # default: the source's name (camera_name); a name check_name accepts
+    start: float | None = None  # UTC seconds of the source's first frame (check_time); default: its creation time
     keep: int = 2  # crops kept per track per window
     window: float = 10.0  # seconds of source time per appended batch
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        if self.camera is not None:
+            check_name(self.camera, "camera")
+        if self.start is not None:
+            check_time(self.start, "start")
         if self.fps is not None and not 0 < self.fps <= MAX_FPS:
             raise ConfigError(f"fps must be in (0, {MAX_FPS:g}], got {self.fps}", code="parameter_invalid",
                               names=("fps",))
@@ -92,15 +104,21 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
                   settings: IngestSettings, progress: bool = False) -> SourceReport:
     """Ingest one source into ``store`` (inside its :meth:`~tbps_runtime.store.base.Store.writing`).
 
-    A source that fails part-way keeps the rows appended so far; the report carries the error.
+    The source is keyed, and its rows named, by :func:`~tbps_runtime.ingest.sources.source_name` (a
+    file's resolved path, a stream's URL without credentials), so the same file given under another
+    spelling is the same source. A source that fails part-way keeps the rows appended so far; the report
+    carries the error.
 
     Raises:
-        ConfigError: the source was ingested before with other settings.
+        ConfigError: the source was ingested before with other settings, or its rows would be dated
+            outside the accepted range (:data:`~tbps_runtime.store.rows.TIME_RANGE`).
         SourceError: the source cannot be opened.
+        StoreError: the store failed while writing (a full disk): the rows of the windows appended before
+            are kept, and ingesting again continues after them.
     """
     started = time.perf_counter()
     camera = settings.camera or camera_name(source)
-    opened_as, source = source, source_name(source)  # rows, progress and messages never hold credentials
+    opened_as, source = source, _progress_key(store, source)  # rows, progress and messages: never credentials
     report = SourceReport(source, camera)
     state = _saved_state(store, source)
     identity = settings.identity(camera)
@@ -117,7 +135,7 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
     after = int(state["frame"]) if state is not None else -1
     report.resumed_after = after if after >= 0 else None
     opened = open_source(opened_as, settings.fps)
-    report.start_time = settings.start if settings.start is not None else opened.creation_time()
+    report.start_time = _start_time(settings.start, opened, source)
     if report.start_time is None:
         report.notes.append("no start time given and none in the file: its rows have no time (time filters "
                             "skip them); give the source's start time")
@@ -128,16 +146,17 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
     last_frame = after
     bar = _progress_bar(progress, source, opened.frame_count)
     try:
-        for frame in opened.frames(settings.fps, after):
-            keeper.update(frame.index, frame.offset, frame.image, detector.detect(frame.image, frame.index))
-            report.frames += 1
-            last_frame = frame.index
-            if bar is not None:
-                bar.update(frame.index + 1 - bar.n)
-            if frame.offset >= window_end:
-                report.crops += _append(store, embedder, keeper.take(), source, camera, report.start_time,
-                                        settings, identity, last_frame, finished=False)
-                window_end = (frame.offset // settings.window + 1) * settings.window
+        with contextlib.closing(opened.frames(settings.fps, after)) as frames:  # stops the decoder on any error
+            for frame in frames:
+                keeper.update(frame.index, frame.offset, frame.image, detector.detect(frame.image, frame.index))
+                report.frames += 1
+                last_frame = frame.index
+                if bar is not None:
+                    bar.update(frame.index + 1 - bar.n)
+                if frame.offset >= window_end:
+                    report.crops += _append(store, embedder, keeper.take(), source, camera, report.start_time,
+                                            settings, identity, last_frame, finished=False)
+                    window_end = (frame.offset // settings.window + 1) * settings.window
     except SourceError as e:
         report.error = str(e)
     except KeyboardInterrupt:
@@ -155,27 +174,115 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
     return report
 
 
+def _progress_key(store: Store, source: str) -> str:
+    """The key of ``source`` in ``store``: its :func:`~tbps_runtime.ingest.sources.source_name`, or the
+    spelling a store made before sources were keyed by resolved path holds the same file under (the path as
+    it was typed then, resolved against the current directory now), so its rows and progress stay one
+    source."""
+    key = source_name(source)
+    if is_url(source) or store.progress(key) is not None:
+        return key
+    for old in store.all_progress():
+        if old != key and not is_url(old) and _resolved(old) == key:
+            return old
+    return key
+
+
+def _resolved(key: str) -> str | None:
+    try:
+        return source_name(key)
+    except (ConfigError, OSError, ValueError):  # too long, or not a path this system can resolve
+        return None
+
+
+def _start_time(given: float | None, opened: Any, source: str) -> float | None:
+    """When the source's first frame was taken: ``given``, or the source's own creation time. Every row of
+    the source must be dated inside :data:`~tbps_runtime.store.rows.TIME_RANGE`: a ``given`` start that
+    dates the source's stated length (frames / rate) past its end is refused; a creation time that would
+    is ignored. A source of unknown length (a stream) is checked window by window (:func:`_row_time`).
+
+    Raises:
+        ConfigError: ``given`` plus the source's length runs past the range.
+    """
+    count, rate = opened.frame_count, opened.frame_rate
+    length = count / rate if count and rate else 0.0
+    if given is not None:
+        if given + length >= TIME_MAX:
+            raise ConfigError(f"start {format_time(given)} plus the {length:.1f} s of {source} ends after "
+                              f"{format_time(TIME_MAX)}, past the times a store accepts ({TIME_RANGE}): give an "
+                              "earlier start", code="parameter_invalid", names=("start",))
+        return given
+    start = opened.creation_time()
+    if start is not None and start + length >= TIME_MAX:
+        logger.warning("%s: ignoring its creation time %s: with its %.1f s it ends after %s, past the times a store "
+                       "accepts", source, format_time(start), length, format_time(TIME_MAX))
+        return None
+    return start
+
+
 def _append(store: Store, embedder: ImageEmbedder, candidates: list[Candidate], source: str, camera: str,
             start_time: float | None, settings: IngestSettings, identity: dict[str, Any], last_frame: int,
             finished: bool) -> int:
-    """Embed and append one window's crops with the source's progress, in one transaction."""
+    """Embed and append one window's crops with the source's progress, in one transaction.
+
+    Raises:
+        ConfigError: a crop would be dated past the accepted range (nothing of this window is written).
+        StoreError: the store or its crop folder failed to take them (a full disk); the window is not kept.
+    """
     state = json.dumps({"settings": identity, "frame": last_frame, "finished": finished})
-    if not candidates:
-        store.save_progress({source: state})
-        return 0
-    batch, folder = store.new_batch()
-    records = []
-    for i, candidate in enumerate(candidates):
-        name = f"{i}.jpg"
-        Image.fromarray(candidate.image).save(folder / name, quality=_JPEG_QUALITY)
-        records.append(CropRecord(
-            source=source, camera=camera,
-            time=None if start_time is None else start_time + candidate.offset,
-            offset=candidate.offset, frame=candidate.frame, box=candidate.box, score=candidate.score,
-            track=candidate.track, crop=f"{batch}/{name}"))
-    embeddings = embedder.embed_images([c.image for c in candidates], batch_size=settings.batch_size)
-    store.append(embeddings, records, crops=batch, progress={source: state})
+    times = [None if start_time is None else _row_time(start_time, c, source) for c in candidates]
+    with _store_failures(store):
+        if not candidates:
+            store.save_progress({source: state})
+            return 0
+        batch, folder = store.new_batch()
+        try:
+            records = []
+            for i, (candidate, when) in enumerate(zip(candidates, times)):
+                name = f"{i}.jpg"
+                Image.fromarray(candidate.image).save(folder / name, quality=_JPEG_QUALITY)
+                records.append(CropRecord(
+                    source=source, camera=camera, time=when, offset=candidate.offset, frame=candidate.frame,
+                    box=candidate.box, score=candidate.score, track=candidate.track, crop=f"{batch}/{name}"))
+            embeddings = embedder.embed_images([c.image for c in candidates], batch_size=settings.batch_size)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # no row names it yet; on a full disk, room again
+            raise
+        try:
+            store.append(embeddings, records, crops=batch, progress={source: state})
+        except (StoreError, OutputError, ConfigError):  # refused or failed as a whole: nothing names the crops
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
     return len(records)
+
+
+def _row_time(start: float, candidate: Candidate, source: str) -> float:
+    """``start`` plus the crop's offset, checked to lie in the accepted range.
+
+    Raises:
+        ConfigError: it does not (a stream, or a file longer than it says, running past the range's end).
+    """
+    when = start + candidate.offset
+    if not when < TIME_MAX:
+        raise ConfigError(f"start {format_time(start)} dates frame {candidate.frame} of {source}, "
+                          f"{candidate.offset:.1f} s in, after {format_time(TIME_MAX)}, past the times a store "
+                          f"accepts ({TIME_RANGE}): give an earlier start", code="parameter_invalid",
+                          names=("start",))
+    return check_time(when, "time")
+
+
+@contextlib.contextmanager
+def _store_failures(store: Store) -> Iterator[None]:
+    """An operating-system error met while writing into the store (its crops, its files) as a StoreError
+    that says the window was not kept and what to do."""
+    try:
+        yield
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise StoreError(f"writing into the store {store.directory} failed ({e.strerror or e}): "
+                         + ("free some space" if full else "check the disk and the permissions of the store")
+                         + ", then ingest again: it continues after the last appended window",
+                         directory=str(store.directory)) from e
 
 
 def _saved_state(store: Store, source: str) -> dict[str, Any] | None:

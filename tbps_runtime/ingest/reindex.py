@@ -26,10 +26,11 @@ def reindex(directory: str | Path, bundle: str | Path, output: str | Path, *, ba
     of rows.
 
     Raises:
-        OutputError: ``output`` exists and is not empty.
+        OutputError: ``output`` exists and is not empty, or lies inside the store (or the store inside it).
         DataError: a row has no crop to embed.
     """
     output = Path(output)
+    check_apart(Path(directory), output)
     with open_store(directory) as source:
         if is_store_directory(output) or (output.exists() and any(output.iterdir())):
             raise OutputError(f"{output} exists and is not empty: reindex writes a new store")
@@ -37,6 +38,20 @@ def reindex(directory: str | Path, bundle: str | Path, output: str | Path, *, ba
         with create_store(output, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
                           embed_dim=encoder.slot_shape[1], bundle=bundle, milvus=milvus) as target:
             return _copy(source, target, encoder, batch_size, progress)
+
+
+def check_apart(directory: Path, output: Path) -> None:
+    """Refuse an ``output`` inside the store ``directory`` (its writers would take the new store's files for
+    their own) or a store inside ``output``; paths compared resolved, links followed.
+
+    Raises:
+        OutputError: naming both.
+    """
+    store, new = directory.resolve(), output.resolve()
+    if new == store or store in new.parents:
+        raise OutputError(f"the output {output} is inside the store {directory}: write the new store elsewhere")
+    if new in store.parents:
+        raise OutputError(f"the store {directory} is inside the output {output}: write the new store elsewhere")
 
 
 def _copy(source: Store, target: Store, encoder: Encoder, batch_size: int, progress: bool) -> int:

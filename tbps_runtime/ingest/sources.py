@@ -5,23 +5,32 @@ source's own time, decoded on a worker thread (PyAV releases the GIL while it
 decodes, so the towers keep the other core busy). Sampling depends only on each
 frame's presentation time, so a resumed run keeps exactly the frames the
 interrupted one would have kept.
+
+A source is named (:func:`source_name`) by its resolved path, or a stream by
+its URL without credentials (:func:`redact_url`, which reads the URL as users
+paste it, unescaped); that name keys its rows and progress in a store and is
+the only form of it any message, log line or record shows.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import re
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+from urllib.parse import unquote
 
 import numpy as np
 
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError
+from tbps_runtime.paths import printable
 
 logger = logging.getLogger(__name__)
 
@@ -52,32 +61,170 @@ def is_stream(source: str) -> bool:
 
 _SECRET_PARAMETERS = {"password", "passwd", "pass", "pwd", "token", "access_token", "key", "apikey", "api_key",
                       "auth", "secret", "signature", "sig", "credential", "credentials"}
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# What follows the @ that ends a userinfo: a host, a name or a bracketed IPv6 address (an @ followed by a
+# delimiter, or by nothing, does not end one).
+_HOST = re.compile(r"\[|[^\s/?#;@:&]")
+_SEPARATORS = "?&;"  # between the parameters of a path (;name=value) and of a query (?name=value&...)
+_PARAMETER = re.compile(r"[^?&;=/#]+=")  # what starts a parameter: a name and its =
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` is written as a URL (``scheme://...``), a stream tbps reads or not."""
+    return _URL.match(text) is not None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials: its userinfo (``user:password@``) and every secret parameter
+    (``password=``, ``pwd=``, ``token=``, ...; in the query or as ``;name=value``); its fragment dropped.
+    Text that is not a URL is returned as it is.
+
+    Written for URLs as users paste them, unescaped: the raw string is read, never split by a URL parser
+    (which ends the authority at the first ``/``, ``?`` or ``#``, so a password holding one lands in the
+    path, query or fragment). The userinfo runs from after ``scheme://`` to the last ``@`` that a host
+    follows. A URL has one when its first ``@`` comes before any ``/``, ``?`` or ``#``, or when a ``:``
+    does (``user:pass/word@host``). ``host:554/path@x`` reads the same as ``user:554/pass@x`` and is
+    redacted as one: a credential is never kept for a guess; an ``@`` in the path of a URL without a port
+    or userinfo (``rtsp://cam/live@main``) is kept.
+    """
+    match = _URL.match(url)
+    if match is None:
+        return url
+    scheme, rest = match.group(1), url[match.end():]
+    end = _userinfo_end(rest)
+    # a secret parameter that runs past the userinfo's @ goes whole (``host&password=@x``: FFmpeg's userinfo)
+    rest = _without(rest, [(0, end), *[span for span in _secret_spans(rest) if span[1] > end]])
+    rest = rest.split("#", 1)[0]
+    cut = min((i for i in (rest.find(c) for c in "/?;&") if i >= 0), default=len(rest))
+    return f"{scheme}://{rest[:cut]}{rest[cut:]}"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials :func:`redact_url` removes from ``url`` (its userinfo and password, each secret
+    parameter and its value), longest first: what a message quoting any part of the URL must not show."""
+    match = _URL.match(url)
+    if match is None:
+        return []
+    rest = url[match.end():]
+    userinfo = rest[:max(0, _userinfo_end(rest) - 1)]
+    found = [userinfo, userinfo.partition(":")[2]]
+    for start, stop in _secret_spans(rest):
+        found += [rest[start + 1:stop], rest[start + 1:stop].partition("=")[2]]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the host starts in ``rest`` (a URL after ``scheme://``): after the userinfo's @, or 0."""
+    first = rest.find("@")
+    if first < 0:
+        return 0
+    stop = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if first > stop and ":" not in rest[:stop]:
+        return 0  # an @ in the path or query of a URL without userinfo
+    ats = [i for i, c in enumerate(rest) if c == "@"]
+    hosted = [i for i in ats if _HOST.match(rest, i + 1)]
+    return (hosted or ats)[-1] + 1
+
+
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    """(start, stop) of each secret ``name=value`` parameter in ``text`` (a URL's path, parameters and
+    query), from its separator on. A value runs to the next separator that starts another parameter, so
+    an unescaped ``&`` or ``;`` inside a password does not end it."""
+    starts = [i for i, c in enumerate(text) if c in _SEPARATORS and _PARAMETER.match(text, i + 1)]
+    spans = []
+    for n, start in enumerate(starts):
+        name = text[start + 1:text.index("=", start + 1)]
+        if unquote(name).strip().lower() in _SECRET_PARAMETERS:
+            spans.append((start, starts[n + 1] if n + 1 < len(starts) else len(text)))
+    return spans
+
+
+def _without(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` without the (start, stop) spans; where a query's first parameter went, the next one leads
+    it (``?password=x&channel=1`` -> ``?channel=1``)."""
+    kept, last = [], 0
+    for start, stop in sorted(spans):
+        if stop <= last:
+            continue
+        start = max(start, last)
+        kept.append(text[last:start])
+        if text[start] == "?" and stop < len(text) and text[stop] in "&;":
+            kept.append("?")
+            stop += 1
+        last = stop
+    return "".join(kept) + text[last:]
 
 
 def source_name(source: str) -> str:
-    """How a source is recorded and reported: a stream's URL without credentials (``user:pass@`` and
-    query parameters such as ``token=``); a file's or folder's path as given."""
-    if not is_stream(source):
-        return source
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    """How a source is keyed, recorded and reported: a stream's URL without credentials
+    (:func:`redact_url`); a file's or folder's resolved path, so ``foot/cam1.mp4``, ``./foot/cam1.mp4`` and
+    its absolute path are one source. Characters that cannot be stored or printed on one line
+    (control characters, bytes that are not UTF-8) are written as escapes (``\\n``, ``\\xe9``).
 
-    try:
-        parts = urlsplit(source)
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                           if k.lower() not in _SECRET_PARAMETERS])
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    except ValueError:  # not a parseable URL: keep only what precedes any credentials
-        return source.split("://", 1)[0] + "://" + source.split("@")[-1].split("?")[0]
+    Raises:
+        ConfigError: the name is longer than a store keeps (:data:`~tbps_runtime.store.rows.MAX_TEXT`).
+    """
+    from tbps_runtime.store.rows import MAX_TEXT
+
+    if is_url(source):
+        name = one_line(printable(redact_url(source)))
+    else:
+        name = one_line(printable(str(Path(source).resolve())))
+    if len(name) > MAX_TEXT:
+        raise ConfigError(f"the source {name[:60]}... is named by {len(name)} characters, more than the "
+                          f"{MAX_TEXT} a store keeps: " + ("shorten its URL" if is_url(source) else
+                                                           "move or link it to a shorter path"))
+    return name
+
+
+def source_spellings(sources: Iterable[str]) -> tuple[str, ...]:
+    """The names rows of each of ``sources`` may be stored under, for a filter that selects them: its
+    :func:`source_name`; for a file also the spellings stores made before files were keyed by resolved
+    path may hold it under (the path as it was typed then: as typed now, normalised, or relative to the
+    current directory)."""
+    names: dict[str, None] = {}
+    for source in sources:
+        key = source_name(source)
+        if not is_url(source):
+            for spelling in (source, os.path.normpath(source), os.path.relpath(key)):
+                names[one_line(printable(spelling))] = None
+        names[key] = None
+    return tuple(names)
+
+
+def shown_source(source: str) -> str:
+    """A source as typed, fit for a message: credentials redacted from anything written as a URL, on one
+    line."""
+    return one_line(printable(redact_url(source)))
 
 
 def camera_name(source: str) -> str:
-    """The default camera name of a source: a file's or folder's name without suffix, a stream's host and path."""
-    if is_stream(source):
-        rest = source.split("://", 1)[1].split("@")[-1]  # never keep credentials in a name
-        return re.sub(r"[^A-Za-z0-9._:/-]+", "_", rest.split("?")[0]).strip("/") or "stream"
-    path = Path(source)
-    return (path.stem if path.suffix else path.name) or "camera"
+    """The default camera name of a source: a file's or folder's name without suffix, a stream's host and
+    path (never its credentials or parameters). Always a valid camera name
+    (:func:`~tbps_runtime.store.rows.check_name`): control characters become ``_``, and it is cut to
+    :data:`~tbps_runtime.store.rows.MAX_TEXT` characters."""
+    from tbps_runtime.store.rows import MAX_TEXT
+
+    if is_url(source):
+        rest = redact_url(source).split("://", 1)[1]
+        name = re.sub(r"[^A-Za-z0-9._:/-]+", "_", re.split(r"[?;#]", rest, maxsplit=1)[0]).strip("/") or "stream"
+    else:
+        path = Path(source)
+        name = printable((path.stem if path.suffix else path.name) or Path(source).resolve().name) or "camera"
+    name = "".join("_" if unicodedata.category(c) in _CONTROL else c for c in name)
+    return name[:MAX_TEXT]
+
+
+_CONTROL = ("Cc", "Zl", "Zp")  # what a name may not hold (tbps_runtime.store.rows.check_name)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters and line separators written as escapes (``\\n``,
+    ``\\x1b``, ``\\u2028``): fit for a name, a log line or a table row, never two lines."""
+    if not any(unicodedata.category(c) in _CONTROL for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _CONTROL else c
+                   for c in text)
 
 
 def sample_bucket(offset: float, fps: float | None) -> int:
@@ -93,7 +240,7 @@ class VideoSource:
         self._raw = source
         self.stream_input = is_stream(source)
         if not self.stream_input and not Path(source).is_file():
-            raise InputFileNotFoundError(f"no such video: {source}")
+            raise InputFileNotFoundError(f"no such video: {shown_source(source)}")
         av = _import_av()
         options = {"rw_timeout": str(int(_READ_TIMEOUT_S * 1e6))} if self.stream_input else {}
         try:
@@ -109,7 +256,14 @@ class VideoSource:
 
     @property
     def frame_count(self) -> int | None:
-        return int(self._stream.frames) or None
+        """Frames in the file, as it counts them or as its duration and rate give them; None for a stream, or
+        a file that states neither."""
+        if self._stream.frames or self.stream_input:
+            return int(self._stream.frames) or None
+        rate = self.frame_rate
+        if not self._container.duration or not rate:
+            return None
+        return max(1, round(self._container.duration / 1e6 * rate))  # duration in FFmpeg's AV_TIME_BASE
 
     @property
     def frame_rate(self) -> float | None:
@@ -117,15 +271,18 @@ class VideoSource:
         return float(rate) if rate else None
 
     def creation_time(self) -> float | None:
-        """The container's ``creation_time`` (UTC seconds), when it records one; a stream's: when it was opened."""
-        from tbps_runtime.store.rows import parse_time
+        """The container's ``creation_time`` (UTC seconds), when it records one that is a time in the accepted
+        range (:func:`~tbps_runtime.store.rows.check_time`; any other is ignored with a warning); a
+        stream's: when it was opened."""
+        from tbps_runtime.store.rows import TIME_RANGE, parse_time
 
         text = self._container.metadata.get("creation_time") or self._stream.metadata.get("creation_time")
         if text:
             try:
-                return parse_time(text)
-            except ConfigError:
-                logger.warning("%s: ignoring its creation_time %r (not ISO-8601)", self.source, text)
+                return parse_time(text, "creation_time")
+            except ConfigError as e:
+                reason = f"outside {TIME_RANGE}" if "range" in str(e) else "not an ISO-8601 time"
+                logger.warning("%s: ignoring its creation_time %s (%s)", self.source, _shown(text), reason)
         return self.opened_at if self.stream_input else None
 
     def frames(self, fps: float | None, after: int = -1) -> Iterator[Frame]:
@@ -160,7 +317,8 @@ class VideoSource:
                         continue
                     yield Frame(index, offset, frame.to_ndarray(format="rgb24"))
         except (av.FFmpegError, OSError) as e:
-            raise SourceError(f"{self.source} failed after frame {index}: {_reason(e, self._raw, self.source)}") from None
+            raise SourceError(f"{self.source} failed after frame {index}: "
+                              f"{_reason(e, self._raw, self.source)}") from None
         finally:
             if corrupt:
                 logger.warning("%s: %d corrupt packet(s) skipped", self.source, corrupt)
@@ -173,14 +331,14 @@ class FolderSource:
     stream_input = False
 
     def __init__(self, source: str, fps: float | None):
-        self.source = source
+        self.source = source_name(source)
         folder = Path(source)
         if not folder.is_dir():
-            raise InputFileNotFoundError(f"no such folder: {source}")
+            raise InputFileNotFoundError(f"no such folder: {shown_source(source)}")
         self.files = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file()),
                             key=lambda p: _natural(p.name))
         if not self.files:
-            raise SourceError(f"{source} holds no frame images ({', '.join(FRAME_SUFFIXES)})")
+            raise SourceError(f"{self.source} holds no frame images ({', '.join(FRAME_SUFFIXES)})")
         self.frame_rate = fps or 1.0
         self.frame_count = len(self.files)
 
@@ -211,7 +369,7 @@ class FolderSource:
 def open_source(source: str, fps: float | None) -> VideoSource | FolderSource:
     """A folder of frames, or a video file/stream."""
     if not source or "\x00" in source:
-        raise ConfigError(f"{source!r} is not a source")
+        raise ConfigError(f"{_shown(redact_url(source))} is not a source (empty, or holding a NUL)")
     if not is_stream(source) and Path(source).is_dir():
         return FolderSource(source, fps)
     return VideoSource(source)
@@ -270,13 +428,25 @@ def _import_av() -> Any:
 
 
 def _reason(error: BaseException, raw: str | None = None, name: str | None = None) -> str:
-    """The first line of an FFmpeg error, with the source as recorded (FFmpeg quotes the URL it was given:
-    credentials and all)."""
+    """The first line of an FFmpeg error, with the source as recorded: FFmpeg quotes the URL it was given,
+    credentials and all (Python shows it escaped, as ``repr`` does), so the URL becomes ``name``, and any
+    credential (:func:`url_secrets`), or run of 4 letters or digits of one, quoted on its own becomes ``***``."""
     text = str(error).strip() or type(error).__name__
     if raw and name:
-        text = text.replace(raw, name)
+        for form in (raw, repr(raw)[1:-1]):
+            text = text.replace(form, name)
+        secrets = url_secrets(raw)
+        pieces = {piece for secret in secrets for piece in re.findall(r"[^\W_]{4,}", secret)
+                  if piece.lower() not in _SECRET_PARAMETERS}  # a value's words, not the parameter's name
+        for secret in [*secrets, *(repr(s)[1:-1] for s in secrets), *sorted(pieces, key=len, reverse=True)]:
+            text = text.replace(secret, "***")
     text = re.sub(r"//[^/@\s'\"]*@", "//", text)  # any other user:password@
-    return text.splitlines()[0][:300]
+    return one_line(printable(text.splitlines()[0][:300] if text.strip() else type(error).__name__))
+
+
+def _shown(text: str) -> str:
+    """Untrusted text (metadata, a source) for a message: quoted, on one line, cut to 60 characters."""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _natural(name: str) -> list:

@@ -13,6 +13,7 @@ The modules, from the outside in:
   :mod:`~tbps_runtime.serve.guard`: the middleware in front (request ids, API key, body limits, metrics);
 - :mod:`~tbps_runtime.serve.messages`: the service's words (library errors in request fields);
 - :mod:`~tbps_runtime.serve.service`: what the routes do, without HTTP (one loaded bundle and gallery);
+- :mod:`~tbps_runtime.serve.uploads`: a request's images, decoded, and refused when they are not whole;
 - :mod:`~tbps_runtime.serve.galleries`: that gallery behind one interface, a plain one or a store;
 - :mod:`~tbps_runtime.serve.batching`: concurrent text queries share one text-tower call;
 - :mod:`~tbps_runtime.serve.security`: loopback detection, the API key, CORS origins;

@@ -6,12 +6,19 @@ removed); the search itself is :meth:`~tbps_runtime.search.PersonSearch.rank` on
 File names reach the file system only from the gallery's own records (a store's crop names through
 ``Store.crop_path``, which keeps them inside the store; a plain gallery's indexed image paths): never
 from a request. Everything here is blocking and thread-safe.
+
+The gallery is opened by its absolute path, and remembered by the identity (device, inode) it had then:
+moved away, deleted or replaced while the service runs, it is :meth:`~ServedGallery.gone`, and the
+service answers 503 saying so instead of failing on whatever file it reaches first. The refusals below
+carry a message for the client and a ``detail`` for the service's log (which may name the server's files:
+no HTTP answer does).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,13 +29,14 @@ import numpy as np
 from PIL import Image
 
 from tbps_runtime.atomic import atomic_write
-from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, OutputError
+from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, OutputError, StoreError
 from tbps_runtime.gallery.npy import Gallery
 from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.shards import ShardedGallery
 from tbps_runtime.model.images import read_image
 from tbps_runtime.paths import printable
 from tbps_runtime.search import Match, describe_search
+from tbps_runtime.serve.messages import STORE_BUSY, STORE_FAILING, STORE_READ_ONLY, STORE_UNWRITABLE
 from tbps_runtime.store.base import Store
 from tbps_runtime.store.open import is_store_directory, open_store
 from tbps_runtime.store.rows import CropRecord, RowFilter, StoreHit
@@ -36,13 +44,25 @@ from tbps_runtime.store.rows import CropRecord, RowFilter, StoreHit
 _CAMERAS_TTL_S = 30.0  # how stale /readyz's camera list may be
 
 
-class NotFound(Exception):
-    """A row, crop or page the request names does not exist (HTTP 404)."""
+class Refusal(Exception):
+    """A refusal of the service's own: the message for the client; ``detail`` for the service's log only."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail
 
 
-class Conflict(Exception):
+class NotFound(Refusal):
+    """A row, crop or page the request names does not exist, or cannot be read any more (HTTP 404)."""
+
+
+class Conflict(Refusal):
     """The request does not fit this gallery or bundle (HTTP 409): a store endpoint on a plain gallery,
     explain without explain graphs, a store another process is writing."""
+
+
+class Unavailable(Refusal):
+    """The gallery cannot do what the request asks now (HTTP 503): gone, unreadable, or its disk full."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,10 @@ class ServedGallery(Protocol):
 
     target: Gallery | ShardedGallery | Store  # what PersonSearch.rank searches
     bundle: str | None  # the bundle the gallery records
+    path: Path  # where it was opened (absolute): for the log, never for an answer
+
+    def gone(self) -> bool:
+        """Whether ``path`` no longer holds the gallery opened there (moved, deleted or replaced)."""
 
     def rows(self) -> int:
         """How many rows a search ranks now."""
@@ -102,16 +126,39 @@ class ServedGallery(Protocol):
 
 
 def open_served(path: str | Path) -> ServedGallery:
-    """The gallery at ``path``: a store directory, else a plain gallery (file or shard directory)."""
+    """The gallery at ``path`` (opened by its absolute path): a store directory, else a plain gallery (file
+    or shard directory)."""
+    path = Path(path).absolute()
     if is_store_directory(path):
-        return StoreGallery(open_store(path))
-    return PlainGallery(load_gallery(path))
+        return StoreGallery(open_store(path), path)
+    return PlainGallery(load_gallery(path), path)
 
 
-class PlainGallery:
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of what ``path`` names now; None when nothing is there."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+class _Opened:
+    """Where a gallery was opened, and whether it is still there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._identity = _identity(path)
+
+    def gone(self) -> bool:
+        return _identity(self.path) != self._identity
+
+
+class PlainGallery(_Opened):
     """A plain gallery: fixed rows, an image file and maybe an identity per row; no filters, no writes."""
 
-    def __init__(self, gallery: Gallery | ShardedGallery):
+    def __init__(self, gallery: Gallery | ShardedGallery, path: Path):
+        super().__init__(path)
         self.target = gallery
         self.bundle = gallery.bundle
 
@@ -139,8 +186,8 @@ class PlainGallery:
         """The row's indexed image, re-encoded as JPEG."""
         try:
             image = read_image(self.image_file(row))
-        except (DataError, InputFileNotFoundError):
-            raise NotFound(f"the image of row {row} cannot be read any more") from None
+        except (DataError, InputFileNotFoundError) as e:
+            raise NotFound(f"the image of row {row} cannot be read any more", detail=str(e)) from None
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         return buffer.getvalue()
@@ -173,10 +220,11 @@ def _not_a_store(what: str) -> Conflict:
                     "g.npy, which cannot change while served")
 
 
-class StoreGallery:
+class StoreGallery(_Opened):
     """A store: rows with camera, time and track; filters; rows added and removed while served."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, path: Path):
+        super().__init__(path)
         self.target = store
         self.bundle = store.bundle
         self._write_lock = threading.Lock()  # the store takes one writer at a time, in any thread
@@ -211,10 +259,11 @@ class StoreGallery:
 
     def crop_jpeg(self, row: int) -> bytes:
         """The crop file the store kept."""
+        path = self.image_file(row)
         try:
-            return self.image_file(row).read_bytes()
-        except OSError:
-            raise NotFound(f"the crop of row {row} is missing from the store") from None
+            return path.read_bytes()
+        except OSError as e:
+            raise NotFound(f"the crop of row {row} is missing from the store", detail=str(e)) from None
 
     def image_file(self, row: int) -> Path:
         record = self.target.records([row]).get(row) if 0 <= row < 2**63 else None
@@ -222,7 +271,10 @@ class StoreGallery:
             raise NotFound(f"no row {row} in the gallery")
         if not record.crop:
             raise NotFound(f"row {row} has no crop")
-        return self.target.crop_path(record.crop)  # checked to stay inside the store
+        try:
+            return self.target.crop_path(record.crop)  # checked to stay inside the store
+        except (DataError, OSError) as e:  # a crop name or link leading outside the store: not served
+            raise NotFound(f"the crop of row {row} is not available", detail=str(e)) from None
 
     def require_store(self, what: str) -> None:
         """A store takes writes."""
@@ -234,14 +286,18 @@ class StoreGallery:
             Conflict: another process is writing the store.
         """
         with self._writing("ingesting into"):
-            name, folder = self.target.new_batch()
-            records = []
-            for i, crop in enumerate(crops):
-                image = Image.fromarray(crop.pixels, mode="RGB")
-                atomic_write(folder / f"{i}.jpg", lambda stream, image=image: image.save(stream, "JPEG", quality=90))
-                records.append(CropRecord(crop.source, crop.camera, crop.time, None, None, crop.box, None, crop.track,
-                                          f"{name}/{i}.jpg"))
-            rows = self.target.append(embeddings, records, crops=name)
+            try:
+                name, folder = self.target.new_batch()
+                records = []
+                for i, crop in enumerate(crops):
+                    image = Image.fromarray(crop.pixels, mode="RGB")
+                    atomic_write(folder / f"{i}.jpg",
+                                 lambda stream, image=image: image.save(stream, "JPEG", quality=90))
+                    records.append(CropRecord(crop.source, crop.camera, crop.time, None, None, crop.box, None,
+                                              crop.track, f"{name}/{i}.jpg"))
+                rows = self.target.append(embeddings, records, crops=name)
+            except (OSError, OutputError, StoreError) as e:  # a full or failing disk: the store keeps none of them
+                raise Unavailable(STORE_UNWRITABLE, detail=str(e)) from e
         self._cameras = None
         return [int(r) for r in rows]
 
@@ -255,7 +311,10 @@ class StoreGallery:
             Conflict: another process is writing the store.
         """
         with self._writing("deleting from"):
-            removal = self.target.delete(row_filter, older_than=age, everything=everything, dry_run=dry_run)
+            try:
+                removal = self.target.delete(row_filter, older_than=age, everything=everything, dry_run=dry_run)
+            except OSError as e:  # a failing disk
+                raise Unavailable(STORE_FAILING, detail=str(e)) from e
         self._cameras = None
         return {"dry_run": dry_run, **removal.to_json()}
 
@@ -275,9 +334,10 @@ class StoreGallery:
         with self._write_lock, contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(self.target.writing(what))
-            except OutputError as e:
-                raise Conflict(f"the store is being written by another process ({e}); try again later") from None
+            except OutputError as e:  # another writer, or a store on a disk that cannot be written
+                raise Conflict(STORE_READ_ONLY if e.code == "store_read_only" else STORE_BUSY, detail=str(e)) from None
             yield
 
 
-__all__ = ["Conflict", "IngestCrop", "NotFound", "PlainGallery", "ServedGallery", "StoreGallery", "open_served"]
+__all__ = ["Conflict", "IngestCrop", "NotFound", "PlainGallery", "Refusal", "ServedGallery", "StoreGallery",
+           "Unavailable", "open_served"]

@@ -3,7 +3,7 @@
 :class:`RequestTag` (outermost) gives each request its id and counts it in the metrics;
 :class:`RequestGuard` (inside CORS, so that its refusals carry the CORS headers) checks the API key
 before reading anything, bounds the body (its Content-Length and the bytes actually read) and turns an
-unexpected exception into a 500 in the error shape.
+unexpected exception into a 500 in the error shape (or the 503 of a gallery that is gone, when it is).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.routing import Match
 
 from tbps_runtime.paths import printable
 from tbps_runtime.serve import Limits
-from tbps_runtime.serve.errors import error_response, key_refusal
+from tbps_runtime.serve.errors import error_response, key_refusal, unexpected_response
 from tbps_runtime.serve.metrics import ServiceMetrics
 from tbps_runtime.serve.security import is_public, key_matches, presented_key
 
@@ -97,7 +97,8 @@ class RequestGuard:
         except Exception:
             logger.exception("request %s (%s %s) failed", request_id, scope.get("method"), scope.get("path"))
             if not started[0]:
-                await error_response(500, "internal error", request_id)(scope, receive, send_watched)
+                answer = unexpected_response(scope["app"].state.service, request_id)
+                await answer(scope, receive, send_watched)
 
     def _check_key(self, scope: dict, request_id: str) -> JSONResponse | None:
         if self.expected is None or scope["method"] == "OPTIONS" or is_public(scope["path"]):

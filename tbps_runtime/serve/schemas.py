@@ -1,9 +1,16 @@
 """The request and response bodies of ``tbps serve`` (pydantic): validated on the way in, and the OpenAPI
 description at ``/docs``. A request body refuses fields it does not know (a misspelt ``kk`` is a 400, not
 silently ignored), values of the wrong type, numbers that are not finite, negative row and track ids, and
-more texts, images, rows or characters than :data:`BOUNDS` (the default :class:`~tbps_runtime.serve.Limits`),
-each stated in the OpenAPI description; a service built with lower limits refuses past those as well
-(:class:`~tbps_runtime.serve.service.Service`), in the same words (:mod:`tbps_runtime.serve.messages`)."""
+more texts, images, rows or characters than :data:`BOUNDS` (the default :class:`~tbps_runtime.serve.Limits`);
+a service built with lower limits refuses past those as well (:class:`~tbps_runtime.serve.service.Service`),
+in the same words (:mod:`tbps_runtime.serve.messages`).
+
+The OpenAPI description states every bound a model holds (``minItems``, ``maxItems``, ``minLength``,
+``maxLength``, ``minimum``, ``maximum``, ``pattern``, which of two fields is required), so that a request
+a generated client or a fuzzer builds from it is never refused for a bound it did not state
+(tests/test_guarantees_service.py fuzzes it). What a schema cannot state is said in the field's
+description and refused by the service: an image that does not decode, a time outside 1900..3000 or
+an empty time range, a query with nothing visible in it, filters on a plain gallery."""
 
 from __future__ import annotations
 
@@ -13,11 +20,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.serve import Limits
-from tbps_runtime.serve.messages import count_refusal, length_refusal, range_refusal
-from tbps_runtime.store.rows import MAX_TEXT
+from tbps_runtime.serve.messages import WORDS, count_refusal, length_refusal, range_refusal
+from tbps_runtime.store.rows import MAX_TEXT, TIME_RANGE, check_name
 
 BOUNDS = Limits()  # what any request body may hold: the default limits
-_LARGEST_ID = 2**63 - 1  # rows and tracks are SQLite / Milvus int64
+# Rows and tracks are int64 in a store, but a JSON number above 2**53 - 1 is not an exact integer to many
+# clients (a browser's among them), nor to JSON-Schema tools, which read 2**63 - 1 as 2**63.
+LARGEST_ID = 2**53 - 1
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"  # no control character, line or paragraph separator
+AGE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*[smhdw]\s*$"  # 30d, 12h, 90m, 45s, 2w (store.rows.parse_age)
+_TIME = f"ISO-8601 (no zone: UTC), from {TIME_RANGE}, e.g. 2026-03-02T14:00:05Z"
 
 
 def _counted(item: Any, noun: str, most: int) -> Any:
@@ -37,6 +49,11 @@ def _query_length(text: str) -> str:
     return text
 
 
+def _name(value: str) -> str:
+    """A camera or source name (:func:`~tbps_runtime.store.rows.check_name`: what a store keeps)."""
+    return check_name(value, "text")
+
+
 def _between(name: str, most: int) -> Callable[[int], int]:
     def check(value: int) -> int:
         if not 1 <= value <= most:
@@ -46,9 +63,13 @@ def _between(name: str, most: int) -> Callable[[int], int]:
     return check
 
 
-Query = Annotated[str, AfterValidator(_query_length), Field(json_schema_extra={"maxLength": BOUNDS.max_query_chars})]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]  # a camera or source
-Id = Annotated[int, Field(ge=0, le=_LARGEST_ID)]  # a row or track
+# A query: its length here; an empty or invisible one is the service's refusal (text.check_queries), which
+# the schema states as far as it can (minLength).
+Query = Annotated[str, AfterValidator(_query_length),
+                  Field(json_schema_extra={"minLength": 1, "maxLength": BOUNDS.max_query_chars})]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_name),
+                 Field(json_schema_extra={"pattern": NAME_PATTERN})]  # a camera or source
+Id = Annotated[int, Field(ge=0, le=LARGEST_ID)]  # a row or track
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -63,12 +84,16 @@ class Filters(_Body):
     cameras: list[Name] = Field(default_factory=list)
     sources: list[Name] = Field(default_factory=list)
     tracks: list[Id] = Field(default_factory=list)
-    since: str | None = None
-    until: str | None = None
+    since: str | None = Field(None, description=f"Rows seen at or after it: {_TIME}.")
+    until: str | None = Field(None, description=f"Rows seen before it (after since): {_TIME}.")
 
 
 class SearchRequest(_Body):
     """One query (``query``) or several (``queries``), ranked by Eq. 14."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [  # exactly one of the two, as _one_kind_of_query
+        {"required": ["query"], "properties": {"query": {"type": "string"}}},
+        {"required": ["queries"], "properties": {"queries": {"type": "array"}}}]})
 
     query: Query | None = Field(None, description="What the person looks like.")
     queries: _counted(Query, "texts", BOUNDS.max_queries) | None = Field(
@@ -77,7 +102,8 @@ class SearchRequest(_Body):
         10, description="Results per query.", json_schema_extra={"minimum": 1, "maximum": BOUNDS.max_k})
     filters: Filters | None = Field(None, description="A store's rows to search (a plain gallery: none).")
     min_score: Finite | Literal["auto"] | None = Field(
-        None, description="Drop hits scoring below it; 'auto': the bundle's calibrated threshold.")
+        None, description="Drop hits scoring below it; 'auto': the bundle's calibrated threshold (a bundle "
+                          "calibrated with tbps calibrate; refused otherwise).")
     per_track: bool = Field(False, description="A store's tracks, each by its best row, instead of rows.")
 
     @model_validator(mode="after")
@@ -125,7 +151,9 @@ class EmbedTextRequest(_Body):
 
 class EmbedImageRequest(_Body):
     images: _counted(str, "images", BOUNDS.max_images) = Field(
-        description=f"Base64 JPEG or PNG files, each at most {BOUNDS.max_image_side}x{BOUNDS.max_image_side} pixels.")
+        description=f"Base64 JPEG or PNG files, each at most {BOUNDS.max_image_side}x{BOUNDS.max_image_side} pixels "
+                    "and whole (a damaged or truncated file is refused); the body at most "
+                    f"{BOUNDS.max_upload_bytes // 2**20} MiB.")
     encoding: Literal["json", "base64"] = "json"
 
 
@@ -148,9 +176,11 @@ class ExplainResponse(BaseModel):
 
 
 class IngestCropBody(_Body):
-    image: str = Field(description="Base64 JPEG or PNG.")
+    image: str = Field(description=f"Base64 JPEG or PNG, whole, at most {BOUNDS.max_image_side}x"
+                                   f"{BOUNDS.max_image_side} pixels; the body at most "
+                                   f"{BOUNDS.max_upload_bytes // 2**20} MiB.")
     camera: Name
-    time: str | None = Field(None, description="When it was seen: ISO-8601 (no zone: UTC).")
+    time: str | None = Field(None, description=f"When it was seen: {_TIME}.")
     source: Name = "api"
     track: Id | None = None
     box: list[Finite] | None = Field(None, min_length=4, max_length=4, description="x0, y0, x1, y1")
@@ -165,11 +195,24 @@ class IngestResponse(BaseModel):
 
 
 class DeleteRequest(_Body):
-    filters: Filters | None = None
-    older_than: str | None = Field(None, description="An age: 30d, 12h, 90m (rows without a time: when added).")
+    """Which rows to remove: filters, older_than, or both (one of them is required)."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [  # as _a_condition
+        {"required": ["filters"], "properties": {"filters": {"type": "object"}}},
+        {"required": ["older_than"], "properties": {"older_than": {"type": "string"}}}]})
+
+    filters: Filters | None = Field(None, description="Rows passing them (some field of them not empty).")
+    older_than: str | None = Field(None, description="An age: 30d, 12h, 90m (rows without a time: when added).",
+                                   json_schema_extra={"pattern": AGE_PATTERN})
     dry_run: bool = Field(False, description="Count what would go (every row too, without everything); remove "
                                              "nothing.")
     everything: bool = Field(False, description="Allow removing every row of the store.")
+
+    @model_validator(mode="after")
+    def _a_condition(self) -> DeleteRequest:
+        if self.filters is None and self.older_than is None:
+            raise ValueError(WORDS["delete_without_condition"])
+        return self
 
 
 class RemovalResponse(BaseModel):
@@ -182,12 +225,14 @@ class RemovalResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
+    """Without the service's key (when it has one): the status only. With it: what is served."""
+
     status: Literal["ready"]
-    rows: int
-    bundle: str = Field(description="The bundle's fingerprint (12 hex digits).")
-    store: bool
-    explain: bool
-    cameras: list[str]
+    rows: int | None = None
+    bundle: str | None = Field(None, description="The bundle's fingerprint (12 hex digits).")
+    store: bool | None = None
+    explain: bool | None = None
+    cameras: list[str] | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -203,7 +248,7 @@ class ErrorResponse(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {  # the refusals a data endpoint documents
     status: {"model": ErrorResponse, "description": code} for status, code in
     ((400, "bad request"), (401, "no or wrong API key"), (404, "not found"), (409, "conflict"), (413, "too large"),
-     (503, "the store is not answering"))}
+     (503, "the gallery is not answering, or is gone"))}
 
 
 def check_limits(limits: Limits) -> None:
@@ -218,6 +263,7 @@ def check_limits(limits: Limits) -> None:
                               "of the request bodies: a service may lower its limits, not raise them")
 
 
-__all__ = ["BOUNDS", "DeleteRequest", "ERRORS", "EmbedImageRequest", "EmbedResponse", "EmbedTextRequest", "ErrorDetail",
-           "ErrorResponse", "ExplainRequest", "ExplainResponse", "Filters", "Hit", "IngestCropBody", "IngestRequest",
-           "IngestResponse", "ReadyResponse", "RemovalResponse", "SearchRequest", "SearchResponse", "check_limits"]
+__all__ = ["AGE_PATTERN", "BOUNDS", "LARGEST_ID", "NAME_PATTERN", "DeleteRequest", "ERRORS", "EmbedImageRequest",
+           "EmbedResponse", "EmbedTextRequest", "ErrorDetail", "ErrorResponse", "ExplainRequest", "ExplainResponse",
+           "Filters", "Hit", "IngestCropBody", "IngestRequest", "IngestResponse", "ReadyResponse", "RemovalResponse",
+           "SearchRequest", "SearchResponse", "check_limits"]

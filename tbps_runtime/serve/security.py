@@ -4,9 +4,9 @@ The model: ``tbps serve`` binds 127.0.0.1 unless told otherwise; on any other ad
 start without an API key (a key file or ``TBPS_API_KEY``). With a key, every data endpoint
 wants ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time
 (:func:`hmac.compare_digest` over SHA-256 digests: neither the content nor the length of the key
-shows in the time taken). Liveness, readiness and metrics (counts only, no data), the operator page
-and its static files, and the OpenAPI description are public: the page asks the operator for the
-key and sends it with each call.
+shows in the time taken). Liveness, readiness (without the key: ready or not, and why not; never what is
+served), metrics (counts only, no data), the operator page and its static files, and the OpenAPI
+description are public: the page asks the operator for the key and sends it with each call.
 """
 
 from __future__ import annotations

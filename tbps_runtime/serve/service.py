@@ -12,10 +12,8 @@ Built on the public API only: :class:`~tbps_runtime.search.PersonSearch`, the ga
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import logging
-import tempfile
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,20 +21,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from tbps_runtime.contract import IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError, QueryError
 from tbps_runtime.model.encoder import Encoder
-from tbps_runtime.model.images import read_image
 from tbps_runtime.paths import printable
 from tbps_runtime.report.draw import CROP_SIZE, crop_image
 from tbps_runtime.search import PersonSearch
-from tbps_runtime.serve import Limits, ServeSettings
+from tbps_runtime.serve import ServeSettings
 from tbps_runtime.serve.batching import QueryBatcher
-from tbps_runtime.serve.galleries import Conflict, IngestCrop, ServedGallery, open_served
-from tbps_runtime.serve.messages import NO_EXPLAIN_GRAPHS, count_refusal, length_refusal, range_refusal
+from tbps_runtime.serve.galleries import Conflict, IngestCrop, NotFound, ServedGallery, Unavailable, open_served
+from tbps_runtime.serve.messages import (GALLERY_GONE, NO_EXPLAIN_GRAPHS, SERVER_FILES_UNREADABLE, count_refusal,
+                                         length_refusal, range_refusal)
 from tbps_runtime.serve.metrics import ServiceMetrics
+from tbps_runtime.serve.uploads import decode_image
 from tbps_runtime.store.rows import RowFilter, parse_age, parse_time
 from tbps_runtime.text import check_queries
 from tbps_runtime.threads import choose_threads
@@ -44,7 +42,6 @@ from tbps_runtime.threads import choose_threads
 logger = logging.getLogger(__name__)
 
 WARM_UP_QUERY = "a person in a red coat"
-_IMAGE_FORMATS = ("JPEG", "PNG")
 
 
 @dataclass(frozen=True)
@@ -111,11 +108,27 @@ class Service:
         return all(spec.name in manifest.towers and spec.onnx_file in manifest.files
                    for spec in (IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER))
 
-    def readiness(self) -> dict[str, Any]:
-        """``/readyz``: rows, the bundle, whether the gallery is a store, explain, the cameras."""
+    def readiness(self, detail: bool = True) -> dict[str, Any]:
+        """``/readyz``: ``{"status": "ready"}``; with ``detail`` (a caller holding the key, or a service without
+        one) also the rows, the bundle, whether the gallery is a store, explain, the cameras.
+
+        Raises:
+            Unavailable: the gallery is gone.
+            StoreError, BundleError: its rows cannot be counted (a store that does not answer, or damaged).
+        """
+        self.check_gallery()
+        rows = self.rows()  # the gallery answers: a probe's "ready" means searches can be answered
+        if not detail:
+            return {"status": "ready"}
         gallery = self.gallery.readiness()
-        return {"status": "ready", "rows": self.rows(), "bundle": self.search.fingerprint[:12],
+        return {"status": "ready", "rows": rows, "bundle": self.search.fingerprint[:12],
                 "store": gallery["store"], "explain": self.explain_available, "cameras": gallery["cameras"]}
+
+    def check_gallery(self) -> None:
+        """Raises :class:`Unavailable` when the gallery was moved, deleted or replaced since it was opened."""
+        if self.gallery.gone():
+            raise Unavailable(GALLERY_GONE, detail=f"{self.gallery.path} was moved, deleted or replaced while "
+                                                   "the service ran")
 
     def warm_up(self) -> None:
         """One query through the batcher and the ranking, and one image-tower call: the first calls of a
@@ -145,9 +158,13 @@ class Service:
         if not 1 <= len(texts) <= limits.max_queries:
             raise QueryError(f"{what}: {count_refusal(limits.max_queries, 'texts', len(texts))}")
         for i, text in enumerate(texts):
+            field = what if what == "query" else f"{what}[{i}]"
             if isinstance(text, str) and len(text) > limits.max_query_chars:
-                raise QueryError(f"{what}[{i}]: {length_refusal(len(text), limits.max_query_chars)}")
-        check_queries(texts)
+                raise QueryError(f"{field}: {length_refusal(len(text), limits.max_query_chars)}")
+            try:
+                check_queries([text])
+            except QueryError as e:  # the library counts queries from 1 ("query 1 is empty"): say the field
+                raise QueryError(str(e).replace("query 1", field, 1)) from None
         return list(texts)
 
     def rank_spec(self, k: int = 10, row_filter: RowFilter | None = None, per_track: bool = False,
@@ -160,6 +177,7 @@ class Service:
         """
         if not 1 <= k <= self.limits.max_k:
             raise ConfigError(range_refusal("k", self.limits.max_k, k))
+        self.check_gallery()
         self.gallery.check_filters(row_filter, per_track)
         return RankSpec(k, row_filter if row_filter is not None and not row_filter.empty else None, per_track,
                         self.search.min_score(min_score))
@@ -184,8 +202,11 @@ class Service:
 
     def _rank(self, embeddings: np.ndarray, spec: RankSpec) -> list[tuple[list[dict[str, Any]], int]]:
         started = time.perf_counter()
-        results = self.search.rank(embeddings, self.gallery.target, k=spec.k, row_filter=spec.row_filter,
-                                   per_track=spec.per_track, min_score=spec.threshold)
+        try:
+            results = self.search.rank(embeddings, self.gallery.target, k=spec.k, row_filter=spec.row_filter,
+                                       per_track=spec.per_track, min_score=spec.threshold)
+        except (DataError, InputFileNotFoundError) as e:  # the gallery's own files (a FAISS index gone, a segment)
+            raise Unavailable(SERVER_FILES_UNREADABLE, detail=str(e)) from e
         self.metrics.observe_rank(time.perf_counter() - started)
         rows = self.rows()  # here, off the event loop: a store counts its rows in SQLite
         return [([self.gallery.hit(hit) for hit in hits], rows) for hits in results]
@@ -220,7 +241,9 @@ class Service:
 
         Raises:
             NotFound: no such row, or its image is gone.
+            Unavailable: the gallery is gone.
         """
+        self.check_gallery()
         return self.gallery.crop_jpeg(row)
 
     def explain(self, query: str, rows: Sequence[int]) -> dict[str, Any]:
@@ -235,21 +258,27 @@ class Service:
         if not 1 <= len(rows) <= self.limits.max_explain_rows:
             raise ConfigError(f"rows: {count_refusal(self.limits.max_explain_rows, 'rows', len(rows))}")
         self.check_texts([query], "query")
+        self.check_gallery()
         paths = [self.gallery.image_file(row) for row in rows]
-        explanation = self.search.explain(query, [str(p) for p in paths])
         pictures = []
-        for path, heatmap in zip(paths, explanation.heatmaps):
-            buffer = io.BytesIO()
-            crop_image(path, CROP_SIZE, heatmap).save(buffer, format="PNG")
-            pictures.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        try:
+            explanation = self.search.explain(query, [str(p) for p in paths])
+            for path, heatmap in zip(paths, explanation.heatmaps):
+                buffer = io.BytesIO()
+                crop_image(path, CROP_SIZE, heatmap).save(buffer, format="PNG")
+                pictures.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        except (DataError, InputFileNotFoundError) as e:  # a row's image, gone or damaged since it was indexed
+            raise NotFound("the image of a row cannot be read any more", detail=str(e)) from None
         weights = np.round(explanation.token_weights.astype(np.float64), 6).tolist()  # (D + P, T)
         return {"tokens": [printable(t) for t in explanation.tokens], "token_weights": weights, "heatmaps": pictures}
 
     # -- a store's rows ----------------------------------------------------------------------------
 
     def require_store(self, what: str) -> None:
-        """Raises Conflict unless the gallery is a store (rows can be added and removed)."""
+        """Raises Conflict unless the gallery is a store (rows can be added and removed); Unavailable when it
+        is gone."""
         self.gallery.require_store(what)
+        self.check_gallery()
 
     def ingest(self, crops: Sequence[IngestCrop]) -> list[int]:
         """Embed ``crops`` and append them to the store, their JPEGs saved in it. Returns the new row ids.
@@ -279,6 +308,8 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """The store's rows, tracks, cameras and size; no server paths."""
+        self.gallery.require_store("gallery info")
+        self.check_gallery()
         return self.gallery.info()
 
 
@@ -289,36 +320,6 @@ def serving_threads(threads: int | None) -> int:
     thread, 230 with 2 (the tower's parallel sections wait for the thread that lost its core)."""
     choice = choose_threads(threads)
     return max(1, choice.threads - 1) if choice.adaptive else choice.threads
-
-
-def decode_image(text: str, what: str, limits: Limits) -> np.ndarray:
-    """A base64 JPEG or PNG file -> (H, W, 3) uint8 RGB, decoded as ``tbps index`` decodes image files
-    (EXIF orientation applied, transparency on black), after checking its size from the header.
-
-    Raises:
-        DataError: naming ``what``: not base64, not a JPEG or PNG, larger than the limit, or undecodable.
-    """
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise DataError(f"{what} is not base64 text (standard alphabet, padded)") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            kind, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise DataError(f"{what} is not a JPEG or PNG image") from None
-    if kind not in _IMAGE_FORMATS:
-        raise DataError(f"{what} is a {kind} image; send JPEG or PNG")
-    side = limits.max_image_side
-    if width > side or height > side:
-        raise DataError(f"{what} is {width}x{height} pixels; at most {side}x{side}: send the person's crop")
-    with tempfile.TemporaryDirectory(prefix="tbps-serve-") as folder:  # read_image reads files: one decoder
-        path = Path(folder) / f"image.{kind.lower()}"
-        path.write_bytes(data)
-        try:
-            return np.asarray(read_image(path), dtype=np.uint8)  # (H, W, 3)
-        except (DataError, InputFileNotFoundError):
-            raise DataError(f"{what} cannot be decoded (a damaged or truncated {kind})") from None
 
 
 def parse_filters(cameras: Sequence[str] = (), sources: Sequence[str] = (), tracks: Sequence[int] = (),
@@ -333,4 +334,4 @@ def parse_filters(cameras: Sequence[str] = (), sources: Sequence[str] = (), trac
                      None if until is None else parse_time(until, "filters.until"))
 
 
-__all__ = ["IngestCrop", "RankSpec", "Service", "decode_image", "parse_filters", "serving_threads"]
+__all__ = ["IngestCrop", "RankSpec", "Service", "parse_filters", "serving_threads"]

@@ -10,14 +10,24 @@ reused. Two implementations: :class:`~tbps_runtime.store.local.LocalStore` (segm
 
 :class:`StoreBase` holds what does not depend on where the rows live: the argument checks of append,
 search and delete, the bundle check, the crop folders and their removal, the ranked hits and the shape of
-:meth:`Store.info`. An implementation provides ``_append``, ``_rank``, ``_delete`` and ``_summary`` and
-the reads.
+:meth:`Store.info`. An implementation provides ``_append``, ``_rank`` (or ``_picks_and_records``, when it can
+rank and read the records in one snapshot), ``_delete``, ``_summary``, ``_sweep`` and the reads.
+
+What a store's files may be trusted with: a writer records each crop folder and segment file it is about
+to create in the store's pending list (:data:`PENDING`) first, and the next writer's sweep removes only
+those of its entries that never got registered, never a file it does not know. Every name read from a
+store resolves, symbolic links followed, inside the store's directory (:meth:`StoreBase.crop_path`).
+A directory that cannot be written is searched, never written (:meth:`StoreBase.writing` says so).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -27,17 +37,24 @@ from typing import Any, ContextManager, Iterable, Iterator, Mapping, Protocol, S
 
 import numpy as np
 
-from tbps_runtime.errors import BundleError, ConfigError, DataError
+from tbps_runtime.atomic import atomic_write_text
+from tbps_runtime.errors import BundleError, ConfigError, DataError, OutputError, StoreError, UnsafePathError
 from tbps_runtime.gallery.npy import check_same_bundle
 from tbps_runtime.outputs import output_lock
 from tbps_runtime.paths import resolve_inside
-from tbps_runtime.store.rows import CropRecord, Removal, RowFilter, StoreHit, format_time
+from tbps_runtime.store.rows import CropRecord, Removal, RowFilter, StoreHit, check_record, format_time
 
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = "tbps-store"
 STORE_VERSION = 1
 CROPS = "crops"  # the crop folders' parent in a store directory
+PENDING = ".tbps-pending"  # in a store directory: what its writers created and had not registered yet
+_PENDING_NAME = re.compile(r"(crops|segments)/[0-9a-f]{32}(\.npy)?")  # what a pending list may name
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_sessions: dict[tuple[str, int], int] = {}  # (store directory, thread) -> writer sessions open (see writing)
+_sessions_guard = threading.Lock()
 Pick = tuple[float, int, int | None]  # a ranked row: (Eq. 14 score, row id, rows of its track or None)
 
 
@@ -74,14 +91,18 @@ class Store(Protocol):
         """Hold the store's writer lock (one writer at a time) and clear what a crashed writer left.
 
         Raises:
-            OutputError: another writer holds it.
+            OutputError: another writer holds it, or the store is read-only (code ``store_read_only``).
         """
 
     def new_batch(self) -> tuple[str, Path]:
         """A fresh crop folder for the next append: (its name relative to the store, its path)."""
 
     def crop_path(self, crop: str) -> Path:
-        """The file of a record's ``crop`` (checked to stay inside the store)."""
+        """The file of a record's ``crop``, checked to resolve (symbolic links followed) inside the store.
+
+        Raises:
+            UnsafePathError: it would lead outside.
+        """
 
     def append(self, embeddings: np.ndarray, records: Sequence[CropRecord], *, crops: str | None = None,
                progress: Mapping[str, str] | None = None) -> np.ndarray:
@@ -91,6 +112,10 @@ class Store(Protocol):
 
         Returns:
             (n,) int64 row ids, numbered after every row ever appended.
+
+        Raises:
+            ConfigError: a record breaks :func:`~tbps_runtime.store.rows.check_record` (nothing is written).
+            StoreError: the write failed (a full disk said so); the store holds what it held before.
         """
 
     def save_progress(self, progress: Mapping[str, str]) -> None:
@@ -182,17 +207,21 @@ class StoreSummary:
     cameras: list[CameraSummary] = field(default_factory=list)
 
 
-def check_meta(where: str, meta: Mapping[str, str]) -> None:
+def check_meta(where: str, meta: Mapping[str, Any]) -> None:
     """Raises BundleError unless ``meta`` (a store's key -> text record) is a tbps store's that this
     version reads, with its fingerprint, K, d and next row id."""
+    if not all(isinstance(key, str) and isinstance(value, str) for key, value in meta.items()):
+        raise BundleError(f"{where} is damaged: its meta holds values that are not text")
     if meta.get("format") != STORE_FORMAT:
         raise BundleError(f"{where} is not a tbps store (no '{STORE_FORMAT}' format in its meta)")
-    if not meta.get("version", "").isdigit() or int(meta["version"]) > STORE_VERSION:
+    if not _DIGITS.fullmatch(meta.get("version", "")) or int(meta["version"]) > STORE_VERSION:
         raise BundleError(f"{where} is store version {meta.get('version')}; this tbps reads up to "
                           f"{STORE_VERSION}: upgrade tbps")
     for name in ("fingerprint", "num_slots", "embed_dim", "next_row"):
-        if name not in meta or (name != "fingerprint" and not meta[name].isdigit()):
+        if name not in meta or (name != "fingerprint" and not _DIGITS.fullmatch(meta[name])):
             raise BundleError(f"{where} lacks or mistypes meta '{name}'")
+    if int(meta["num_slots"]) < 1 or int(meta["embed_dim"]) < 1:
+        raise BundleError(f"{where} is damaged: its rows would be ({meta['num_slots']}, {meta['embed_dim']}) (K, d)")
 
 
 def new_meta(fingerprint: str, num_slots: int, embed_dim: int, bundle: str | Path | None) -> dict[str, str]:
@@ -208,6 +237,7 @@ class StoreBase:
     description). Subclasses set ``_lock_file`` and implement the private hooks and the reads."""
 
     _lock_file: str  # in ``directory``: the writer lock's
+    _ending_session = False  # the sweep at the end of a writer's session is running
 
     def __init__(self, directory: Path, location: str, meta: Mapping[str, str]):
         self.directory, self.location = directory, location
@@ -239,22 +269,34 @@ class StoreBase:
     @contextmanager
     def writing(self, what: str = "writing into") -> Iterator[StoreBase]:
         """Hold the writer lock (a file lock in ``directory``: one writer per machine) and clear what a
-        crashed writer left (:meth:`_sweep`)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with output_lock(self.directory / self._lock_file, what):
-            self._sweep()
-            yield self
+        crashed writer left (:meth:`_sweep`); refuse a read-only store first. When the block ends, what it
+        made and did not register (a failed append's crop folder) goes too, as far as that can be done."""
+        if not self.directory.is_dir():
+            with self._write_errors():
+                self.directory.mkdir(parents=True, exist_ok=True)
+        self._check_writable()
+        with output_lock(self.directory / self._lock_file, what), _session(self.directory) as outermost:
+            if outermost:  # a session inside another (the lock is re-entrant) leaves the outer one's files be
+                self._sweep()
+            try:
+                yield self
+            finally:
+                if outermost:
+                    self._sweep_after()
 
     def new_batch(self) -> tuple[str, Path]:
-        """A fresh crop folder for the next append: (its name relative to the store, its path)."""
+        """A fresh crop folder for the next append: (its name relative to the store, its path). Recorded
+        as pending first, so that the next writer removes it if no append registers it."""
         name = f"{CROPS}/{uuid.uuid4().hex}"
         path = self.directory / name
-        path.mkdir(parents=True)
+        self._mark_pending(name)
+        with self._write_errors():
+            path.mkdir(parents=True)
         return name, path
 
     def crop_path(self, crop: str) -> Path:
-        """The file of a record's ``crop`` (checked to stay inside the store)."""
-        return self._inside(crop)
+        """The file of a record's ``crop``, checked to resolve (symbolic links followed) inside the store."""
+        return self._confined(crop)
 
     def append(self, embeddings: np.ndarray, records: Sequence[CropRecord], *, crops: str | None = None,
                progress: Mapping[str, str] | None = None) -> np.ndarray:
@@ -270,7 +312,10 @@ class StoreBase:
             return np.zeros(0, np.int64)
         if not np.isfinite(embeddings).all():
             raise ValueError("append: embeddings hold NaN or inf")
-        return self._append(embeddings, list(records), crops, dict(progress or {}))
+        records = [check_record(record) for record in records]
+        if crops is not None:
+            self._inside(crops)
+        return self._append(embeddings, records, crops, dict(progress or {}))
 
     def delete(self, row_filter: RowFilter | None = None, *, older_than: float | None = None,
                everything: bool = False, dry_run: bool = False) -> Removal:
@@ -296,24 +341,87 @@ class StoreBase:
         emptied = list(emptied)
         gone = {folder for folder in emptied if folder}
         for crop in crops:
-            if crop and crop.rsplit("/", 1)[0] not in gone:
-                removal.bytes += remove_file(self._inside(crop))
+            path = self._removable(crop) if crop and crop.rsplit("/", 1)[0] not in gone else None
+            if path is not None:
+                removal.bytes += remove_file(path)
                 removal.crops += 1
         for folder in emptied:
             removal.segments += 1
-            if folder:
-                path = self._inside(folder)
-                removal.crops += sum(1 for _ in path.glob("*")) if path.is_dir() else 0
-                removal.bytes += remove_tree(path)
+            path = self._removable(folder) if folder else None
+            if path is not None:
+                removal.crops += sum(1 for _ in path.glob("*")) if path.is_dir() and not path.is_symlink() else 0
+                removal.bytes += remove_tree(path) if not path.is_symlink() else remove_file(path)
 
     def _sweep_folder(self, folder: str, known: set[str]) -> None:
-        """Remove the entries of ``directory/folder`` whose ``folder/name`` is not in ``known`` (a crashed
-        writer's), except temporary files being written."""
-        base = self.directory / folder
-        for entry in base.iterdir() if base.is_dir() else ():
-            if f"{folder}/{entry.name}" not in known and not entry.name.startswith(".tmp"):
-                logger.info("removing %s: left by an interrupted run, never registered", entry)
-                remove_tree(entry) if entry.is_dir() else remove_file(entry)
+        """Remove the pending entries under ``folder`` that are not in ``known`` (created by a writer that
+        stopped before registering them) and forget them; an entry the pending list does not name is
+        never touched. Called under the writer lock."""
+        pending = self._pending()
+        for name in pending:
+            path = self._removable(name) if name.startswith(f"{folder}/") and name not in known else None
+            if path is not None and (path.exists() or path.is_symlink()):
+                # An interrupted run's leftovers are news (WARNING); this session's own failed append is
+                # already reported by its error, so its clean-up must not add a line to stderr.
+                logger.log(logging.INFO if self._ending_session else logging.WARNING,
+                           "removing %s: made by a write to %s that stopped before registering it", path,
+                           self.location)
+                remove_tree(path) if path.is_dir() and not path.is_symlink() else remove_file(path)
+        left = [name for name in pending if not name.startswith(f"{folder}/")]
+        if left != pending:
+            with self._write_errors():
+                if left:
+                    atomic_write_text(self.directory / PENDING, "".join(f"{name}\n" for name in left))
+                else:
+                    remove_file(self.directory / PENDING)
+
+    def _sweep_after(self) -> None:
+        """The sweep at the end of a writer's session, as far as it can go (the next writer's finishes it)."""
+        self._ending_session = True
+        try:
+            self._sweep()
+        except Exception as e:  # noqa: BLE001 - never hide what ended the session
+            logger.info("could not yet remove what this write to %s left unregistered (%s)", self.location, e)
+        finally:
+            self._ending_session = False
+
+    def _removable(self, name: str) -> Path | None:
+        """``directory / name`` when its folder resolves inside the store (the entry itself, a link
+        included, is then the store's to remove); None, with a warning, when it does not."""
+        try:
+            path = self._inside(name)
+            self._confined(str(Path(name).parent))
+        except UnsafePathError as e:
+            logger.warning("not removing %s: %s", name, e)
+            return None
+        return path
+
+    def _mark_pending(self, name: str) -> None:
+        """Add ``name`` (a crop folder or segment file about to be created) to the pending list."""
+        with self._write_errors(), open(self.directory / PENDING, "a", encoding="utf-8") as stream:
+            stream.write(f"{name}\n")
+
+    def _pending(self) -> list[str]:
+        """The names in the pending list (lines that are not such a name are reported and ignored)."""
+        try:
+            lines = (self.directory / PENDING).read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        names = [line for line in lines if _PENDING_NAME.fullmatch(line)]
+        if len(names) != len([line for line in lines if line]):
+            logger.warning("ignoring the lines of %s that name no crop folder or segment file",
+                           self.directory / PENDING)
+        return names
+
+    def _check_writable(self) -> None:
+        """Raises OutputError when the store directory cannot be written (a read-only store)."""
+        if not os.access(self.directory, os.W_OK):
+            raise self._read_only(f"its directory {self.directory} cannot be written")
+
+    def _read_only(self, why: str) -> OutputError:
+        return read_only(self.location, why)
+
+    def _write_errors(self) -> ContextManager[None]:
+        return write_errors(self.location)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -330,11 +438,11 @@ class StoreBase:
             raise DataError("a query embedding contains NaN or inf")
         if not len(queries):
             return []
-        picks = self._rank(queries, k, row_filter or RowFilter(), per_track)
-        records = self.records(sorted({row for hits in picks for _, row, _ in hits}))
+        picks, records = self._picks_and_records(queries, k, row_filter or RowFilter(), per_track)
         results = []
         for hits in picks:
-            # A row deleted since it was ranked (another process's retention) is left out.
+            # A row deleted since it was ranked (another process's retention, where ranking and reading the
+            # records are not one snapshot) is left out.
             kept = [(score, row, count) for score, row, count in hits
                     if (min_score is None or score >= min_score) and row in records]
             results.append([StoreHit(rank, score, row, records[row], count)
@@ -359,9 +467,35 @@ class StoreBase:
                 "bytes": summary.bytes, "num_slots": self.num_slots, "embed_dim": self.embed_dim}
 
     def _inside(self, name: str) -> Path:
+        """``directory / name`` for a relative ``name`` without ``..`` (a lexical check)."""
         return resolve_inside(self.directory, name, f"the store {self.directory}")
 
+    def _confined(self, name: str) -> Path:
+        """``directory / name``, checked to resolve, symbolic links followed, inside the store's directory.
+
+        Raises:
+            UnsafePathError: it leads outside (an absolute name, ``..``, or a link out of the store).
+        """
+        path = self._inside(name)
+        root = self.directory.resolve()
+        try:
+            real = path.resolve()
+        except (RuntimeError, OSError) as e:  # a loop of links
+            raise UnsafePathError(f"{path} of the store {self.location} cannot be resolved ({e}): refusing to "
+                                  "read it") from None
+        if real != root and root not in real.parents:
+            raise UnsafePathError(f"{path} of the store {self.location} leads to {real}, outside the store: "
+                                  "refusing to read it")
+        return path
+
     # -- what an implementation provides -----------------------------------------------------------------
+
+    def _picks_and_records(self, queries: np.ndarray, k: int, row_filter: RowFilter, per_track: bool
+                           ) -> tuple[list[list[Pick]], dict[int, CropRecord]]:
+        """The picks of :meth:`_rank` and the records of their rows. Here two reads; an implementation that
+        can read both in one snapshot does."""
+        picks = self._rank(queries, k, row_filter, per_track)
+        return picks, self.records(sorted({row for hits in picks for _, row, _ in hits}))
 
     def _append(self, embeddings: np.ndarray, records: list[CropRecord], crops: str | None,
                 progress: dict[str, str]) -> np.ndarray:
@@ -382,6 +516,51 @@ class StoreBase:
     def _sweep(self) -> None:
         """Remove what a crashed writer left; called under the writer lock."""
         raise NotImplementedError
+
+
+@contextmanager
+def _session(directory: Path) -> Iterator[bool]:
+    """Count this thread's writer sessions of the store at ``directory``; yields whether this one is the
+    outermost."""
+    key = (os.path.realpath(directory), threading.get_ident())
+    with _sessions_guard:
+        depth = _sessions.get(key, 0)
+        _sessions[key] = depth + 1
+    try:
+        yield depth == 0
+    finally:
+        with _sessions_guard:
+            if depth:
+                _sessions[key] = depth
+            else:
+                del _sessions[key]
+
+
+def write_failure(location: str, detail: str, disk_full: bool) -> StoreError:
+    """The error of a write to the store at ``location`` that failed (``detail``: the system's words)."""
+    if disk_full:
+        return StoreError(f"the disk of the store {location} is full ({detail}): free some space, then try "
+                          "again; the store holds every append completed before")
+    return StoreError(f"writing the store {location} failed ({detail}); the store holds every append completed "
+                      "before")
+
+
+def read_only(location: str, why: str) -> OutputError:
+    """The refusal to write the store at ``location``, which cannot be written (``why``); code
+    ``store_read_only``."""
+    return OutputError(f"the store {location} is read-only ({why}): it can be searched, not changed; to append "
+                       "or delete rows, make it writable or copy it to a disk that is", code="store_read_only",
+                       location=location)
+
+
+@contextmanager
+def write_errors(location: str) -> Iterator[None]:
+    """An OS error met while writing the files of the store at ``location``, as a StoreError (a full disk
+    said so)."""
+    try:
+        yield
+    except OSError as e:
+        raise write_failure(location, e.strerror or str(e), e.errno in _DISK_FULL) from e
 
 
 def iso_time(seconds: float | None) -> str | None:
@@ -411,5 +590,6 @@ def remove_tree(path: Path) -> int:
     return size
 
 
-__all__ = ["CROPS", "CameraSummary", "STORE_FORMAT", "STORE_VERSION", "Store", "StoreBase", "StoreSummary",
-           "check_meta", "iso_time", "new_meta", "remove_file", "remove_tree", "tree_bytes"]
+__all__ = ["CROPS", "CameraSummary", "PENDING", "STORE_FORMAT", "STORE_VERSION", "Store", "StoreBase", "StoreSummary",
+           "check_meta", "iso_time", "new_meta", "read_only", "remove_file", "remove_tree", "tree_bytes",
+           "write_errors", "write_failure"]

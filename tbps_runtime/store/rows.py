@@ -6,12 +6,15 @@ ISO-8601 a user types (``2026-03-02T14:00``, ``...Z``, ``...+01:00``; no zone
 means UTC) and :func:`parse_age` ages (``30d``, ``12h``). Every time that enters a store
 (CLI, HTTP, container metadata, a catalog) lies in ``[TIME_MIN, TIME_MAX)``,
 1900-01-01T00:00Z to 3000-01-01T00:00Z: :func:`check_time` holds the bound, so
-:func:`format_time` never meets a year it cannot print.
+:func:`format_time` never meets a year it cannot print. :func:`check_record` is the one
+table of what a stored record may hold: every append applies it, and so does every
+read of a catalog (which is input like any other file).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -207,6 +210,50 @@ def check_name(value: Any, what: str = "camera") -> str:
         raise ConfigError(f"{what} {value[:60]!r} is not a name: it holds the control character {bad!r}",
                           code="parameter_invalid", names=(what,))
     return value
+
+
+def check_record(record: Any) -> CropRecord:
+    """A record checked where it enters a store, or where a store's catalog is read -> the same record with
+    plain Python values (numpy scalars become ``int``/``float``).
+
+    ``source``, ``camera`` (and ``identity``, ``crop`` when given) are names (:func:`check_name`); ``time``
+    lies in the accepted range (:func:`check_time`); ``offset``, ``score`` and the four ``box`` values are
+    finite numbers; ``frame`` and ``track`` integers in ``[0, 2**63)``. Every field but source and camera
+    may be None.
+
+    Raises:
+        ConfigError: the first field that breaks its rule, named.
+    """
+    if not isinstance(record, CropRecord):
+        raise ConfigError(f"a store row's record is {type(record).__name__}, not a CropRecord")
+    box = record.box
+    if box is not None:
+        if isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 4 or None in box:
+            raise ConfigError(f"box {box!r} is not four numbers (x0, y0, x1, y1)")
+        box = tuple(_finite(value, "box") for value in box)
+    return CropRecord(
+        source=check_name(record.source, "source"), camera=check_name(record.camera, "camera"),
+        time=None if record.time is None else check_time(_finite(record.time, "time"), "time"),
+        offset=_finite(record.offset, "offset"), frame=_index(record.frame, "frame"), box=box,
+        score=_finite(record.score, "score"), track=_index(record.track, "track"),
+        crop=None if record.crop is None else check_name(record.crop, "crop"),
+        identity=None if record.identity is None else check_name(record.identity, "identity"))
+
+
+def _finite(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(f"{name} {value!r} is not a finite number")
+    return float(value)
+
+
+def _index(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 2**63:
+        raise ConfigError(f"{name} {value!r} is not an integer from 0 to 2**63 - 1")
+    return int(value)
 
 
 def format_time(seconds: float) -> str:

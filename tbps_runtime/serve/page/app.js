@@ -144,6 +144,7 @@
     $("api-key").value = "";
     $("key-hint").textContent = "Key set for this tab.";
     clearError();
+    if (state.ready && state.ready.rows === undefined) waitUntilReady();  // /readyz tells more with the key
     if ($("query").value.trim()) search();
   }
 
@@ -154,6 +155,8 @@
   }
 
   // ---- readiness: cameras, explain, store -------------------------------------------------------
+  // Without the key (of a service that has one), /readyz says only {"status": "ready"}: the rows, cameras,
+  // bundle and whether it is a store come once the key is set.
 
   async function waitUntilReady() {
     try {
@@ -172,6 +175,10 @@
   }
 
   function describeService(ready) {
+    if (ready.rows === undefined) {
+      $("service").textContent = "ready (the API key shows what it serves)";
+      return;
+    }
     const parts = [ready.rows + " rows", ready.store ? "store" : "plain gallery", "bundle " + ready.bundle];
     if (Array.isArray(ready.cameras) && ready.cameras.length) parts.push(ready.cameras.length + " camera(s)");
     $("service").textContent = parts.join(" · ");

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Path as PathParam
 from fastapi.responses import Response
 
 from tbps_runtime.serve.deps import KEYED, ServiceDep
-from tbps_runtime.serve.schemas import ERRORS
+from tbps_runtime.serve.schemas import ERRORS, LARGEST_ID
 
 router = APIRouter(tags=["search"], dependencies=KEYED, responses=ERRORS)
 
 
 @router.get("/crops/{row:int}", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
-def crop(service: ServiceDep, row: int = PathParam(ge=0, le=2**63 - 1)) -> Response:
+def crop(service: ServiceDep, row: int = PathParam(ge=0, le=LARGEST_ID)) -> Response:
     """The JPEG of a gallery row's crop."""
     return Response(service.crop_jpeg(row), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})

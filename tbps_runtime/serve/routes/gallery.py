@@ -11,8 +11,9 @@ from tbps_runtime.serve.deps import KEYED, ServiceDep
 from tbps_runtime.serve.galleries import IngestCrop
 from tbps_runtime.serve.schemas import (ERRORS, DeleteRequest, IngestCropBody, IngestRequest, IngestResponse,
                                         RemovalResponse)
-from tbps_runtime.serve.service import Service, decode_image, parse_filters
-from tbps_runtime.store.rows import RowFilter, parse_time
+from tbps_runtime.serve.service import Service, parse_filters
+from tbps_runtime.serve.uploads import decode_image
+from tbps_runtime.store.rows import parse_time
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], dependencies=KEYED, responses=ERRORS)
 
@@ -39,8 +40,8 @@ def gallery_info(service: ServiceDep) -> dict[str, Any]:
 
 
 def _ingest_crop(item: IngestCropBody, index: int, service: Service) -> IngestCrop:
-    """One crop of a request, decoded and checked (its names as a filter will have to match them)."""
-    RowFilter(cameras=(item.camera,), sources=(item.source,))
+    """One crop of a request, decoded and checked (its names were checked by the request model, as a store
+    checks them)."""
     pixels = decode_image(item.image, f"crops[{index}].image", service.limits)
     when = None if item.time is None else parse_time(item.time, f"crops[{index}].time")
     box = None if item.box is None else (item.box[0], item.box[1], item.box[2], item.box[3])

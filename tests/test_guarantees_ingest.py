@@ -235,7 +235,7 @@ def test_stream_credentials_reach_no_output_of_a_real_run(fake_bundle, footage, 
         assert secret.encode() not in files_text(gallery)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_a_stream_played_for_real_leaves_its_credentials_nowhere(data, fake_bundle, footage, tmp_path_factory):
     """A local HTTP server plays the stream: FFmpeg opens what it can parse (then rows are stored, named
@@ -258,7 +258,7 @@ def test_a_stream_played_for_real_leaves_its_credentials_nowhere(data, fake_bund
         assert all(word not in text for text in outputs), (url, word)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=stream_urls())
 def test_any_streams_credentials_reach_no_log_line_row_or_json(case, fake_bundle, footage, tmp_path_factory,
                                                               monkeypatch, capfd):

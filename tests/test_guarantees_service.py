@@ -200,7 +200,7 @@ def test_fuzzing_from_the_openapi_description_finds_no_5xx_no_stray_answer_and_n
             operation = result.ok()
             for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
-                @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                @settings(max_examples=15, deadline=None, derandomize=True, database=None,
                           suppress_health_check=list(HealthCheck))
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def fuzz(case):

@@ -87,7 +87,24 @@ def _serve(r: dict[str, Any]) -> str:
     return serve.to_markdown(r, r["machine"])
 
 
+def _store_calibration(r: dict[str, Any]) -> str:
+    from benchmarks import store_calibration
+    return store_calibration.to_markdown(r, r["machine"])
+
+
 PAGES = {
+    "store_calibration": Page(
+        "Store calibration: the bundle's threshold against the store's own",
+        "Synthetic footage with known people (`tbps synth-footage`: footage.json says who appears where) "
+        "ingested into a store with the ground-truth boxes; the store calibrated without labels "
+        "(`tbps calibrate --gallery`: the bundle's held-out captions against the store's crops). Per camera, "
+        "at each threshold: the true-match rate (captions of people present on the camera whose person is "
+        "among the hits) and the share of captions of people absent from the camera, or from the footage, "
+        "that return anything. The bundle was exported from the demo ablation run "
+        "(`tbps export --ckpt runs/ablation/full-sum-warmup-s0.pt -o m.bundle --calibrate-dataset cuhk-pedes "
+        "--calibrate-root runs/data`).",
+        "python -m benchmarks.store_calibration --bundle m.bundle --out docs/benchmarks",
+        _store_calibration),
     "towers": Page(
         "Tower latency: PyTorch eager, onnxruntime, int8",
         "Each tower (image, text) of the demo bundle and of a paper-sized model (ResNet-50 at 384×128 and a "

@@ -30,7 +30,8 @@ from tbps_export.onnx_export import export_tower
 from tbps_export.towers import axis_sizes
 from tbps_export.validate import parity_cases, validate_towers
 from tbps_runtime.atomic import has_format, sha256_file
-from tbps_runtime.contract import BUNDLE_FORMAT, MANIFEST_FILE, OPSET, PARITY_ATOL, TOKENIZER_FILE, TOWERS
+from tbps_runtime.contract import (BUNDLE_FORMAT, CAPTIONS_FILE, HELDOUT_CAPTIONS, MANIFEST_FILE, OPSET, PARITY_ATOL,
+                                   TOKENIZER_FILE, TOWERS)
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError
 from tbps_runtime.machine import cpu_model
 from tbps_runtime.model.bundle import Manifest, write_manifest
@@ -105,6 +106,7 @@ def export_bundle(checkpoint: str | Path, output: str | Path | None = None, *, f
         trt_entries, trt_error = (({}, None) if trt_options is None
                                   else _try_tensorrt(staging, Path(unfused), model, trt_options))
         bar.update()
+        write_heldout_captions(staging, payload)
         manifest = build_manifest(model, payload, checkpoint, parity, trt_entries, staging)
         for name, entry in fusions.items():
             manifest.towers[name]["fusions"] = entry
@@ -196,6 +198,36 @@ def _trt_options(settings: ExportOptions, fp16: bool, config: ModelConfig) -> tr
                                    device=settings.trt_device)
     options.resolve(config.max_text_length)  # bad profiles fail before any work
     return options
+
+
+# ---- held-out captions -----------------------------------------------------
+
+def write_heldout_captions(directory: Path, payload: dict) -> int:
+    """Write up to :data:`HELDOUT_CAPTIONS` captions of the training data's val split (test when it has
+    none), evenly spaced, as :data:`CAPTIONS_FILE`: the captions ``tbps calibrate --gallery`` scores
+    against a store. Skipped (0, logged) when the checkpoint's dataset cannot be read here."""
+    from tbps_train.data.readers import dataset_splits, read_split
+
+    dataset = payload.get("dataset")
+    if not isinstance(dataset, dict) or not dataset.get("name") or not dataset.get("root"):
+        logger.info("no held-out captions in the bundle: the checkpoint records no dataset")
+        return 0
+    try:
+        splits = dataset_splits(dataset["name"])
+        split = "val" if "val" in splits else "test"
+        records = read_split(dataset["name"], dataset["root"], split, check_images=False)
+    except (OSError, ValueError) as e:  # the dataset is not on this machine (any reader error is a ValueError)
+        logger.info("no held-out captions in the bundle: %s %s cannot be read here (%s)", dataset["name"],
+                    dataset["root"], e)
+        return 0
+    captions = [" ".join(c.split()) for r in records for c in r.captions if c.strip()]
+    if not captions:
+        return 0
+    step = max(1, len(captions) // HELDOUT_CAPTIONS)
+    chosen = captions[::step][:HELDOUT_CAPTIONS]
+    (directory / CAPTIONS_FILE).write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    logger.info("held-out captions: %d of the %s split of %s", len(chosen), split, dataset["name"])
+    return len(chosen)
 
 
 # ---- the manifest ----------------------------------------------------------

@@ -167,25 +167,65 @@ def _calibrate(bundles: list[Path], dataset: str, root: Path, split: str, false_
 # ---- tbps calibrate ------------------------------------------------------------------------
 
 @click.command(cls=TbpsCommand)
-@click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle directory to calibrate.")
-@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="The dataset's format.")
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root directory.")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle directory to calibrate; with --gallery, the store's bundle [default: the one it records].")
+@click.option("--dataset", type=click.Choice(DATASETS), help="The dataset's format (with --bundle and --root).")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root directory.")
 @click.option("--split", default="val", show_default=True, help="Held-out split to measure on.")
+@click.option("--gallery", type=click.Path(path_type=Path),
+              help="Calibrate a store (tbps ingest) instead, without labels: on captions of people who are not in "
+                   "its footage (--captions, or the bundle's held-out captions), scored against its crops.")
+@click.option("--captions", type=click.Path(path_type=Path),
+              help="With --gallery: a UTF-8 file of captions of people not in the footage, one per line "
+                   "[default: the bundle's held-out captions].")
 @rate_option()
 @threads_option()
 @json_option()
 @quiet_option()
 @user_errors_exit_2
-def calibrate_command(bundle: Path, dataset: str, root: Path, split: str, false_match_rate: float,
+def calibrate_command(bundle: Path | None, dataset: str | None, root: Path | None, split: str,
+                      gallery: Path | None, captions: Path | None, false_match_rate: float,
                       threads: int | None, as_json: bool, quiet: bool) -> None:
-    """Record in a bundle the Eq. 14 score above which a hit is trusted (tbps rank --min-score auto),
-    measured on a held-out split at a chosen false-match rate."""
+    """Record the Eq. 14 score above which a hit is trusted (tbps rank --min-score auto) at a chosen
+    false-match rate: in a bundle, measured on a held-out split of a labelled dataset; or, with --gallery,
+    in a store, measured on the store's own crops against captions of people who are not there."""
+    quiet = setup_logging(quiet or as_json)
+    if gallery is not None:
+        _calibrate_gallery(gallery, bundle, dataset, root, captions, false_match_rate, threads, as_json)
+        return
     from tbps_export.calibrate import calibrate_bundle, describe
 
-    quiet = setup_logging(quiet or as_json)
+    if bundle is None or dataset is None or root is None or captions is not None:
+        raise ConfigError("tbps calibrate needs --bundle DIR --dataset NAME --root DIR (a bundle on a labelled "
+                          "split), or --gallery STORE [--captions FILE] (a store on its own crops)")
     record = calibrate_bundle(bundle, dataset, root, split=split, false_match_rate=false_match_rate,
                               threads=threads, progress=not quiet)
     click.echo(json.dumps(record) if as_json else "\n".join(describe(record)))
+
+
+def _calibrate_gallery(gallery: Path, bundle: Path | None, dataset: str | None, root: Path | None,
+                       captions: Path | None, false_match_rate: float, threads: int | None, as_json: bool) -> None:
+    """tbps calibrate --gallery: the store's threshold, recorded in its meta (torch-free: the runtime's)."""
+    from tbps_runtime.search import PersonSearch
+    from tbps_runtime.store.calibration import calibrate_gallery
+    from tbps_runtime.store.open import open_store
+
+    if dataset is not None or root is not None:
+        raise ConfigError("--dataset and --root calibrate a bundle on labelled data; --gallery calibrates a store "
+                          "without labels: give one or the other")
+    if captions is not None and not captions.is_file():
+        raise InputFileNotFoundError(f"--captions: file not found: {captions}")
+    with open_store(gallery) as store:
+        if bundle is None and not store.bundle:
+            raise ConfigError(f"the store {gallery} records no bundle: pass --bundle DIR")
+        search = PersonSearch.from_bundle(bundle or store.bundle, threads=threads)
+        record = calibrate_gallery(search, store, captions, false_match_rate)
+    if as_json:
+        click.echo(json.dumps(record.summary()))
+        return
+    click.echo(f"store threshold {record.value:.6f} (Eq. 14) at false-match rate {record.false_match_rate:g}\n"
+               f"measured on {record.captions} captions ({record.captions_from}) x {record.rows} rows of "
+               f"{record.rows_at_calibration}; recorded in {gallery}")
 
 
 # ---- tbps triton ---------------------------------------------------------------------------

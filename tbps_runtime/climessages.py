@@ -24,7 +24,7 @@ OPTIONS = {
     "actors": "--ray-actors", "threads": "--threads", "since": "--since", "until": "--until",
     "older_than": "--older-than", "min_score": "--min-score", "device": "--device",
     "token_limit": "--token-limit", "images": "--images", "output_root": "--root", "from_format": "--from",
-    "to_format": "--to", "start": "--start", "camera": "--camera",
+    "to_format": "--to", "start": "--start", "camera": "--camera", "source": "--source",
 }
 
 _FAISS_AGAIN = "rebuild it with tbps index --faiss SPEC, or rank with --exact"
@@ -84,7 +84,11 @@ WORDS: dict[str, Wording] = {
         "drop --exact" if f["exact"] else "this gallery has none (tbps index --faiss SPEC builds one)"),
     "ray_missing": "--ray needs Ray Data, which is not installed ({reason}): {hint}",
     "min_score_uncalibrated": "the bundle {bundle} has no calibrated threshold for --min-score auto: run tbps "
-                              "calibrate --bundle DIR --dataset NAME --root DIR, or give a number",
+                              "calibrate --gallery STORE (a store's own) or tbps calibrate --bundle DIR --dataset "
+                              "NAME --root DIR, or give a number",
+    "store_calibration_without_captions": "the bundle {bundle} carries no held-out captions (exported before they "
+                                          "were added): pass --captions FILE, one caption per line of people who "
+                                          "are not in the footage",
     # -- bundles and backends -----------------------------------------------------------------------
     "explain_graphs_missing": "{directory} has no {file}: re-export it with tbps export --ckpt m.pt --explain --force",
     "tensorrt_missing": "the tensorrt backend needs TensorRT and cuda-python (pip install 'tbps[trt]'); use "

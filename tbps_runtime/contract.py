@@ -27,6 +27,10 @@ BUNDLE_FORMAT, BUNDLE_VERSION = "tbps-bundle", 1
 GALLERY_FORMAT, GALLERY_VERSION = "tbps-gallery", 1
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
+# Held-out captions of the training data (one per line, UTF-8): a store calibrates its threshold on them
+# (tbps calibrate --gallery). Optional: bundles exported before it have none.
+CAPTIONS_FILE = "heldout_captions.txt"
+HELDOUT_CAPTIONS = 2000  # captions exported, evenly spaced over the val split (test when there is none)
 
 
 @dataclass(frozen=True)

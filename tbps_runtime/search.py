@@ -46,6 +46,7 @@ from tbps_runtime.threads import BLAS
 
 if TYPE_CHECKING:
     from tbps_runtime.indexing.ray import RayIndexer
+    from tbps_runtime.store.calibration import ScoreThreshold
 
 logger = logging.getLogger(__name__)
 _FAISS_OPEN = threading.Lock()
@@ -148,8 +149,8 @@ class PersonSearch:
                 rows and keep the best k (for compressed indexes such as PQ); 0 = off.
             row_filter: a store's rows to search (camera, time range, track, source).
             per_track: a store's tracks, each by its best row, instead of rows.
-            min_score: drop hits scoring below it; ``"auto"``: the threshold the bundle was
-                calibrated with (``tbps calibrate``).
+            min_score: drop hits scoring below it; ``"auto"``: a store's own calibrated threshold
+                (:meth:`threshold_for`) when it has one, else the bundle's (``tbps calibrate``).
 
         Returns:
             One list per query, in query order: :class:`Match` es for a gallery,
@@ -157,11 +158,13 @@ class PersonSearch:
         """
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        threshold = self.min_score(min_score)
         if isinstance(gallery, (str, Path)):
             gallery = open_store(gallery) if is_store_directory(gallery) else load_gallery(gallery)
         if isinstance(gallery, Store):
-            return self._rank_store(queries, gallery, k, nprobe, rescore, row_filter, per_track, threshold)
+            chosen = self.threshold_for(min_score, gallery)
+            return self._rank_store(queries, gallery, k, nprobe, rescore, row_filter, per_track,
+                                    None if chosen is None else chosen.value)
+        threshold = self.min_score(min_score)
         if (row_filter is not None and not row_filter.empty) or per_track:
             raise ConfigError("camera, time and track filters and per-track results need a store made by tbps "
                               "ingest; this gallery has no such metadata")
@@ -198,6 +201,29 @@ class PersonSearch:
             raise ConfigError(f"min_score must be a finite number, got {value}", code="parameter_invalid",
                               names=("min_score",))
         return float(value)
+
+    def threshold_for(self, value: float | str | None, store: Store) -> ScoreThreshold | None:
+        """``value`` as a store's threshold, saying where it came from: a number (``given``), None, or
+        ``"auto"``: the store's own calibration (``store``; ``stale`` when it has grown by
+        :data:`~tbps_runtime.store.calibration.REGROW_FRACTION` since) when it has one, else the bundle's
+        (``bundle``: measured on its dataset, another domain than footage).
+
+        Raises:
+            ConfigError: as :meth:`min_score`; ``"auto"`` with neither calibrated (code
+                ``min_score_uncalibrated``).
+        """
+        from tbps_runtime.store.calibration import ScoreThreshold
+
+        auto = isinstance(value, str) and value.strip().lower() == "auto"
+        calibration = store.calibration()
+        if calibration is not None and calibration.fingerprint != self.fingerprint:
+            calibration = None  # calibrated with another bundle: its scores are not these
+        if auto and calibration is not None:
+            return ScoreThreshold(calibration.value, "store", calibration, calibration.grown(len(store)))
+        threshold = self.min_score(value)
+        if threshold is None:
+            return None
+        return ScoreThreshold(threshold, "bundle" if auto else "given", calibration)
 
     def _rank_store(self, queries: str | Sequence[str] | np.ndarray, store: Store, k: int, nprobe: int | None,
                     rescore: int, row_filter: RowFilter | None, per_track: bool, threshold: float | None

@@ -207,3 +207,21 @@ def test_store_quick(tmp_path, exported_bundle):
     assert filters["1 track"]["rows_selected"] == 20
     for figure in filters.values():
         _timing(figure["timing"])
+
+
+def test_store_calibration_quick(tmp_path, exported_bundle):
+    pytest.importorskip("av", reason="the footage benchmark needs PyAV: pip install 'tbps[footage]'")
+    from benchmarks import store_calibration
+
+    store_calibration.main(["--quick", "--out", str(tmp_path), "--bundle", str(exported_bundle), "--more-rates",
+                            "0.2"])
+    data = _read(tmp_path, "store_calibration")
+    assert data["calibration"]["captions_from"] == "bundle" and data["footage"]["cameras"] == 2
+    assert set(data["results"]) >= {"store", "store at 0.2", "store per query at 0.01"}
+    for result in data["results"].values():
+        assert set(result["cameras"]) == {"cam1", "cam2"}
+        every = result["all"]
+        assert every["present"] + every["absent_camera"] == 2 * data["footage"]["captions"]
+        assert every["found"] <= every["present"] and every["absent_footage"] == 2 * data["footage"]["outside_captions"]
+    lower, higher = data["results"]["store at 0.2"], data["results"]["store"]
+    assert lower["threshold"] <= higher["threshold"] and lower["all"]["found"] >= higher["all"]["found"]

@@ -32,11 +32,12 @@ from tbps_export.towers import axis_sizes, build_tower
 from tbps_export.validate import CAPTIONS, LONG_CAPTION, check_graph, cpu_session, onnx_runner
 from tbps_runtime.atomic import sha256_file
 from tbps_runtime.contract import (
-    EXPLAIN_TOWERS, IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER, TOKENIZER_FILE, TOWERS,
+    CAPTIONS_FILE, EXPLAIN_TOWERS, HELDOUT_CAPTIONS, IMAGE_TOWER, MANIFEST_FILE, OPSET, PARITY_ATOL, TEXT_TOWER,
+    TOKENIZER_FILE, TOWERS,
 )
 from tbps_runtime.errors import BundleError, CheckpointError, ConfigError, ExportError, InputFileNotFoundError
 from tbps_runtime.machine import cpu_model
-from tbps_runtime.model.bundle import load_manifest, verify_files
+from tbps_runtime.model.bundle import heldout_captions, load_manifest, verify_files
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
 from tbps_train.checkpoint import VERSION, load_checkpoint, model_from_checkpoint
 from cli_assertions import assert_user_error
@@ -99,8 +100,20 @@ def invoke(args):
 
 def test_bundle_holds_the_contract_files(exported_bundle):
     names = {p.name for p in exported_bundle.iterdir()}  # exported with explain=True
-    assert names == {MANIFEST_FILE, TOKENIZER_FILE, *(t.onnx_file for t in (*TOWERS, *EXPLAIN_TOWERS))}
+    assert names == {MANIFEST_FILE, TOKENIZER_FILE, CAPTIONS_FILE, *(t.onnx_file for t in (*TOWERS, *EXPLAIN_TOWERS))}
     assert_nothing_left(exported_bundle.parent, exported_bundle.name)
+
+
+def test_bundle_carries_held_out_captions_of_the_val_split(exported_bundle, tiny_checkpoint):
+    """The captions tbps calibrate --gallery scores against a store: the training data's val split's."""
+    from tbps_train.data.readers import read_split
+
+    dataset = load_checkpoint(tiny_checkpoint)["dataset"]
+    val = [" ".join(c.split()) for r in read_split(dataset["name"], dataset["root"], "val") for c in r.captions]
+    train = {" ".join(c.split()) for r in read_split(dataset["name"], dataset["root"], "train") for c in r.captions}
+    captions = heldout_captions(exported_bundle, load_manifest(exported_bundle))
+    assert captions and set(captions) <= set(val) and len(captions) == min(len(val), HELDOUT_CAPTIONS)
+    assert not set(captions) & (train - set(val))  # none only the training split holds
 
 
 def test_default_export_goes_beside_the_checkpoint_without_explain_graphs(tiny_checkpoint, tmp_path, fast_export):
@@ -108,9 +121,10 @@ def test_default_export_goes_beside_the_checkpoint_without_explain_graphs(tiny_c
     shutil.copy(tiny_checkpoint, checkpoint)
     path = export_bundle(checkpoint)
     assert path == checkpoint.with_suffix(".bundle")
-    assert {p.name for p in path.iterdir()} == {MANIFEST_FILE, TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
+    assert {p.name for p in path.iterdir()} == {MANIFEST_FILE, TOKENIZER_FILE, CAPTIONS_FILE,
+                                                *(t.onnx_file for t in TOWERS)}
     manifest = load_manifest(path)
-    assert set(manifest.files) == {TOKENIZER_FILE, *(t.onnx_file for t in TOWERS)}
+    assert set(manifest.files) == {TOKENIZER_FILE, CAPTIONS_FILE, *(t.onnx_file for t in TOWERS)}
     assert set(manifest.towers) == {t.name for t in TOWERS}
     verify_files(path, manifest)
     assert_nothing_left(tmp_path, path.name)
@@ -141,7 +155,7 @@ def test_manifest_is_complete(exported_bundle, model, tiny_checkpoint):
 
 def test_checksums_match_the_files(exported_bundle):
     manifest = load_manifest(exported_bundle)
-    assert set(manifest.files) == {TOKENIZER_FILE, *(t.onnx_file for t in (*TOWERS, *EXPLAIN_TOWERS))}
+    assert set(manifest.files) == {TOKENIZER_FILE, CAPTIONS_FILE, *(t.onnx_file for t in (*TOWERS, *EXPLAIN_TOWERS))}
     verify_files(exported_bundle, manifest)
     for name, digest in manifest.files.items():
         assert sha256_file(exported_bundle / name) == digest

@@ -343,6 +343,7 @@ def test_min_score_auto_uses_the_bundles_calibrated_threshold(store, bundle, tmp
     write_manifest(calibrated, dataclasses.replace(load_manifest(calibrated), score_threshold=record))
     found = json.loads(run(rank_command, ["--gallery", store, "--query", "a person in red", "-k", 100, "--json",
                                           "-q", "--bundle", calibrated, "--min-score", "auto"]).stdout)
+    assert all(hit.pop("threshold") == {"value": threshold, "source": "bundle", "stale": False} for hit in found)
     assert found == [hit for hit in everyone if hit["score"] >= threshold] and 0 < len(found) < len(everyone)
     nobody = json.loads(run(rank_command, ["--gallery", store, "--query", "a person in red", "--json", "-q",
                                            "--bundle", calibrated, "--min-score", "3.5"]).stdout)

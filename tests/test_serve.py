@@ -210,7 +210,9 @@ def test_search_equals_person_search_rank(plain, fake_bundle):
         response = client.post("/search", json={"queries": QUERIES, "k": 4})
         single = client.post("/search", json={"query": "red", "k": 2}).json()
     body = response.json()
-    assert response.status_code == 200 and set(body) == {"results", "took_ms", "search", "request_id"}
+    assert response.status_code == 200 and set(body) == {"results", "took_ms", "search", "request_id", "threshold",
+                                                          "empty"}
+    assert body["threshold"] is None and body["empty"] == [None] * len(QUERIES)  # a plain gallery: no store threshold
     assert body["search"] == "exact Eq. 14 over 6 row(s); no filter" and body["took_ms"] > 0
     assert body["request_id"] == response.headers["X-Request-ID"]
     for hits, matches in zip(body["results"], expected, strict=True):
@@ -723,7 +725,7 @@ def test_openapi_describes_every_body(plain):
     assert {"SearchRequest", "Filters", "EmbedTextRequest", "EmbedImageRequest", "ExplainRequest", "IngestRequest",
             "DeleteRequest", "ErrorResponse"} <= set(components)
     assert set(components["SearchRequest"]["properties"]) == {"query", "queries", "k", "filters", "min_score",
-                                                              "per_track"}
+                                                              "per_track", "like_row"}
     assert schema["paths"]["/search"]["post"]["security"]
 
 

@@ -11,190 +11,16 @@ module takes the documentation's screenshots instead (see ``main``)::
 
 from __future__ import annotations
 
-import argparse
 import base64
-import contextlib
 import io
 import json
 import re
-import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
 
-import numpy as np
-import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-INSTALL_CHROMIUM = "apt-get update && apt-get install -y chromium"
-VIEWPORT = {"width": 1280, "height": 800}
-KEY = "page-test-key-0123456789abcdef"
-HOSTILE = '<img src=x onerror="window.__pwned=1">'
-HOSTILE_CAMERA = '<img src=x onerror="window.__pwned=2">'
-# Records Content-Security-Policy violations (the page must need no inline script or style).
-RECORD_CSP = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "
-              "(e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
-TIMEOUT_MS = 10_000
-
-
-def missing_browser() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is missing: pip install playwright (its browser download is not needed)"
-    if not CHROMIUM.is_file():
-        return f"{CHROMIUM} is missing: {INSTALL_CHROMIUM}"
-    return None
-
-
-@contextlib.contextmanager
-def running(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread until the block ends, once
-    ``/readyz`` says ready. Yields the base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="tbps-page-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert time.monotonic() < deadline, "the service did not get ready"
-                time.sleep(0.02)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-@contextlib.contextmanager
-def chromium() -> Iterator[Any]:
-    """Debian's chromium, headless, through Playwright (its own browser download does not work here)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def app_for(gallery: Path, bundle: Path | None = None, api_key: str | None = None) -> Any:
-    from tbps_runtime.serve import ServeSettings
-    from tbps_runtime.serve.app import create_app
-
-    settings = ServeSettings(gallery=str(gallery), bundle=None if bundle is None else str(bundle), threads=1,
-                             quiet=True, api_key=api_key)
-    return create_app(settings)
-
-
-def search(page: Any, query: str) -> list[dict[str, str]]:
-    """Type ``query``, press Enter, wait for the answer; the hits' data attributes, best first."""
-    page.fill("#query", query)
-    page.press("#query", "Enter")
-    page.wait_for_function("(q) => document.getElementById('echo').textContent === '“' + q + '”'", arg=query,
-                           timeout=TIMEOUT_MS)
-    return page.eval_on_selector_all("#hits .hit", "nodes => nodes.map(n => Object.assign({}, n.dataset))")
-
-
-def open_page(page: Any, base: str) -> None:
-    page.goto(base + "/")
-    page.wait_for_selector("#search-button:not([disabled])", timeout=TIMEOUT_MS)
-
-
-# ---- fixtures ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = missing_browser()
-    if reason:
-        pytest.skip(reason)
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def footage(tmp_path_factory):
-    """Two cameras, 3 s at 10 fps, four people each dressed in one colour (ground truth in footage.json)."""
-    pytest.importorskip("av", reason="PyAV is needed for footage: pip install 'tbps[footage]'")
-    pytest.importorskip("trackers", reason="the trackers package is needed: pip install 'tbps[footage]'")
-    from tbps_runtime.synth.footage import generate_footage
-
-    folder = Path(generate_footage(tmp_path_factory.mktemp("page-footage") / "f", cameras=2, seconds=3.0, fps=10.0,
-                                   size=(320, 180), people=4, seed=0, outfits="solid"))
-    return folder, json.loads((folder / "footage.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def store(browser, footage, fake_bundle, tmp_path_factory):
-    """The footage ingested with its ground-truth boxes, plus one black crop from a camera whose name is
-    markup (data from the service must show as text too)."""
-    from cli_assertions import run
-
-    from tbps_runtime.cli.ingest import ingest_command
-    from tbps_runtime.serve import ServeSettings
-    from tbps_runtime.serve.service import IngestCrop, Service
-
-    folder, _ = footage
-    path = tmp_path_factory.mktemp("page-store") / "s"
-    for camera in ("cam1", "cam2"):
-        result = run(ingest_command, [folder / f"{camera}.mp4", "--gallery", path, "--bundle", fake_bundle,
-                                      "--detections", folder / f"{camera}.gt.txt", "--fps", 5, "--window", 1, "-q"])
-        assert result.exit_code == 0, result.output
-    service = Service.load(ServeSettings(gallery=str(path), threads=1))
-    try:
-        service.ingest([IngestCrop(np.zeros((20, 10, 3), np.uint8), HOSTILE_CAMERA, time=1772460001.0, track=999)])
-    finally:
-        service.close()
-    return path
-
-
-@pytest.fixture(scope="module")
-def open_service(store):
-    with running(app_for(store)) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def keyed_service(store):
-    with running(app_for(store, api_key=KEY)) as base:
-        yield base
-
-
-@contextlib.contextmanager
-def browsing(browser: Any, timezone: str = "UTC") -> Iterator[Any]:
-    """A fresh tab at 1280x800 in ``timezone``; on leaving, checks that nothing broke the CSP."""
-    context = browser.new_context(viewport=VIEWPORT, timezone_id=timezone, locale="en-GB")
-    context.add_init_script(RECORD_CSP)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        yield page
-        assert page.evaluate("window.__csp") == []  # the page works under the service's CSP as it is
-    finally:
-        context.close()
-
-
-@pytest.fixture()
-def page(browser):
-    with browsing(browser) as opened:
-        yield opened
+from page_helpers import (HOSTILE, HOSTILE_CAMERA, KEY, app_for, browser, browsing, footage,  # noqa: F401
+                          keyed_service, open_page, open_service, page, running, save_screenshot, screenshot_page,
+                          search, store, wait_for_crops)
 
 
 def red_rows(store: Path, footage) -> set[int]:
@@ -232,6 +58,8 @@ def test_a_caption_finds_the_red_person_in_the_top_5_with_crops_and_status(page,
     assert expected  # the red person was ingested
     open_page(page, open_service)
     assert page.locator("#key-box").is_hidden()  # no key asked on a service without one
+    assert page.is_checked("#per-track")  # one hit per track by default; rows here
+    page.uncheck("#per-track")
     hits = search(page, "a person in red")
     rows = len(open_store(store))
     assert len(hits) == min(20, rows)  # k's default is 20
@@ -258,7 +86,8 @@ def test_a_camera_filter_applies_and_a_min_score_can_leave_nothing(page, open_se
     page.fill("#min-score", "100")  # above any score: K = 3 cosines at most
     hits = search(page, "a person in blue")
     assert hits == [] and page.locator("#empty").is_visible()
-    assert page.text_content("#empty") == "Nothing found above the minimum score."
+    assert page.text_content("#empty").startswith("Nothing found above the minimum score. (0 hits at >= 100 (given "
+                                                  "threshold); best score ")  # the service's explanation
     page.fill("#min-score", "high")
     page.press("#query", "Enter")
     assert page.locator("#banner").is_visible() and "min score" in page.text_content("#banner-message")
@@ -430,45 +259,13 @@ def test_the_page_files_use_no_inline_code_and_no_network():
 def main(argv: list[str] | None = None) -> None:
     """Screenshots of the page at 1280x800 for docs/guides/serve.md: the results grid (serve.png) and a
     hit's side panel with its track (serve-track.png)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--gallery", required=True, type=Path)
-    parser.add_argument("--bundle", type=Path)
-    parser.add_argument("--query", required=True)
-    parser.add_argument("--hit", type=int, default=1, help="the rank of the hit whose panel is shown")
-    parser.add_argument("-o", "--output", type=Path, default=Path("docs"))
-    args = parser.parse_args(argv)
-    reason = missing_browser()
-    if reason:
-        sys.exit(f"error: {reason}")
-    with running(app_for(args.gallery, args.bundle)) as base, chromium() as browser:
-        context = browser.new_context(viewport=VIEWPORT, timezone_id="UTC", locale="en-GB")
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        open_page(page, base)
-        search(page, args.query)
-        wait_for_crops(page, "#hits img")
+    with screenshot_page(argv, main.__doc__, "the rank of the hit whose panel is shown") as (args, page):
         page.evaluate("document.activeElement.blur()")
         save_screenshot(page, args.output / "serve.png")
         page.locator("#hits .hit").nth(args.hit - 1).click()
         page.wait_for_selector("#track-hits .track-hit")
         wait_for_crops(page, "#panel img.crop, #panel-crop")
         save_screenshot(page, args.output / "serve-track.png")
-        context.close()
-
-
-def save_screenshot(page: Any, path: Path) -> None:
-    """The viewport as a 256-colour PNG (a third of the size; the page and the crops are flat colours)."""
-    from PIL import Image
-
-    from tbps_runtime.atomic import atomic_write
-
-    picture = Image.open(io.BytesIO(page.screenshot())).convert("RGB").quantize(256, dither=Image.Dither.NONE)
-    atomic_write(path, lambda stream: picture.save(stream, format="PNG", optimize=True))
-
-
-def wait_for_crops(page: Any, selector: str) -> None:
-    page.wait_for_function("(s) => [...document.querySelectorAll(s)].every(i => i.complete && i.naturalWidth > 0)",
-                           arg=selector)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 
 from tbps_runtime.climessages import in_flags
 from tbps_runtime.errors import BundleError, ConfigError, DataError, OutputError, UnsafePathError
-from tbps_runtime.ranking import naive_similarity, normalize_slots
+from tbps_runtime.ranking import naive_similarity, normalize_slots, similarity
 from tbps_runtime.store import milvus as milvus_module
 from tbps_runtime.store.base import Store
 from tbps_runtime.store.local import LocalStore
@@ -211,6 +211,34 @@ def test_min_score_drops_weak_hits(store):
     queries = embeddings[:1]  # row 0 scores K against itself
     hits = store.search(queries, k=15, min_score=K - 1e-4)[0]
     assert [h.row for h in hits] == [0] and hits[0].score == pytest.approx(K, abs=1e-5)
+
+
+def test_sources_lists_the_sources_with_rows(store):
+    assert store.sources() == []
+    fill(store, np.random.default_rng(3))
+    assert store.sources() == ["cam1.mp4", "cam2.mp4"]
+    with store.writing():
+        store.delete(RowFilter(cameras=("cam2",)))
+    assert reopen(store).sources() == ["cam1.mp4"]
+
+
+def test_a_calibration_is_recorded_and_read_back_by_another_handle(store):
+    """tbps calibrate --gallery: the record lives in the store's meta, for every reader (both stores)."""
+    from tbps_runtime.store.calibration import calibrate_store
+
+    rng = np.random.default_rng(9)
+    fill(store, rng)
+    assert store.calibration() is None
+    captions = rows(rng, 7)  # (7, K, d): 7 x 15 impostor scores
+    made = calibrate_store(store, captions, store.fingerprint, "test", 0.1)
+    again = reopen(store)
+    assert again.calibration() == made and made.rows_at_calibration == 15 and made.rows == 15
+    scores = similarity(captions, store.embeddings(np.arange(15))).reshape(-1)
+    assert (scores >= np.float32(made.value)).sum() == 10  # 10 % of 105 pairs: 10 may pass, not 11
+    with pytest.raises(BundleError, match="malformed calibration"):
+        with store.writing():
+            store.record_calibration('{"value": 1}')
+    assert reopen(store).calibration() == made  # a refused record leaves the old one
 
 
 def test_search_checks_its_arguments(store):
@@ -697,3 +725,16 @@ def test_hostile_names_select_only_themselves(tmp_path, lite):
         milvus.append(embeddings[:1], [records[0]], progress={'key "\' \\': "state 1"})
     assert milvus.progress('key "\' \\') == "state 1"
     milvus.close()
+
+
+def test_camera_states_are_recorded_and_read_back(new_store):
+    """What tbps ingest --follow records of each camera (tbps_runtime.ingest.follow), in either store."""
+    store = new_store()
+    assert store.camera_states() == {}
+    states = {"gate": {"status": "live", "fps": 4.5, "reconnects": 1, "error": None},
+              "yard": {"status": "reconnecting", "reconnects": 3, "error": "connect failed"}}
+    with store.writing():
+        store.record_camera_states(states)
+        assert store.camera_states() == states
+        store.record_camera_states({"gate": {"status": "stopped"}})  # replaced as a whole
+    assert store.camera_states() == {"gate": {"status": "stopped"}}

@@ -47,7 +47,7 @@ def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple
 
 
 @click.command(cls=TbpsCommand)
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False),
               help="The store directory to append to (created when new).")
 @click.option("--bundle", type=click.Path(file_okay=False),
@@ -76,13 +76,20 @@ def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple
                    "file. Recorded in --gallery, which keeps the crops.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @threads_option("onnxruntime threads (default: the cores other processes leave idle).")
+@click.option("--cameras", "cameras_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A camera file (TOML: name, url or path, fps, detector, timezone, start, retention, stall per "
+                   "[[camera]]) instead of SOURCE...; each camera is ingested once, or followed with --follow.")
+@click.option("--follow", is_flag=True,
+              help="With --cameras: follow every camera until SIGTERM or Ctrl-C, one thread each, reconnecting "
+                   "with back-off, reopening stalled streams, recording each camera's state and applying its "
+                   "retention.")
 @json_option("Print one JSON document on stdout: a report per source.")
 @quiet_option()
 @user_errors_exit_2
 def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | None, camera: str | None, fps: float,
                    start: str | None, detector: str | None, detections: str | None, min_score: float | None,
                    keep: int, window: float, milvus: str | None, batch_size: int, threads: int | None,
-                   as_json: bool, quiet: bool) -> None:
+                   cameras_file: str | None, follow: bool, as_json: bool, quiet: bool) -> None:
     """Cut person crops from video files, streams (rtsp://, http://...) or folders of frames, track them,
     and append them to a searchable store with camera and time.
 
@@ -96,10 +103,20 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
     from tbps_runtime.ingest.pipeline import IngestSettings, ingest_source
     from tbps_runtime.ingest.sources import is_stream, shown_source, source_name
     from tbps_runtime.model.encoder import Encoder
-    from tbps_runtime.store.open import create_store, is_store_directory
+    from tbps_runtime.store.open import create_store
     from tbps_runtime.store.rows import check_name, parse_time
 
     quiet = setup_logging(quiet)
+    if cameras_file is not None:
+        if sources or camera or start or detections:
+            raise ConfigError("--cameras FILE names the sources, their cameras and starts: give no SOURCE, --camera, "
+                              "--start or --detections with it (fps is per camera, in the file)")
+        return _ingest_cameras(cameras_file, follow, gallery_dir, bundle, detector, min_score, keep, window, milvus,
+                               batch_size, threads, as_json)
+    if follow:
+        raise ConfigError("--follow follows the cameras of a camera file: give --cameras FILE")
+    if not sources:
+        raise ConfigError("give the SOURCE(s) to ingest, or --cameras FILE")
     if len(sources) > 1 and (camera or detections):
         raise ConfigError("--camera and --detections describe one source: give one source per command")
     if camera is not None:
@@ -111,13 +128,7 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
                                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     for source in sources:  # a name no store can keep fails before any work too
         source_name(source)
-    existing = is_store_directory(gallery_dir)
-    bundle = bundle or (_recorded_bundle(gallery_dir) if existing else None)
-    if bundle is None:
-        raise ConfigError(f"--bundle is needed to make the store {gallery_dir}")
-    if not Path(bundle).is_dir():
-        raise InputFileNotFoundError(f"no bundle at {bundle}" + (" (the one the store records): pass --bundle"
-                                                                   if existing else ""))
+    bundle = _store_bundle(gallery_dir, bundle)
     chosen = open_detector(detector, detections=detections, min_score=min_score, threads=threads)
     settings = IngestSettings(chosen.name, fps or None, camera, start_time, keep, window, batch_size)
     encoder = Encoder.from_bundle(bundle, threads=threads, spinning=False)  # decoding runs beside it
@@ -128,13 +139,60 @@ def ingest_command(sources: tuple[str, ...], gallery_dir: str, bundle: str | Non
         with store.writing("ingesting into"):
             reports, failed, stopped = _ingest_each(sources, lambda source: ingest_source(
                 source, store, encoder, chosen, settings, progress=not quiet))
+    _finish(gallery_dir, reports, failed, stopped, len(sources), as_json)
+
+
+def _finish(gallery_dir: str, reports: list[Any], failed: list[str], stopped: TbpsError | None, total: int,
+            as_json: bool) -> None:
+    """Print ``--json``, then end as the run did: stopped (re-raised), sources failed (one error), or fine."""
     if as_json:
         click.echo(json.dumps({"gallery": printable(str(gallery_dir)), "sources": [r.to_json() for r in reports],
                                "errors": failed}))
     if stopped is not None:
         raise stopped
     if failed:
-        raise _SourcesFailed(failed, len(sources))
+        raise _SourcesFailed(failed, total)
+
+
+def _store_bundle(gallery_dir: str, bundle: str | None) -> str:
+    """The bundle to ingest with: ``--bundle``, or the one an existing store records."""
+    from tbps_runtime.store.open import is_store_directory
+
+    existing = is_store_directory(gallery_dir)
+    bundle = bundle or (_recorded_bundle(gallery_dir) if existing else None)
+    if bundle is None:
+        raise ConfigError(f"--bundle is needed to make the store {gallery_dir}")
+    if not Path(bundle).is_dir():
+        raise InputFileNotFoundError(f"no bundle at {bundle}" + (" (the one the store records): pass --bundle"
+                                                                   if existing else ""))
+    return bundle
+
+
+def _ingest_cameras(path: str, follow: bool, gallery_dir: str, bundle: str | None, detector: str | None,
+                    min_score: float | None, keep: int, window: float, milvus: str | None, batch_size: int,
+                    threads: int | None, as_json: bool) -> None:
+    """``--cameras FILE``: each camera once, as its sources would be; with ``follow``, followed until SIGTERM
+    or Ctrl-C (tbps_runtime.cli.cameras)."""
+    from tbps_runtime.cli import cameras as camera_file
+    from tbps_runtime.ingest.pipeline import ingest_source
+    from tbps_runtime.model.encoder import Encoder
+    from tbps_runtime.store.open import create_store
+
+    cameras = camera_file.load_camera_file(path)
+    bundle = _store_bundle(gallery_dir, bundle)
+    detectors, settings = camera_file.camera_parts(cameras, detector, min_score, keep, window, batch_size, threads)
+    encoder = Encoder.from_bundle(bundle, threads=threads, spinning=False)  # one tower for every camera
+    store = create_store(gallery_dir, fingerprint=encoder.fingerprint, num_slots=encoder.slot_shape[0],
+                         embed_dim=encoder.slot_shape[1], bundle=bundle, milvus=milvus)
+    by_source = {c.source: c.name for c in cameras}
+    with store:
+        store.check_bundle(encoder.fingerprint, bundle)
+        with store.writing("following cameras into" if follow else "ingesting into"):
+            if follow:
+                return camera_file.follow(cameras, store, encoder, detectors, settings, gallery_dir, as_json)
+            reports, failed, stopped = _ingest_each(tuple(by_source), lambda source: ingest_source(
+                source, store, encoder, detectors[by_source[source]], settings[by_source[source]]))
+    _finish(gallery_dir, reports, failed, stopped, len(cameras), as_json)
 
 
 def _ingest_each(sources: tuple[str, ...], ingest: Callable[[str], Any]
@@ -190,7 +248,7 @@ def _log_report(report: Any) -> None:
 
 @click.group(cls=TbpsGroup, name="gallery")
 def gallery_group() -> None:
-    """Look after a store made by tbps ingest: info, prune, delete, reindex."""
+    """Look after a store made by tbps ingest: info, prune, delete, reindex, audit."""
 
 
 @gallery_group.command("info")
@@ -201,10 +259,13 @@ def info_command(directory: str, as_json: bool) -> None:
     """Cameras, time span, rows, tracks and size of a store."""
     from tbps_runtime.store.open import open_store
 
+    from tbps_runtime.ingest.cameras import describe_state
+
     with open_store(directory) as store:
         info = store.info()
+        followed = store.camera_states()  # what tbps ingest --follow recorded: status, frames/s, errors
     if as_json:
-        click.echo(json.dumps(info))
+        click.echo(json.dumps({**info, "followed": followed}))
         return
     click.echo(f"store      {_one_line(str(info['store']))}")
     click.echo(f"rows       {info['rows']} in {info['segments']} segment(s), {info['tracks']} track(s), "
@@ -216,6 +277,8 @@ def info_command(directory: str, as_json: bool) -> None:
     for camera in info["cameras"]:  # a name from the catalog, whoever wrote it: one line each, always
         click.echo(f"camera     {_one_line(camera['camera'])}: {camera['rows']} row(s), {camera['tracks']} "
                    f"track(s), {camera['first'] or '-'} .. {camera['last'] or '-'}")
+    for name, state in sorted(followed.items()):
+        click.echo(f"followed   {_one_line(name)}: {_one_line(describe_state(state))}")
 
 
 def _one_line(text: str) -> str:
@@ -294,3 +357,12 @@ def reindex_command(directory: str, bundle: str, output: str, milvus: str | None
                    milvus=milvus)
     logger.info("re-embedded %d row(s) into %s in %.1f s", rows, output, time.perf_counter() - started)
     click.echo(str(output))
+
+
+def _add_audit_command() -> None:
+    from tbps_runtime.cli.audit import audit_command  # tbps gallery audit: its own module
+
+    gallery_group.add_command(audit_command)
+
+
+_add_audit_command()

@@ -178,9 +178,14 @@ def _files_in(directory: str | Path) -> list[Path]:
 @filter_options
 @click.option("--per-track", is_flag=True,
               help="A store's tracks instead of its rows: each track once, by its best crop.")
+@click.option("--like-row", "like_row", type=click.IntRange(min=0), metavar="ROW",
+              help="Find similar (a store): row ROW's image embedding is the query, ranked by the same Eq. 14 (ROW "
+                   "itself scores K and ranks first unless a filter leaves it out); with one --query, each slot "
+                   "of the query is the normalised sum of the text's and the row's.")
 @click.option("--min-score", "min_score", metavar="SCORE|auto",
-              help="Drop results scoring below SCORE (Eq. 14); 'auto': the threshold the bundle was calibrated "
-                   "with (tbps calibrate), so a person who is not there gives no results.")
+              help="Drop results scoring below SCORE (Eq. 14); 'auto': a store's own threshold (tbps calibrate "
+                   "--gallery) when it has one, else the one the bundle was calibrated with (tbps calibrate), so a "
+                   "person who is not there gives no results.")
 @_backend_option
 @_threads_option
 @quiet_option()
@@ -189,7 +194,8 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
                  as_json: bool, show_path: str | None, html_path: str | None, exact: bool, nprobe: int | None,
                  rescore: int, explain: bool, cameras: tuple[str, ...], sources: tuple[str, ...],
                  tracks: tuple[int, ...], since: str | None, until: str | None, per_track: bool,
-                 min_score: str | None, backend: str, threads: int | None, quiet: bool) -> None:
+                 min_score: str | None, backend: str, threads: int | None, quiet: bool,
+                 like_row: int | None = None) -> None:
     """Rank a gallery for text queries, best first: rank, score, path (the score is the paper's Eq. 14).
 
     A store made by tbps ingest also gives camera, time and track, and takes filters (--camera, --since,
@@ -204,12 +210,17 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     quiet = setup_logging(quiet)
     texts = list(queries) + (_read_queries(queries_file) if queries_file is not None else [])
     if not texts:
-        raise ConfigError("give a query: --query 'a woman in a red coat' or --queries FILE")
+        if like_row is None:
+            raise ConfigError("give a query: --query 'a woman in a red coat' or --queries FILE")
     check_queries(texts)
     selection = row_filter(cameras, sources, tracks, since, until)
     for option, path in (("--show", show_path), ("--html", html_path)):
         if path:
             check_writable(path, option)  # before the search, so that its log line is not printed
+    if like_row is not None:
+        _rank_like(gallery_path, like_row, texts, bundle, k, as_json, bool(show_path or html_path), selection,
+                   per_track, min_score, backend, threads)
+        return
     if is_store_directory(gallery_path):
         _rank_store(gallery_path, texts, bundle, k, as_json, show_path, html_path, explain, selection, per_track,
                    min_score, backend, threads, single=len(queries) == 1 and queries_file is None,
@@ -317,14 +328,18 @@ def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as
                 backend: str, threads: int | None, single: bool, queries_file: str | None) -> None:
     """``tbps rank`` on a store: filtered, exact; hits with camera, time, box and track."""
     from tbps_runtime.search import PersonSearch
+    from tbps_runtime.store.answers import check_cameras
     from tbps_runtime.store.open import open_store
 
     with open_store(directory) as store:  # closed after the pictures and the output
         if bundle is None and not store.bundle:
             raise ConfigError(f"the store {directory} records no bundle: pass --bundle DIR")
+        check_cameras(store, selection)
         search = PersonSearch.from_bundle(bundle or store.bundle, backend=backend, threads=threads)
+        threshold = search.threshold_for(min_score, store)
         embedded = search.embed_texts(texts)  # (Q, K, d): once, for the search and the track rows of the pictures
         results = search.rank(embedded, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
+        answers = _say_threshold(store, embedded, results, selection, threshold, texts, single)
         if show_path or html_path:
             shown = [[_shown(store, search, embedded[q:q + 1], hit, per_track, selection) for hit in hits]
                      for q, hits in enumerate(results)]
@@ -337,10 +352,62 @@ def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as
                     selection.describe(), ", per track" if per_track else "")
         if as_json:
             documents = [[{**hit.to_json(), "path": str(store.crop_path(hit.record.crop)) if hit.record.crop
-                           else None} for hit in hits] for hits in results]
+                           else None, "strength": strength,
+                           **({} if threshold is None else {"threshold": threshold.to_json()})}
+                          for hit, strength in zip(hits, answer["strengths"])]
+                         for hits, answer in zip(results, answers)]
             click.echo(json.dumps(documents[0] if single else documents))
         else:
             _print_store_hits(store, texts, results, single)
+
+
+def _say_threshold(store: Store, embedded: Any, results: list[list[StoreHit]], selection: Any, threshold: Any,
+                   texts: list[str], single: bool) -> list[dict[str, Any]]:
+    """On stderr: which threshold --min-score used (a warning when it is the bundle's, from another domain,
+    or the store grew since its calibration) and why an answer is empty; returns the answers' strengths."""
+    from tbps_runtime.store.answers import annotate, notices
+
+    if threshold is not None:
+        logger.info("--min-score: %.4g, the %s threshold", threshold.value,
+                    {"store": "store's calibrated", "bundle": "bundle's", "given": "given"}[threshold.source])
+    for notice in notices(threshold, store):
+        logger.warning("%s", notice.replace("--gallery)", f"--gallery {store.location})"))
+    answers = annotate(store, embedded, results, selection, threshold)
+    for text, answer in zip(texts, answers):
+        if answer["empty"]:
+            logger.warning("%s%s", "" if single else f"{printable(text)}: ", answer["empty"])
+    return answers
+
+
+def _rank_like(directory: str, row: int, texts: list[str], bundle: str | None, k: int, as_json: bool,
+               pictures: bool, selection: Any, per_track: bool, min_score: str | None, backend: str,
+               threads: int | None) -> None:
+    """``tbps rank --like-row ROW``: rows like a store's row (and one query's text, when given)."""
+    from tbps_runtime.search import PersonSearch
+    from tbps_runtime.store.like import like_query
+    from tbps_runtime.store.open import is_store_directory, open_store
+
+    if not is_store_directory(directory):
+        raise ConfigError(f"--like-row needs a store made by tbps ingest; {directory} is a plain gallery")
+    if len(texts) > 1 or pictures:
+        raise ConfigError("--like-row takes at most one --query, and draws no pictures (--show/--html): drop "
+                          + ("them" if pictures else "the other queries"))
+    if isinstance(min_score, str) and min_score.strip().lower() == "auto":
+        raise ConfigError("--min-score auto is a threshold calibrated for captions against crops; --like-row ranks "
+                          "crops against a crop (ROW itself scores K): give a number")
+    with open_store(directory) as store:
+        if bundle is None and not store.bundle:
+            raise ConfigError(f"the store {directory} records no bundle: pass --bundle DIR")
+        search = PersonSearch.from_bundle(bundle or store.bundle, backend=backend, threads=threads)
+        query = like_query(store, row, search.embed_texts(texts) if texts else None)  # (1, K, d)
+        hits = search.rank(query, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
+        logger.info("search: exact Eq. 14 over %d row(s) of the store %s like row %d%s, %s%s", len(store), directory,
+                    row, " and the query" if texts else "", selection.describe(), ", per track" if per_track else "")
+        if as_json:
+            click.echo(json.dumps([{**hit.to_json(), "path": str(store.crop_path(hit.record.crop))
+                                    if hit.record.crop else None} for hit in hits[0]]))
+        else:
+            _print_store_hits(store, [f"like row {row}"], hits, True)
 
 
 def _print_store_hits(store: Store, texts: list[str], results: list[list[StoreHit]], single: bool) -> None:

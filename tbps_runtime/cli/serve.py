@@ -37,11 +37,13 @@ logger = logging.getLogger(__name__)
               help="Queries per text-tower call at most.")
 @threads_option("onnxruntime threads per tower (default: the cores other processes leave idle, less one for the "
                 "thread that answers requests).")
+@click.option("--audit-days", default=90.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="A store's audit log (every search, crop, frame and clip request) keeps this many days.")
 @quiet_option("Warnings only on stderr.")
 @user_errors_exit_2
 def serve_command(gallery: str, bundle: str | None, host: str, port: int, workers: int, api_key_file: str | None,
                   cors_origins: tuple[str, ...], batch_window_ms: float, max_batch: int, threads: int | None,
-                  quiet: bool) -> None:
+                  quiet: bool, audit_days: float = 90.0) -> None:
     """Serve search over HTTP (FastAPI): POST /search, /embed/text, /embed/image, /explain, GET /crops/{row},
     a store's /gallery/* endpoints, /healthz, /readyz, /metrics, OpenAPI at /docs, the operator page at /.
 
@@ -54,7 +56,8 @@ def serve_command(gallery: str, bundle: str | None, host: str, port: int, worker
     quiet = setup_logging(quiet)
     settings = ServeSettings(gallery=gallery, bundle=bundle, host=host, port=port, workers=workers,
                              api_key_file=api_key_file, cors_origins=check_origins(cors_origins),
-                             batch_window_ms=batch_window_ms, max_batch=max_batch, threads=threads, quiet=quiet)
+                             batch_window_ms=batch_window_ms, max_batch=max_batch, threads=threads, quiet=quiet,
+                             audit_days=audit_days)
     settings = settings.with_key(resolve_api_key(api_key_file))
     check_exposure(host, settings.api_key)  # before anything is loaded or bound
     uvicorn = _require_serve_extra()

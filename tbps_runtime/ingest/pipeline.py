@@ -21,16 +21,18 @@ import errno
 import json
 import logging
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
 from tbps_runtime.errors import ConfigError, DataError, OutputError, StoreError
 from tbps_runtime.ingest.detectors import Detector
-from tbps_runtime.ingest.sources import SourceError, camera_name, is_url, open_source, source_name
+from tbps_runtime.ingest.sources import (Frame, SourceError, camera_name, is_stream, is_url, open_source,
+                                         source_name)
 from tbps_runtime.ingest.tracking import Candidate, TrackKeeper
 from tbps_runtime.store.base import Store
 from tbps_runtime.store.rows import TIME_MAX, TIME_RANGE, CropRecord, check_name, check_time, format_time
@@ -95,13 +97,34 @@ class SourceReport:
     error: str | None = None
     start_time: float | None = None
     notes: list[str] = field(default_factory=list)
+    stopped: bool = False  # a follow loop's stop ended it (a recording's window under way was not appended)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass
+class Following:
+    """How :func:`ingest_source` runs for the follow loop (:mod:`tbps_runtime.ingest.follow`), one per
+    camera, kept across its connections.
+
+    A followed stream's end is never its finish (the next connection continues it). A source of known
+    length (a recording, also served over HTTP) continues after the last appended window, whose tracker
+    state :attr:`snapshot` keeps, so a reconnection gives the rows an unbroken run would; a failure there
+    drops the window under way (the next connection reads it again). A live stream (no length) starts a
+    new timeline on each connection, dated from when it was opened, and keeps its partial window on a
+    failure (its frames never come again)."""
+
+    stop: threading.Event = field(default_factory=threading.Event)  # set: end after the current frame
+    stall: float | None = None  # seconds without a frame before the connection is given up as stalled
+    on_frame: Callable[[Frame], None] | None = None
+    tracks: Callable[[], int] | None = None  # numbers new tracks store-wide (several cameras in one store)
+    snapshot: tuple[int, Any] | None = None  # (last frame appended, the tracker's state after it)
+
+
 def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: Detector,
-                  settings: IngestSettings, progress: bool = False) -> SourceReport:
+                  settings: IngestSettings, progress: bool = False,
+                  following: Following | None = None) -> SourceReport:
     """Ingest one source into ``store`` (inside its :meth:`~tbps_runtime.store.base.Store.writing`).
 
     The source is keyed, and its rows named, by :func:`~tbps_runtime.ingest.sources.source_name` (a
@@ -128,35 +151,52 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
                           f"delete its rows first (the source {source!r})", code="ingest_settings_changed",
                           source=source, directory=str(store.directory),
                           differences=_differences(state.get("settings"), identity))
-    if state is not None and state.get("finished"):
+    if state is not None and state.get("finished") and not (following is not None and is_stream(opened_as)):
         report.skipped = True
         logger.info("%s: already ingested to its end; skipped", source)
         return report
     after = int(state["frame"]) if state is not None else -1
-    report.resumed_after = after if after >= 0 else None
     opened = open_source(opened_as, settings.fps)
+    count, frame_rate = opened.frame_count, opened.frame_rate  # read now: decoding closes the container
+    live = following is not None and opened.stream_input and count is None
+    if live:
+        after = -1  # a new connection of a live stream: its frames are all new
+    report.resumed_after = after if after >= 0 else None
     report.start_time = _start_time(settings.start, opened, source)
     if report.start_time is None:
         report.notes.append("no start time given and none in the file: its rows have no time (time filters "
                             "skip them); give the source's start time")
         logger.warning("%s: %s", source, report.notes[-1])
     rate = settings.fps or opened.frame_rate or 10.0
-    keeper = TrackKeeper(rate, store.max_track() + 1, settings.keep)
-    window_end = settings.window
+    keeper = TrackKeeper(rate, store.max_track() + 1, settings.keep,
+                         numbering=None if following is None else following.tracks)
+    if following is not None and not live and following.snapshot is not None and following.snapshot[0] == after:
+        keeper.restore(following.snapshot[1])  # the same tracks as before the connection failed
+    window_end = None  # the end of the window under way: after the first frame's (a resumed run's too)
     last_frame = after
     bar = _progress_bar(progress, source, opened.frame_count)
+    reading = (opened.frames(settings.fps, after) if following is None else
+               opened.frames(settings.fps, after, stall=following.stall, cancel=following.stop))
     try:
-        with contextlib.closing(opened.frames(settings.fps, after)) as frames:  # stops the decoder on any error
-            for frame in frames:
+        with contextlib.closing(reading) as frames:
+            for frame in frames:  # closing stops the decoder on any error
                 keeper.update(frame.index, frame.offset, frame.image, detector.detect(frame.image, frame.index))
                 report.frames += 1
                 last_frame = frame.index
+                if window_end is None:
+                    window_end = (frame.offset // settings.window + 1) * settings.window
+                if following is not None and following.on_frame is not None:
+                    following.on_frame(frame)
                 if bar is not None:
                     bar.update(frame.index + 1 - bar.n)
                 if frame.offset >= window_end:
                     report.crops += _append(store, embedder, keeper.take(), source, camera, report.start_time,
                                             settings, identity, last_frame, finished=False)
                     window_end = (frame.offset // settings.window + 1) * settings.window
+                    if following is not None and not live:
+                        following.snapshot = (last_frame, keeper.snapshot())
+        if following is not None and not live and opened.stream_input and report.frames:
+            report.error = _ended_early(count, frame_rate, frame.offset, settings.fps, source)
     except SourceError as e:
         report.error = str(e)
     except KeyboardInterrupt:
@@ -166,12 +206,32 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
     finally:
         if bar is not None:
             bar.close()
-    # The source's end (or its failure): the last window, and whether a rerun has anything left to do.
+    report.detections, report.tracks = keeper.detections, len(keeper.tracks_seen)
+    report.seconds = time.perf_counter() - started
+    if following is not None:
+        report.stopped = following.stop.is_set()
+        if not live and (report.stopped or report.error is not None):
+            return report  # the window under way is read again by the next connection or run
+    # The source's end (or its failure): the last window, and whether a rerun has anything left to do. A
+    # followed stream's end is not its finish: the next connection continues it.
+    finished = report.error is None and not (following is not None and opened.stream_input)
     report.crops += _append(store, embedder, keeper.take(), source, camera, report.start_time, settings, identity,
-                            last_frame, finished=report.error is None)
+                            last_frame, finished=finished)
     report.detections, report.tracks = keeper.detections, len(keeper.tracks_seen)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _ended_early(count: int | None, rate: float | None, offset: float, fps: float | None, source: str
+                 ) -> str | None:
+    """Why a followed stream of ``count`` frames at ``rate`` that ended at ``offset`` seconds was cut short
+    (a server that went away may end it as if it were whole), or None when it reached its end."""
+    if not count or not rate:
+        return None
+    length = count / rate
+    if offset + 1.0 / (fps or rate) + 2.0 / rate >= length:
+        return None
+    return f"{source} ended after {offset:.1f} s of its {length:.1f} s (the connection was cut)"
 
 
 def _progress_key(store: Store, source: str) -> str:

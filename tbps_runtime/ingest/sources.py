@@ -39,6 +39,8 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _QUEUE_FRAMES = 16  # decoded frames waiting for the detector: bounded, so decoding never outruns memory
 _OPEN_TIMEOUT_S = 10.0
 _READ_TIMEOUT_S = 15.0
+_POLL_S = 0.25  # how often a followed source's consumer checks for a stall or a stop
+STALLED = "gave no frame for"  # the words of a stalled stream's SourceError
 
 
 @dataclass(frozen=True)
@@ -285,13 +287,16 @@ class VideoSource:
                 logger.warning("%s: ignoring its creation_time %s (%s)", self.source, _shown(text), reason)
         return self.opened_at if self.stream_input else None
 
-    def frames(self, fps: float | None, after: int = -1) -> Iterator[Frame]:
-        """Sampled frames with index > ``after``, decoded on a worker thread.
+    def frames(self, fps: float | None, after: int = -1, stall: float | None = None,
+               cancel: threading.Event | None = None) -> Iterator[Frame]:
+        """Sampled frames with index > ``after``, decoded on a worker thread; they end early, without an
+        error, once ``cancel`` is set.
 
         Raises:
-            SourceError: the stream failed part-way (frames before it were yielded).
+            SourceError: the stream failed part-way (frames before it were yielded), or, with ``stall``,
+                gave no frame for ``stall`` seconds (a stalled stream).
         """
-        return _threaded(self._decode(fps, after), f"decoding {self.source}")
+        return _threaded(self._decode(fps, after), f"decoding {self.source}", stall, cancel, self.source)
 
     def _decode(self, fps: float | None, after: int) -> Iterator[Frame]:
         av = _import_av()
@@ -317,8 +322,8 @@ class VideoSource:
                         continue
                     yield Frame(index, offset, frame.to_ndarray(format="rgb24"))
         except (av.FFmpegError, OSError) as e:
-            raise SourceError(f"{self.source} failed after frame {index}: "
-                              f"{_reason(e, self._raw, self.source)}") from None
+            where = f"after frame {index}" if index >= 0 else "before its first frame"
+            raise SourceError(f"{self.source} failed {where}: {_reason(e, self._raw, self.source)}") from None
         finally:
             if corrupt:
                 logger.warning("%s: %d corrupt packet(s) skipped", self.source, corrupt)
@@ -345,8 +350,9 @@ class FolderSource:
     def creation_time(self) -> float | None:
         return None
 
-    def frames(self, fps: float | None, after: int = -1) -> Iterator[Frame]:
-        return _threaded(self._read(after), f"reading {self.source}")
+    def frames(self, fps: float | None, after: int = -1, stall: float | None = None,
+               cancel: threading.Event | None = None) -> Iterator[Frame]:
+        return _threaded(self._read(after), f"reading {self.source}", None, cancel, self.source)
 
     def _read(self, after: int) -> Iterator[Frame]:
         from PIL import Image, UnidentifiedImageError
@@ -375,9 +381,11 @@ def open_source(source: str, fps: float | None) -> VideoSource | FolderSource:
     return VideoSource(source)
 
 
-def _threaded(frames: Iterator[Frame], what: str) -> Iterator[Frame]:
+def _threaded(frames: Iterator[Frame], what: str, stall: float | None = None,
+              cancel: threading.Event | None = None, name: str = "") -> Iterator[Frame]:
     """Run ``frames`` on a worker thread, handing frames over through a bounded queue; the worker's
-    exception is raised here, after the frames it yielded."""
+    exception is raised here, after the frames it yielded. ``cancel`` set ends the frames early; ``stall``
+    seconds without a frame raise SourceError (the worker, blocked in a read, ends at its read timeout)."""
     handoff: queue.Queue = queue.Queue(maxsize=_QUEUE_FRAMES)
     stop = threading.Event()
     done = object()
@@ -401,9 +409,21 @@ def _threaded(frames: Iterator[Frame], what: str) -> Iterator[Frame]:
 
     worker = threading.Thread(target=work, name=what, daemon=True)
     worker.start()
+    waited = 0.0
     try:
         while True:
-            item = handoff.get()
+            try:
+                item = handoff.get(timeout=_POLL_S) if stall is not None or cancel is not None else handoff.get()
+            except queue.Empty:
+                waited += _POLL_S
+                if cancel is not None and cancel.is_set():
+                    return
+                if stall is not None and waited >= stall:
+                    raise SourceError(f"{name} {STALLED} {stall:g} s") from None
+                continue
+            waited = 0.0
+            if cancel is not None and cancel.is_set():
+                return
             if item is done:
                 return
             if isinstance(item, BaseException):
@@ -411,7 +431,10 @@ def _threaded(frames: Iterator[Frame], what: str) -> Iterator[Frame]:
             yield item
     finally:
         stop.set()
-        while worker.is_alive():  # let it see the stop while the queue still has room
+        # Let it see the stop while the queue still has room. A worker blocked in a stalled read is left to
+        # end at its read timeout when stall or cancel is given (it stops at its next frame).
+        deadline = time.monotonic() + (_POLL_S * 4 if stall is not None or cancel is not None else math.inf)
+        while worker.is_alive() and time.monotonic() < deadline:
             try:
                 handoff.get_nowait()
             except queue.Empty:

@@ -8,9 +8,10 @@ time, ranked by a quality that prefers confident, large, sharp and uncut boxes.
 
 from __future__ import annotations
 
+import copy
 import heapq
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,7 +57,10 @@ class TrackKeeper:
     never collide in one store.
     """
 
-    def __init__(self, fps: float, first_track: int, keep: int = 2, min_box_height: int = 24):
+    def __init__(self, fps: float, first_track: int, keep: int = 2, min_box_height: int = 24,
+                 numbering: Callable[[], int] | None = None):
+        """``numbering``: where the store-wide number of each new track comes from, when several keepers
+        (cameras) append to one store at once; default: ``first_track`` plus ByteTrack's id."""
         if keep < 1:
             raise ConfigError(f"keep must be at least 1, got {keep}", code="parameter_invalid", names=("keep",))
         try:
@@ -74,6 +78,8 @@ class TrackKeeper:
         self.keep = keep
         self.min_box_height = min_box_height
         self._best: dict[int, list[Candidate]] = {}  # track -> min-heap of its best crops
+        self._numbering = numbering
+        self._numbers: dict[int, int] = {}  # ByteTrack's id -> the track's number, with numbering
         self.tracks_seen: set[int] = set()
         self.detections = 0
 
@@ -95,7 +101,7 @@ class TrackKeeper:
                 continue
             crop = np.ascontiguousarray(image[y0:y1, x0:x1])
             edge = x0 <= 1 or y0 <= 1 or x1 >= width - 1 or y1 >= height - 1
-            track = self.first_track + int(track_id)
+            track = self._number(int(track_id))
             candidate = Candidate(crop_quality(crop, float(score), edge), frame_index, offset,
                                   (float(x0), float(y0), float(x1), float(y1)), float(score), track, crop)
             heap = self._best.setdefault(track, [])
@@ -106,6 +112,21 @@ class TrackKeeper:
             self.tracks_seen.add(track)
             count += 1
         return count
+
+    def _number(self, track_id: int) -> int:
+        if self._numbering is None:
+            return self.first_track + track_id
+        if track_id not in self._numbers:
+            self._numbers[track_id] = self._numbering()
+        return self._numbers[track_id]
+
+    def snapshot(self) -> Any:
+        """The tracking state (tracks and their numbers, not the kept crops), for :meth:`restore`."""
+        return copy.deepcopy((self._tracker, self._numbers))
+
+    def restore(self, snapshot: Any) -> None:
+        """Go on tracking from a :meth:`snapshot` (of a keeper with the same settings)."""
+        self._tracker, self._numbers = copy.deepcopy(snapshot)
 
     def take(self) -> list[Candidate]:
         """The kept crops of every track since the last call, in frame order; tracking goes on."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tbps_runtime.atomic import read_json, sha256_file, write_json_atomic
-from tbps_runtime.contract import (BUNDLE_FORMAT, BUNDLE_VERSION, EXPLAIN_TOWERS, MANIFEST_FILE, TOWERS,
+from tbps_runtime.contract import (BUNDLE_FORMAT, BUNDLE_VERSION, CAPTIONS_FILE, EXPLAIN_TOWERS, MANIFEST_FILE, TOWERS,
                                    TowerSpec, is_int, mistyped_fields)
 from tbps_runtime.errors import BundleError, InputFileNotFoundError
 from tbps_runtime.paths import resolve_inside
@@ -199,6 +199,20 @@ def verify_files(directory: str | Path, manifest: Manifest, names: list[str] | N
         if sha256_file(path) != manifest.files[name]:
             raise BundleError(f"bundle file {path} was modified: its SHA-256 differs from the manifest's; "
                               "re-export the bundle")
+
+
+def heldout_captions(directory: str | Path, manifest: Manifest) -> list[str] | None:
+    """The bundle's held-out captions (:data:`~tbps_runtime.contract.CAPTIONS_FILE`, checked against its
+    SHA-256), or None for a bundle exported without them."""
+    if CAPTIONS_FILE not in manifest.files:
+        return None
+    verify_files(directory, manifest, [CAPTIONS_FILE])
+    path = Path(directory) / CAPTIONS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path} is not UTF-8 text ({e}): re-export the bundle") from None
+    return [line.strip() for line in lines if line.strip()] or None
 
 
 def check_supported(directory: str | Path, manifest: Manifest) -> None:

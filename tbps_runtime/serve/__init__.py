@@ -68,6 +68,7 @@ class ServeSettings:
     threads: int | None = None
     quiet: bool = False
     limits: Limits = Limits()
+    audit_days: float = 90.0  # a store's audit log keeps this many days (tbps_runtime.store.audit)
 
     def with_key(self, api_key: str | None) -> ServeSettings:
         return replace(self, api_key=api_key)
@@ -79,7 +80,7 @@ class ServeSettings:
                   "WORKERS": str(self.workers), "API_KEY_FILE": self.api_key_file or "",
                   "CORS_ORIGINS": " ".join(self.cors_origins), "BATCH_WINDOW_MS": repr(self.batch_window_ms),
                   "MAX_BATCH": str(self.max_batch), "THREADS": "" if self.threads is None else str(self.threads),
-                  "QUIET": "1" if self.quiet else ""}
+                  "QUIET": "1" if self.quiet else "", "AUDIT_DAYS": repr(self.audit_days)}
         return {_ENV + name: value for name, value in values.items()}
 
 
@@ -101,7 +102,7 @@ def settings_from_environment(environ: Mapping[str, str] | None = None) -> Serve
             port=int(get("PORT") or 8000), workers=int(get("WORKERS") or 1), api_key_file=get("API_KEY_FILE") or None,
             cors_origins=tuple(get("CORS_ORIGINS").split()), batch_window_ms=float(get("BATCH_WINDOW_MS") or 5.0),
             max_batch=int(get("MAX_BATCH") or 32), threads=int(get("THREADS")) if get("THREADS") else None,
-            quiet=bool(get("QUIET")))
+            quiet=bool(get("QUIET")), audit_days=float(get("AUDIT_DAYS") or 90.0))
     except ValueError as e:
         raise ConfigError(f"a {_ENV}* variable is not of its type ({e}): start the service with tbps serve") from None
     return settings.with_key(resolve_api_key(settings.api_key_file, environ))

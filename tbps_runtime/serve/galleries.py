@@ -93,6 +93,11 @@ class ServedGallery(Protocol):
     def readiness(self) -> dict[str, Any]:
         """``{"store": bool, "cameras": [names]}`` for ``/readyz``."""
 
+    def followed(self) -> dict[str, dict[str, Any]]:
+        """The cameras ``tbps ingest --follow`` records into the gallery: name -> ``status`` (a state not
+        recorded for a while reads ``stopped``), ``last_frame`` (ISO-8601), ``fps``, ``reconnects``,
+        ``error``; {} for a plain gallery."""
+
     def check_filters(self, row_filter: RowFilter | None, per_track: bool) -> None:
         """Raises ConfigError when the gallery cannot apply filters or per-track results."""
 
@@ -168,6 +173,9 @@ class PlainGallery(_Opened):
     def readiness(self) -> dict[str, Any]:
         return {"store": False, "cameras": []}
 
+    def followed(self) -> dict[str, dict[str, Any]]:
+        return {}
+
     def check_filters(self, row_filter: RowFilter | None, per_track: bool) -> None:
         if (row_filter is not None and not row_filter.empty) or per_track:
             raise ConfigError("filters and per_track need a store made by tbps ingest; this service's gallery is "
@@ -235,6 +243,14 @@ class StoreGallery(_Opened):
 
     def readiness(self) -> dict[str, Any]:
         return {"store": True, "cameras": self.cameras()}
+
+    def followed(self) -> dict[str, dict[str, Any]]:
+        from tbps_runtime.ingest.cameras import state_status
+
+        return {printable(str(name)): {"status": state_status(state), "last_frame": state.get("last_frame_iso"),
+                                       "fps": state.get("fps"), "reconnects": state.get("reconnects"),
+                                       "error": state.get("error")}
+                for name, state in sorted(self.target.camera_states().items())}
 
     def cameras(self) -> list[str]:
         """The store's camera names, cached for a few seconds."""

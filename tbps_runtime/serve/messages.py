@@ -25,8 +25,8 @@ WORDS: dict[str, Wording] = {
     "delete_everything_unconfirmed": 'this would remove all {rows} rows of the store: send "everything": true to do '
                                      "it",
     "delete_without_condition": "say what to delete: filters (cameras, sources, tracks, since, until) or older_than",
-    "min_score_uncalibrated": "min_score 'auto' needs a bundle calibrated with tbps calibrate, and this one is not: "
-                              "give a number",
+    "min_score_uncalibrated": "min_score 'auto' needs a calibrated threshold (the store's or the bundle's: tbps "
+                              "calibrate), and there is none: give a number",
 }
 
 NO_EXPLAIN_GRAPHS = ("this service's bundle has no explain graphs: explain needs a bundle exported with them "

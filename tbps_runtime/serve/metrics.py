@@ -8,7 +8,13 @@ process, as in tests, never share counts).
 ``tbps_rank_seconds``       one ranking call: Eq. 14 over the gallery for a batch of queries (histogram)
 ``tbps_batch_queries``      queries per text-tower call: what dynamic batching achieved (histogram)
 ``tbps_gallery_rows``       rows in the gallery, read at each scrape (gauge)
+``tbps_camera_up``          per followed ``camera`` (``tbps ingest --follow``): 1 while live, else 0 (gauge)
+``tbps_camera_last_frame``  per ``camera``: when its last frame was read, UTC seconds (gauge)
+``tbps_camera_fps``         per ``camera``: sampled frames read per second (gauge)
+``tbps_camera_reconnects``  per ``camera``: reconnections since its follow loop started (gauge)
 =========================== ======================================================================
+
+The camera metrics are read from the store at each scrape (what the follow loop last recorded).
 
 With ``--workers N`` each worker process counts its own requests: a scrape sees the worker that answered it.
 """
@@ -16,9 +22,11 @@ With ``--workers N`` each worker process counts its own requests: a scrape sees 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from datetime import datetime
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,11 @@ class ServiceMetrics:
 
         self.gallery_rows.set_function(read)
 
+    def watch_cameras(self, followed: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Report the followed cameras' states (``followed()``: camera -> ``status``, ``last_frame`` (ISO),
+        ``fps``, ``reconnects``) at each scrape."""
+        self.registry.register(_CameraCollector(followed))
+
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint=endpoint, status=str(status)).inc()
         self.request_seconds.labels(endpoint=endpoint).observe(seconds)
@@ -72,6 +85,36 @@ class ServiceMetrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _CameraCollector:
+    """The ``tbps_camera_*`` gauges, read from the store at each scrape."""
+
+    def __init__(self, followed: Callable[[], dict[str, dict[str, Any]]]):
+        self.followed = followed
+
+    def describe(self) -> list:
+        return []  # read at each scrape: nothing to declare up front
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            states = self.followed()
+        except Exception:  # a scrape must not fail because the store is busy: report no cameras
+            logger.debug("could not read the followed cameras' states", exc_info=True)
+            states = {}
+        up = GaugeMetricFamily("tbps_camera_up", "1 while the camera is live, else 0.", labels=["camera"])
+        last = GaugeMetricFamily("tbps_camera_last_frame", "When its last frame was read, UTC seconds.",
+                                 labels=["camera"])
+        fps = GaugeMetricFamily("tbps_camera_fps", "Sampled frames read per second.", labels=["camera"])
+        reconnects = GaugeMetricFamily("tbps_camera_reconnects", "Reconnections since following began.",
+                                       labels=["camera"])
+        for camera, state in states.items():
+            up.add_metric([camera], 1.0 if state.get("status") == "live" else 0.0)
+            if state.get("last_frame"):
+                last.add_metric([camera], datetime.fromisoformat(state["last_frame"]).timestamp())
+            fps.add_metric([camera], float(state.get("fps") or 0.0) if state.get("status") == "live" else 0.0)
+            reconnects.add_metric([camera], float(state.get("reconnects") or 0))
+        yield from (up, last, fps, reconnects)
 
 
 __all__ = ["ServiceMetrics"]

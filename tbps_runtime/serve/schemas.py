@@ -91,9 +91,14 @@ class Filters(_Body):
 class SearchRequest(_Body):
     """One query (``query``) or several (``queries``), ranked by Eq. 14."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [  # exactly one of the two, as _one_kind_of_query
-        {"required": ["query"], "properties": {"query": {"type": "string"}}},
-        {"required": ["queries"], "properties": {"queries": {"type": "array"}}}]})
+    model_config = ConfigDict(json_schema_extra={  # as _one_kind_of_query: query or queries, or like_row
+        "anyOf": [{"required": ["query"], "properties": {"query": {"type": "string"}}},
+                  {"required": ["queries"], "properties": {"queries": {"type": "array"}}},
+                  {"required": ["like_row"], "properties": {"like_row": {"type": "integer"}}}],
+        "allOf": [{"not": {"required": ["query", "queries"], "properties": {"query": {"type": "string"},
+                                                                          "queries": {"type": "array"}}}},
+                  {"not": {"required": ["queries", "like_row"], "properties": {"queries": {"type": "array"},
+                                                                               "like_row": {"type": "integer"}}}}]})
 
     query: Query | None = Field(None, description="What the person looks like.")
     queries: _counted(Query, "texts", BOUNDS.max_queries) | None = Field(
@@ -102,18 +107,26 @@ class SearchRequest(_Body):
         10, description="Results per query.", json_schema_extra={"minimum": 1, "maximum": BOUNDS.max_k})
     filters: Filters | None = Field(None, description="A store's rows to search (a plain gallery: none).")
     min_score: Finite | Literal["auto"] | None = Field(
-        None, description="Drop hits scoring below it; 'auto': the bundle's calibrated threshold (a bundle "
-                          "calibrated with tbps calibrate; refused otherwise).")
+        None, description="Drop hits scoring below it; 'auto': a store's own calibrated threshold (tbps calibrate "
+                          "--gallery) when it has one, else the bundle's (tbps calibrate; refused when neither).")
     per_track: bool = Field(False, description="A store's tracks, each by its best row, instead of rows.")
+    like_row: Id | None = Field(None, description="Find similar (a store): this row's image embedding is the query, "
+                                                  "ranked by the same Eq. 14 (the row itself scores K and ranks "
+                                                  "first unless a filter leaves it out); with query, each slot of "
+                                                  "the query is the normalised sum of the text's and the row's.")
 
     @model_validator(mode="after")
     def _one_kind_of_query(self) -> SearchRequest:
-        if (self.query is None) == (self.queries is None):
+        if self.like_row is not None and self.queries is not None:
+            raise ValueError("like_row takes one query (query), not queries")
+        if self.like_row is None and (self.query is None) == (self.queries is None):
+            raise ValueError("give either query (a string) or queries (a list of strings), or like_row")
+        if self.query is not None and self.queries is not None:
             raise ValueError("give either query (a string) or queries (a list of strings)")
         return self
 
     def texts(self) -> tuple[list[str], str]:
-        """The query texts and the field they came from."""
+        """The query texts and the field they came from (none: like_row alone)."""
         return ([self.query], "query") if self.query is not None else (list(self.queries or ()), "queries")
 
 
@@ -135,6 +148,17 @@ class Hit(BaseModel):
     detector_score: float | None = None
     track: int | None = None
     track_rows: int | None = Field(None, description="per_track: the track's rows that passed the filters.")
+    strength: float | None = Field(None, description="A store's hits: the match strength in [0, 1], the fraction of "
+                                                     "the store's impostor scores below this score (None until the "
+                                                     "store is calibrated: tbps calibrate --gallery).")
+
+
+class Threshold(BaseModel):
+    value: float = Field(description="Hits score at least this (Eq. 14).")
+    source: Literal["store", "bundle", "given"] = Field(
+        description="store: the store's own calibration; bundle: the bundle's, measured on its dataset (another "
+                    "domain than footage); given: the request's number.")
+    stale: bool = Field(description="The store has grown by half or more since it was calibrated.")
 
 
 class SearchResponse(BaseModel):
@@ -142,6 +166,10 @@ class SearchResponse(BaseModel):
     took_ms: float
     search: str = Field(description="The search made, in words.")
     request_id: str
+    threshold: Threshold | None = Field(None, description="A store's search with min_score: the threshold used.")
+    empty: list[str | None] | None = Field(
+        None, description="Per query, why its list is empty: the threshold and the best score without it "
+                          "(0 hits at >= 3.83 (store threshold); best score 1.75 (cam3, 14:00:07)); else null.")
 
 
 class EmbedTextRequest(_Body):
@@ -224,6 +252,16 @@ class RemovalResponse(BaseModel):
     cameras: dict[str, int]
 
 
+class FollowedCamera(BaseModel):
+    """A camera ``tbps ingest --follow`` records into the store."""
+
+    status: str = Field(description="live, connecting, reconnecting, finished, failed or stopped")
+    last_frame: str | None = Field(None, description="When its last frame was read (ISO-8601 UTC).")
+    fps: float | None = None
+    reconnects: int | None = None
+    error: str | None = Field(None, description="Its last failure (credentials never shown).")
+
+
 class ReadyResponse(BaseModel):
     """Without the service's key (when it has one): the status only. With it: what is served."""
 
@@ -233,6 +271,7 @@ class ReadyResponse(BaseModel):
     store: bool | None = None
     explain: bool | None = None
     cameras: list[str] | None = None
+    followed: dict[str, FollowedCamera] | None = None
 
 
 class ErrorDetail(BaseModel):

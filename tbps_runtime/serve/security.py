@@ -23,7 +23,9 @@ from tbps_runtime.errors import ConfigError, InputFileNotFoundError
 
 KEY_ENVIRONMENT = "TBPS_API_KEY"
 MIN_KEY_CHARS = 16
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+                          # Swagger UI's own files (tbps_runtime.serve.routes.docs), served from the installed package
+                          "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/favicon-32x32.png"})
 STATIC_PREFIX = "/static/"
 _KEY_ADVICE = "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > key.txt"
 

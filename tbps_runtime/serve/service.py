@@ -31,10 +31,14 @@ from tbps_runtime.search import PersonSearch
 from tbps_runtime.serve import ServeSettings
 from tbps_runtime.serve.batching import QueryBatcher
 from tbps_runtime.serve.galleries import Conflict, IngestCrop, NotFound, ServedGallery, Unavailable, open_served
+from tbps_runtime.serve.hit_context import HitContext
 from tbps_runtime.serve.messages import (GALLERY_GONE, NO_EXPLAIN_GRAPHS, SERVER_FILES_UNREADABLE, count_refusal,
                                          length_refusal, range_refusal)
 from tbps_runtime.serve.metrics import ServiceMetrics
 from tbps_runtime.serve.uploads import decode_image
+from tbps_runtime.store.answers import check_cameras, explain_empty, notices, strength
+from tbps_runtime.store.base import Store
+from tbps_runtime.store.calibration import ScoreThreshold
 from tbps_runtime.store.rows import RowFilter, parse_age, parse_time
 from tbps_runtime.text import check_queries
 from tbps_runtime.threads import choose_threads
@@ -52,6 +56,7 @@ class RankSpec:
     row_filter: RowFilter | None
     per_track: bool
     threshold: float | None
+    chosen: ScoreThreshold | None = None  # a store's threshold and where it came from (strength reads it)
 
 
 class Service:
@@ -66,7 +71,10 @@ class Service:
                                     max_batch=settings.max_batch, on_batch=self.metrics.observe_text_batch)
         self.ready = False
         self.failure: str | None = None  # why warming up failed
+        self.said: set[str] = set()  # threshold notices already logged (once each, not per request)
         self.metrics.count_rows(self.rows)
+        self.metrics.watch_cameras(self.gallery.followed)
+        self.context = HitContext(gallery, settings.audit_days)  # frames, clips, the audit log
 
     @classmethod
     def load(cls, settings: ServeSettings, metrics: ServiceMetrics | None = None) -> Service:
@@ -94,6 +102,7 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
+        self.context.close()
         self.gallery.close()
 
     # -- state -------------------------------------------------------------------------------------
@@ -122,7 +131,8 @@ class Service:
             return {"status": "ready"}
         gallery = self.gallery.readiness()
         return {"status": "ready", "rows": rows, "bundle": self.search.fingerprint[:12],
-                "store": gallery["store"], "explain": self.explain_available, "cameras": gallery["cameras"]}
+                "store": gallery["store"], "explain": self.explain_available, "cameras": gallery["cameras"],
+                "followed": self.gallery.followed() or None}
 
     def check_gallery(self) -> None:
         """Raises :class:`Unavailable` when the gallery was moved, deleted or replaced since it was opened."""
@@ -179,8 +189,29 @@ class Service:
             raise ConfigError(range_refusal("k", self.limits.max_k, k))
         self.check_gallery()
         self.gallery.check_filters(row_filter, per_track)
-        return RankSpec(k, row_filter if row_filter is not None and not row_filter.empty else None, per_track,
-                        self.search.min_score(min_score))
+        row_filter = row_filter if row_filter is not None and not row_filter.empty else None
+        store = self.gallery.target
+        if isinstance(store, Store):
+            check_cameras(store, row_filter)
+            chosen = self.search.threshold_for(min_score, store)
+            for notice in set(notices(chosen, store)) - self.said:
+                self.said.add(notice)
+                logger.warning("%s", notice)
+            return RankSpec(k, row_filter, per_track, None if chosen is None else chosen.value, chosen)
+        return RankSpec(k, row_filter, per_track, self.search.min_score(min_score))
+
+    def answer_notes(self, texts: list[str], spec: RankSpec, ranked: list[tuple[list[dict[str, Any]], int]]
+                     ) -> dict[str, Any]:
+        """The answer's own account (a store's): ``threshold`` (value, source, stale) and, per query, why it
+        is empty (``empty``: ``0 hits at >= 3.83 (store threshold); best score 1.75 (cam3, 14:00:07)``)."""
+        store = self.gallery.target
+        if not isinstance(store, Store) or spec.chosen is None:
+            return {"threshold": None, "empty": [None] * len(ranked)}
+        empty = [None] * len(ranked)
+        for q, (hits, _) in enumerate(ranked):
+            if not hits and q < len(texts):
+                empty[q] = explain_empty(store, self.search.embed_texts([texts[q]]), spec.row_filter, spec.chosen)
+        return {"threshold": spec.chosen.to_json(), "empty": empty}
 
     def describe(self, spec: RankSpec, rows: int) -> str:
         """The search a spec makes over ``rows`` rows, in words: ``exact Eq. 14 over 800 row(s); no filter``."""
@@ -190,6 +221,8 @@ class Service:
             words += "; one hit per track"
         if spec.threshold is not None:
             words += f"; score >= {spec.threshold:g}"
+            if spec.chosen is not None:
+                words += f" ({spec.chosen.source} threshold{', stale' if spec.chosen.stale else ''})"
         return words
 
     def submit_search(self, texts: list[str], spec: RankSpec) -> Future:
@@ -209,7 +242,33 @@ class Service:
             raise Unavailable(SERVER_FILES_UNREADABLE, detail=str(e)) from e
         self.metrics.observe_rank(time.perf_counter() - started)
         rows = self.rows()  # here, off the event loop: a store counts its rows in SQLite
-        return [([self.gallery.hit(hit) for hit in hits], rows) for hits in results]
+        meter = self._strength(spec)
+        return [([{**self.gallery.hit(hit), **meter(hit.score)} for hit in hits], rows) for hits in results]
+
+    def _strength(self, spec: RankSpec) -> Any:
+        """score -> ``{"strength": ...}`` for a store's hits (None until the store is calibrated), ``{}`` for a
+        plain gallery's."""
+        if not isinstance(self.gallery.target, Store):
+            return lambda score: {}
+        chosen = spec.chosen
+        if chosen is None:
+            calibration = self.gallery.target.calibration()
+            chosen = None if calibration is None else ScoreThreshold(calibration.value, "store", calibration)
+        return lambda score: {"strength": strength(chosen, score)}
+
+    def search_like(self, row: int, text: str | None, spec: RankSpec) -> tuple[list[dict[str, Any]], int]:
+        """Find similar: the hits for ``row``'s image embedding as the query (with ``text``'s combined, when
+        given: :func:`~tbps_runtime.store.like.like_query`), ranked by ``spec``, and the rows searched.
+
+        Raises:
+            Conflict: a plain gallery. NotFound: no such row.
+        """
+        from tbps_runtime.store.like import like_query
+
+        self.context.record(row, "like_row")  # a store's row, or the refusal
+        text_embedding = None if text is None else self.search.embed_texts([text])  # (1, K, d)
+        query = like_query(self.gallery.target, row, text_embedding)  # (1, K, d)
+        return self._rank(query, spec)[0]
 
     # -- embeddings --------------------------------------------------------------------------------
 

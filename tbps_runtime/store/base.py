@@ -23,6 +23,7 @@ A directory that cannot be written is searched, never written (:meth:`StoreBase.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -50,6 +51,7 @@ STORE_FORMAT = "tbps-store"
 STORE_VERSION = 1
 CROPS = "crops"  # the crop folders' parent in a store directory
 PENDING = ".tbps-pending"  # in a store directory: what its writers created and had not registered yet
+CAMERA_STATES = "camera_states"  # meta key: the followed cameras' states (JSON), see Store.camera_states
 _PENDING_NAME = re.compile(r"(crops|segments)/[0-9a-f]{32}(\.npy)?")  # what a pending list may name
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -171,8 +173,25 @@ class Store(Protocol):
     def cameras(self) -> list[str]:
         """The cameras that have rows, sorted."""
 
+    def sources(self) -> list[str]:
+        """The sources (files, streams) that have rows, sorted."""
+
     def max_track(self) -> int:
         """The largest track id (-1 when none): new tracks are numbered after it."""
+
+    def calibration(self) -> Any:
+        """The store's calibrated threshold (a :class:`~tbps_runtime.store.calibration.StoreCalibration`), or
+        None when it was never calibrated."""
+
+    def record_calibration(self, text: str) -> None:
+        """Replace the calibration record (its JSON text). Call inside :meth:`writing`."""
+
+    def camera_states(self) -> dict[str, dict[str, Any]]:
+        """What ``tbps ingest --follow`` last recorded of each camera it follows (camera -> its
+        ``status``, ``last_frame``, ``fps``, ``reconnects``, ``error``, ``updated``); {} when none."""
+
+    def record_camera_states(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the followed cameras' states (camera -> JSON-able state). Call inside :meth:`writing`."""
 
     def info(self) -> dict[str, Any]:
         """A summary: ``store``, ``fingerprint``, ``bundle``, ``rows``, ``tracks``, ``sources``,
@@ -449,10 +468,43 @@ class StoreBase:
                             for rank, (score, row, count) in enumerate(kept, 1)])
         return results
 
+    def calibration(self) -> Any:
+        """The store's calibrated threshold (:mod:`tbps_runtime.store.calibration`), or None."""
+        from tbps_runtime.store.calibration import META_KEY, StoreCalibration
+
+        text = self._meta_value(META_KEY)
+        return None if text is None else StoreCalibration.from_text(text, self.location)
+
+    def record_calibration(self, text: str) -> None:
+        """Replace the calibration record (JSON text, checked to parse). Call inside :meth:`writing`."""
+        from tbps_runtime.store.calibration import META_KEY, StoreCalibration
+
+        StoreCalibration.from_text(text, "the calibration to record")
+        self._check_writable()
+        self._set_meta_value(META_KEY, text)
+
     def _check_found(self, rows: Sequence[int], found: Mapping[int, Any]) -> None:
         missing = [r for r in rows if int(r) not in found]
         if missing:
             raise ConfigError(f"no row {missing[0]} in {self.location}")
+
+    def camera_states(self) -> dict[str, dict[str, Any]]:
+        """The followed cameras' states (see :meth:`Store.camera_states`), kept as one meta value."""
+        text = self._meta_value(CAMERA_STATES)
+        if text is None:
+            return {}
+        try:
+            states = json.loads(text)
+        except ValueError:
+            states = None
+        if not isinstance(states, dict) or not all(isinstance(v, dict) for v in states.values()):
+            logger.warning("ignoring the damaged camera states of %s", self.location)
+            return {}
+        return states
+
+    def record_camera_states(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the followed cameras' states (one meta value). Call inside :meth:`writing`."""
+        self._set_meta_value(CAMERA_STATES, json.dumps({name: dict(state) for name, state in states.items()}))
 
     def info(self) -> dict[str, Any]:
         """Rows, tracks, cameras (rows, tracks and time span each), sources, segments and bytes; see
@@ -511,6 +563,14 @@ class StoreBase:
         raise NotImplementedError
 
     def _summary(self) -> StoreSummary:
+        raise NotImplementedError
+
+    def _meta_value(self, key: str) -> str | None:
+        """One value of the store's meta (text), or None."""
+        raise NotImplementedError
+
+    def _set_meta_value(self, key: str, value: str) -> None:
+        """Write one value of the store's meta (under the writer lock)."""
         raise NotImplementedError
 
     def _sweep(self) -> None:

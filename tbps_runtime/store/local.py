@@ -317,6 +317,15 @@ class LocalStore(StoreBase):
             raise self._damaged("its saved ingest progress holds values that are not text")
         return states
 
+    def _meta_value(self, key: str) -> str | None:
+        with self._read() as db:
+            found = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if found is None else found[0]
+
+    def _set_meta_value(self, key: str, value: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def max_track(self) -> int:
         """The largest track id in the store (-1 when none): new tracks are numbered after it."""
         with self._read() as db:
@@ -351,6 +360,12 @@ class LocalStore(StoreBase):
         with self._read() as db:
             cameras = [row[0] for row in db.execute("SELECT DISTINCT camera FROM rows ORDER BY camera")]
         return [self._stored("a camera", lambda camera=camera: check_name(camera, "camera")) for camera in cameras]
+
+    def sources(self) -> list[str]:
+        """The sources that have rows, sorted (an index lookup)."""
+        with self._read() as db:
+            sources = [row[0] for row in db.execute("SELECT DISTINCT source FROM rows ORDER BY source")]
+        return [self._stored("a source", lambda source=source: check_name(source, "source")) for source in sources]
 
     def _summary(self) -> StoreSummary:
         with self._read() as db:

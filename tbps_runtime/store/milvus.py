@@ -284,6 +284,14 @@ class MilvusStore(StoreBase):
         with self._errors("reading ingest progress"):
             return _read_meta(self._client, self._meta_name, (f"progress:{key}",)).get(f"progress:{key}")
 
+    def _meta_value(self, key: str) -> str | None:
+        with self._errors("reading the store's meta"):
+            return _read_meta(self._client, self._meta_name, (key,)).get(key)
+
+    def _set_meta_value(self, key: str, value: str) -> None:
+        with self._errors("writing the store's meta"):
+            self._put_meta({key: value})
+
     def all_progress(self) -> dict[str, str]:
         """Every source's saved ingest state (key -> text)."""
         with self._errors("reading ingest progress"):
@@ -336,6 +344,10 @@ class MilvusStore(StoreBase):
     def cameras(self) -> list[str]:
         """The cameras that have rows, sorted (from the appends' summaries, not the rows)."""
         return sorted({camera for summary in self._batch_summaries() for camera in summary["cameras"]})
+
+    def sources(self) -> list[str]:
+        """The sources that have rows, sorted (from the appends' summaries, not the rows)."""
+        return sorted({source for summary in self._batch_summaries() for source in summary["sources"]})
 
     def _summary(self) -> StoreSummary:
         """From the appends' summaries (one small record per append), never every row."""

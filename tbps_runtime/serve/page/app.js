@@ -11,7 +11,8 @@
 (() => {
   const KEY_STORAGE = "tbps.apiKey";  // sessionStorage: the key lives as long as this tab
   const SPECIAL_TOKENS = new Set(["[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"]);
-  const CROP_URL = /^\/crops\/[0-9]{1,19}$/;  // the only URLs the page fetches crops from
+  const CROP_URL = /^\/(crops|frames)\/[0-9]{1,19}$/;  // the only URLs the page fetches images from
+  const CLIP_SECONDS = 5;  // a clip: this many seconds before and after the hit
   const TRACK_K = 24;  // a track's crops shown in the panel, at most
   const SHADES = 10;  // style.css has classes w0..w9
 
@@ -25,6 +26,11 @@
     opener: null,  // the element that opened the panel (focus returns there)
     panelSeq: 0,
     crops: new Map(),  // crop URL -> Promise of a blob: URL
+    blobs: new Map(),  // crop URL -> its Blob, once fetched
+    restored: false,  // the address's search was run once the service was ready
+    address: "",  // the fragment this page last wrote (a change by hand is restored)
+    likeRow: null,  // find similar: the row whose image is the query of the hits shown
+    clipUrl: null,  // the blob: URL of the clip shown (fetched with the key), revoked when replaced
   };
 
   const $ = (id) => document.getElementById(id);
@@ -69,8 +75,8 @@
   }
 
   // One call: JSON in, the Response out (ok), or an ApiError with the service's message and request id.
-  async function api(method, path, body) {
-    const headers = {};
+  async function api(method, path, body, extraHeaders) {
+    const headers = Object.assign({}, extraHeaders || {});
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (state.key) headers["Authorization"] = "Bearer " + state.key;
     let response;
@@ -166,6 +172,10 @@
       fillCameras(Array.isArray(ready.cameras) ? ready.cameras : []);
       for (const node of document.querySelectorAll(".store-only")) show(node, ready.store === true);
       $("search-button").disabled = false;
+      if (ready.rows !== undefined && !state.restored) {  // once the cameras are known: the address's search
+        state.restored = true;
+        restoreAddress();
+      }
     } catch (error) {
       const warming = error instanceof ApiError && error.status === 503;
       $("service").textContent = warming ? "the service is warming up…"
@@ -181,7 +191,15 @@
     }
     const parts = [ready.rows + " rows", ready.store ? "store" : "plain gallery", "bundle " + ready.bundle];
     if (Array.isArray(ready.cameras) && ready.cameras.length) parts.push(ready.cameras.length + " camera(s)");
+    // Cameras tbps ingest --follow records: each with its status (a camera that stopped says so).
+    for (const [name, camera] of Object.entries(ready.followed || {})) {
+      const reconnects = camera.reconnects ? " (" + camera.reconnects + " reconnects)" : "";
+      parts.push(name + " " + camera.status + reconnects);
+    }
     $("service").textContent = parts.join(" · ");
+    $("service").title = Object.entries(ready.followed || {})
+      .map(([name, camera]) => name + ": " + camera.status + (camera.last_frame ? ", last frame " + camera.last_frame : "")
+        + (camera.error ? ", " + camera.error : "")).join("\n");
   }
 
   function fillCameras(cameras) {
@@ -199,7 +217,9 @@
 
   // The POST /search body of the form, or throws an Error naming the field to fix.
   function searchBody(query) {
-    const body = { query, k: readK() };
+    const body = { k: readK() };
+    if (query) body.query = query;
+    if (state.likeRow !== null) body.like_row = state.likeRow;
     const minScore = readMinScore();
     if (minScore !== null) body.min_score = minScore;
     if (!(state.ready && state.ready.store)) return body;  // a plain gallery takes no filters
@@ -242,9 +262,16 @@
   }
 
   async function search(event) {
-    if (event) event.preventDefault();
-    const query = $("query").value.trim();
-    if (!query) {
+    if (event) {
+      event.preventDefault();
+      state.likeRow = null;  // a search typed in the box is a text search
+    }
+    await runSearch($("query").value.trim());
+  }
+
+  // Search for ``query`` (and state.likeRow's image, when set) with the form's k, threshold and filters.
+  async function runSearch(query) {
+    if (!query && state.likeRow === null) {
       showError("type what the person looks like first", "");
       $("query").focus();
       return;
@@ -264,6 +291,7 @@
       const doc = await apiJson("POST", "/search", body);
       if (seq !== state.searchSeq) return;  // a newer search was started meanwhile
       drawResults(query, doc, body.min_score !== undefined);
+      writeAddress(body);
     } catch (error) {
       if (seq !== state.searchSeq) return;
       $("summary").textContent = "";
@@ -276,10 +304,13 @@
     state.query = query;
     state.hits = hits;
     closePanel(false);
-    $("echo").textContent = "“" + query + "”";
+    const like = state.likeRow === null ? "" : "like row " + state.likeRow + (query ? " and " : "");
+    $("echo").textContent = like + (query ? "“" + query + "”" : "");
+    show($("export"), hits.length > 0);
     const took = typeof doc.took_ms === "number" ? doc.took_ms.toFixed(1) : String(doc.took_ms);
     $("summary").textContent = " · " + hits.length + " hit(s) · " + doc.search + " · " + took + " ms";
-    $("empty").textContent = thresholded ? "Nothing found above the minimum score." : "Nothing found.";
+    const why = Array.isArray(doc.empty) && typeof doc.empty[0] === "string" ? " (" + doc.empty[0] + ")" : "";
+    $("empty").textContent = (thresholded ? "Nothing found above the minimum score." : "Nothing found.") + why;
     show($("empty"), hits.length === 0);
     const list = $("hits");
     list.replaceChildren(...hits.map((hit, index) => hitItem(hit, index)));
@@ -306,6 +337,9 @@
   function hitItem(hit, index) {
     const { item, button, meta } = hitButton(hit, "hit");
     meta.append(element("span", "rank", "#" + hit.rank), element("span", "score", formatScore(hit.score)));
+    if (typeof hit.strength === "number") {  // the store's calibrated match strength, beside the Eq. 14 score
+      meta.append(element("span", "strength", "match strength " + Math.round(hit.strength * 100) + "%"));
+    }
     if (hit.camera !== undefined && hit.camera !== null) meta.append(element("span", "camera", hit.camera));
     if (typeof hit.time === "number") meta.append(timeElement(hit));
     if (hit.track !== undefined && hit.track !== null) {
@@ -370,7 +404,10 @@
     if (typeof url !== "string" || !CROP_URL.test(url)) return Promise.reject(new Error("not a crop URL"));
     let entry = state.crops.get(url);
     if (!entry) {
-      entry = api("GET", url).then((response) => response.blob()).then((blob) => URL.createObjectURL(blob));
+      entry = api("GET", url).then((response) => response.blob()).then((blob) => {
+        state.blobs.set(url, blob);  // for the export of the hits with their crops
+        return URL.createObjectURL(blob);
+      });
       state.crops.set(url, entry);
       entry.catch(() => state.crops.delete(url));  // a failed fetch is retried next time
     }
@@ -394,6 +431,7 @@
     for (const [url, entry] of state.crops) {
       if (keep.has(url)) continue;
       state.crops.delete(url);
+      state.blobs.delete(url);
       entry.then((source) => URL.revokeObjectURL(source), () => {});
     }
   }
@@ -417,6 +455,7 @@
     $("words").replaceChildren();
     show($("explain"), Boolean(state.ready && state.ready.explain));
     $("explain").disabled = false;
+    showContext(hit, seq);
     show($("panel"), true);
     document.body.classList.add("with-panel");
     for (const node of document.querySelectorAll(".hit[aria-current], .track-hit[aria-current]")) {
@@ -476,7 +515,9 @@
     $("track-title").textContent = "Track " + hit.track;
     $("track-status").textContent = "loading the track's crops…";
     $("track-hits").replaceChildren();
-    const body = { query: state.query, k: TRACK_K, filters: { tracks: [hit.track] } };
+    const body = { k: TRACK_K, filters: { tracks: [hit.track] } };
+    if (state.query) body.query = state.query;
+    if (state.likeRow !== null) body.like_row = state.likeRow;  // find similar: the same query
     try {
       const doc = await apiJson("POST", "/search", body);
       if (seq !== state.panelSeq) return;
@@ -546,6 +587,200 @@
     return kept.map(([token, w]) => [token, Math.max(0, Math.min(SHADES - 1, Math.round((SHADES - 1) * w / top))), w]);
   }
 
+  // ---- a hit's context: its frame, a clip around it, find similar --------------------------------
+
+  function showContext(hit, seq) {
+    const store = Boolean(state.ready && state.ready.store);
+    const moment = store && (typeof hit.offset === "number" || typeof hit.frame === "number");
+    show($("similar"), store);
+    show($("clip-play"), store && typeof hit.offset === "number");
+    $("clip-play").disabled = false;
+    show($("clip"), false);
+    const video = $("clip-video");
+    video.pause();
+    video.removeAttribute("src");
+    video.load();
+    if (state.clipUrl) URL.revokeObjectURL(state.clipUrl);
+    state.clipUrl = null;
+    show($("frame"), moment);
+    $("frame-image").removeAttribute("src");
+    $("frame-status").textContent = "";
+    if (moment) loadFrame(hit, seq);
+  }
+
+  async function loadFrame(hit, seq) {
+    const image = $("frame-image");
+    image.alt = "the frame of row " + hit.row + ", its box drawn";
+    $("frame-status").textContent = "loading the frame…";
+    try {
+      const source = await cropUrl("/frames/" + hit.row);
+      if (seq !== state.panelSeq) return;
+      image.src = source;
+      $("frame-status").textContent = "the whole frame, the crop's box drawn";
+    } catch (error) {
+      if (seq !== state.panelSeq) return;
+      $("frame-status").textContent = "no frame: " + error.message;
+    }
+  }
+
+  // The clip: without a key the <video> fetches /clips itself (HTTP range requests); with one it is fetched
+  // with the key in a header and played from a blob: URL (a <video> cannot send a header).
+  async function playClip(hit) {
+    if (!hit) return;
+    const seq = state.panelSeq;
+    const url = "/clips/" + hit.row + "?before=" + CLIP_SECONDS + "&after=" + CLIP_SECONDS;
+    show($("clip"), true);
+    $("clip-play").disabled = true;
+    $("clip-status").textContent = "cutting the clip…";
+    try {
+      let source;
+      let response;
+      if (state.key) {
+        response = await api("GET", url);
+        source = URL.createObjectURL(await response.blob());
+      } else {
+        response = await api("GET", url, undefined, { Range: "bytes=0-0" });  // the clip is cut; its start
+        source = url;
+      }
+      if (seq !== state.panelSeq) {
+        if (source.startsWith("blob:")) URL.revokeObjectURL(source);
+        return;
+      }
+      const start = Number(response.headers.get("X-Clip-Start")) || 0;
+      if (source.startsWith("blob:")) state.clipUrl = source;
+      const at = Math.max(0, (hit.offset || 0) - start);
+      const video = $("clip-video");
+      video.addEventListener("loadedmetadata", () => { video.currentTime = at; }, { once: true });
+      video.src = source;
+      $("clip-status").textContent = CLIP_SECONDS + " s before and after the hit (cut at keyframes); the hit is at "
+        + at.toFixed(1) + " s";
+    } catch (error) {
+      if (seq !== state.panelSeq) return;
+      $("clip-status").textContent = "no clip: " + error.message;
+    } finally {
+      $("clip-play").disabled = false;
+    }
+  }
+
+  // Find similar: the hit's image embedding as the query, with the form's filters ("where else did they go").
+  function findSimilar(hit) {
+    if (!hit) return;
+    state.likeRow = hit.row;
+    runSearch("");
+  }
+
+  // ---- shareable addresses: the search in the URL's fragment (never the key) ----------------------
+
+  function writeAddress(body) {
+    const params = new URLSearchParams();
+    if (body.query) params.set("q", body.query);
+    if (body.like_row !== undefined) params.set("like", String(body.like_row));
+    params.set("k", String(body.k));
+    if (body.min_score !== undefined) params.set("min", String(body.min_score));
+    const filters = body.filters || {};
+    for (const camera of filters.cameras || []) params.append("camera", camera);
+    if (filters.since) params.set("since", filters.since);
+    if (filters.until) params.set("until", filters.until);
+    if (state.ready && state.ready.store) params.set("per_track", body.per_track ? "1" : "0");
+    state.address = "#" + params.toString();
+    history.replaceState(null, "", state.address);
+  }
+
+  // The search an address names, put in the form and run (nothing when the address names none).
+  function restoreAddress() {
+    const params = new URLSearchParams(location.hash.slice(1));
+    const like = params.get("like");
+    if (!params.get("q") && like === null) return;
+    $("query").value = params.get("q") || "";
+    if (params.get("k")) $("k").value = params.get("k");
+    $("min-score").value = params.get("min") || "";
+    const cameras = new Set(params.getAll("camera"));
+    for (const option of $("cameras").options) option.selected = cameras.has(option.value);
+    $("since").value = localInput(params.get("since"));
+    $("until").value = localInput(params.get("until"));
+    if (params.has("per_track")) $("per-track").checked = params.get("per_track") === "1";
+    state.likeRow = like !== null && /^[0-9]{1,15}$/.test(like) ? Number(like) : null;
+    runSearch($("query").value.trim());
+  }
+
+  // An ISO-8601 time as a datetime-local value in the operator's time zone ("" for none or a bad one).
+  function localInput(iso) {
+    const when = iso ? new Date(iso) : null;
+    if (!when || Number.isNaN(when.getTime())) return "";
+    const pad = (n) => String(n).padStart(2, "0");
+    return when.getFullYear() + "-" + pad(when.getMonth() + 1) + "-" + pad(when.getDate()) + "T"
+      + pad(when.getHours()) + ":" + pad(when.getMinutes()) + ":" + pad(when.getSeconds());
+  }
+
+  function copyLink() {
+    const done = () => { $("copy-link").textContent = "Link copied"; };
+    const shown = () => {  // no clipboard here (an insecure origin, or refused): the link is shown instead
+      $("copy-link").textContent = "Copy link";
+      showError("this search's link: " + location.href, "");
+    };
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(location.href).then(done, shown);
+    } else {
+      shown();
+    }
+  }
+
+  // ---- export: the hits shown as CSV (crops by URL) or JSON (crops embedded, base64 JPEG) ---------
+
+  const EXPORT_FIELDS = ["rank", "score", "strength", "row", "camera", "time_iso", "track", "track_rows", "frame",
+                         "offset", "box", "source", "crop_url"];
+
+  function csvField(value) {
+    if (value === undefined || value === null) return "";
+    let text = Array.isArray(value) ? value.join(" ") : String(value);
+    if (typeof value === "string" && /^[=+\-@\t\r]/.test(text)) text = "'" + text;  // no formula in a spreadsheet
+    return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  function exportCsv() {
+    const lines = [EXPORT_FIELDS.join(",")];
+    for (const hit of state.hits) lines.push(EXPORT_FIELDS.map((name) => csvField(hit[name])).join(","));
+    download(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" }), "tbps-hits.csv");
+  }
+
+  async function exportJson() {
+    $("export-json").disabled = true;
+    try {
+      const hits = [];
+      for (const hit of state.hits) {
+        let blob = state.blobs.get(hit.crop_url);
+        if (!blob) blob = await (await api("GET", hit.crop_url)).blob();
+        hits.push(Object.assign({}, hit, { crop_jpeg_base64: await base64Of(blob) }));
+      }
+      const doc = { query: state.query || null, like_row: state.likeRow, search: $("summary").textContent,
+                    address: location.href, exported: new Date().toISOString(), hits };
+      download(new Blob([JSON.stringify(doc, null, 1)], { type: "application/json" }), "tbps-hits.json");
+    } catch (error) {
+      reportError(error);
+    } finally {
+      $("export-json").disabled = false;
+    }
+  }
+
+  function base64Of(blob) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result).replace(/^data:[^,]*,/, ""));
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(blob);
+    });
+  }
+
+  function download(blob, name) {
+    const link = element("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  }
+
   // ---- wiring ---------------------------------------------------------------------------------
 
   function start() {
@@ -555,6 +790,14 @@
     $("banner-close").addEventListener("click", clearError);
     $("panel-close").addEventListener("click", () => closePanel(true));
     $("explain").addEventListener("click", explain);
+    $("similar").addEventListener("click", () => findSimilar(state.current));
+    $("clip-play").addEventListener("click", () => playClip(state.current));
+    $("export-csv").addEventListener("click", exportCsv);
+    $("export-json").addEventListener("click", exportJson);
+    $("copy-link").addEventListener("click", copyLink);
+    window.addEventListener("hashchange", () => {
+      if (location.hash !== state.address) restoreAddress();
+    });
     $("cameras-clear").addEventListener("click", () => {
       for (const option of $("cameras").options) option.selected = false;
     });

@@ -4,8 +4,9 @@ endpoints (health, readiness, metrics) and the operator page are public."""
 
 from __future__ import annotations
 
-from tbps_runtime.serve.routes import crops, embed, gallery, health, page, search
+from tbps_runtime.serve.routes import context, crops, docs, embed, gallery, health, page, search
 
-ROUTERS = [health.router, search.router, embed.router, crops.router, gallery.router, page.router]
+ROUTERS = [health.router, search.router, embed.router, crops.router, context.router, gallery.router, page.router,
+           docs.router]
 
 __all__ = ["ROUTERS"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path as PathParam
+from fastapi import APIRouter, Path as PathParam, Request
 from fastapi.responses import Response
 
 from tbps_runtime.serve.deps import KEYED, ServiceDep
@@ -12,6 +12,7 @@ router = APIRouter(tags=["search"], dependencies=KEYED, responses=ERRORS)
 
 
 @router.get("/crops/{row:int}", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
-def crop(service: ServiceDep, row: int = PathParam(ge=0, le=LARGEST_ID)) -> Response:
+def crop(request: Request, service: ServiceDep, row: int = PathParam(ge=0, le=LARGEST_ID)) -> Response:
     """The JPEG of a gallery row's crop."""
+    service.context.record_request(request, "crop", row=row)
     return Response(service.crop_jpeg(row), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})

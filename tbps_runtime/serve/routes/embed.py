@@ -6,7 +6,7 @@ import asyncio
 import base64
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -34,8 +34,9 @@ def embed_image(body: EmbedImageRequest, service: ServiceDep) -> JSONResponse:
 
 @router.post("/explain", tags=["search"], response_model=ExplainResponse,
              responses={409: {"model": ErrorResponse, "description": "the bundle has no explain graphs"}})
-def explain(body: ExplainRequest, service: ServiceDep) -> JSONResponse:
+def explain(body: ExplainRequest, request: Request, service: ServiceDep) -> JSONResponse:
     """The attention behind a query's hits: its tokens' weights and a heat map over each row's crop."""
+    service.context.record_request(request, "explain", query=body.query, filters={"rows": list(body.rows)})
     return JSONResponse(service.explain(body.query, body.rows))
 
 

@@ -14,6 +14,7 @@ from tbps_runtime.serve.galleries import NotFound
 
 # The page may load only its own files; it talks to this API only; no framing, no referrer leaks.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                                           "media-src 'self' blob:; "  # a hit's clip: /clips, or fetched with the key
                                            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
                                            "base-uri 'none'; form-action 'none'",
                 "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}

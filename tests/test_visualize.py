@@ -152,3 +152,15 @@ def test_quickstart_runs_the_whole_chain_and_reuses_it(tmp_path):
     again = CliRunner().invoke(quickstart_command, args)
     assert again.exit_code == 0, again.output
     assert {name: (work / name).stat().st_mtime_ns for name in made} == stamps  # nothing redone
+    other = CliRunner().invoke(quickstart_command, [*args, "--row", "full"])  # the paper's full model
+    assert other.exit_code == 2 and "another model" in other.output and "use_coarse" in other.output
+    assert {name: (work / name).stat().st_mtime_ns for name in made} == stamps  # never trained over
+
+
+def test_quickstart_refuses_an_unknown_row_before_any_work(tmp_path):
+    from tbps_export.cli import quickstart_command
+
+    result = CliRunner().invoke(quickstart_command, ["--workdir", str(tmp_path / "qs"), "--row", "fuil", "-q"])
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert "unknown row 'fuil'" in result.output and "baseline-sum-warmup" in result.output
+    assert not (tmp_path / "qs" / "data").exists()

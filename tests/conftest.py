@@ -81,7 +81,7 @@ def tiny_checkpoint(tmp_path_factory, synth_root, tiny_config):
     from tbps_train.train import train
 
     path = tmp_path_factory.mktemp("ckpt") / "m.pt"
-    train(tiny_config, "cuhk-pedes", synth_root, path, progress=False)
+    train(tiny_config, "cuhk-pedes", synth_root, path, progress=False, threads=1)  # pinned: same weights under any load
     return path
 
 
@@ -94,7 +94,7 @@ def learned_checkpoint(tmp_path_factory, easy_root, tiny_config):
 
     config = apply_overrides(apply_overrides(tiny_config, "model", text_backbone="minilm"), "train", epochs=30)
     path = tmp_path_factory.mktemp("learned") / "m.pt"
-    train(config, "cuhk-pedes", easy_root, path, progress=False)
+    train(config, "cuhk-pedes", easy_root, path, progress=False, threads=1)  # pinned: same weights under any load
     return path
 
 

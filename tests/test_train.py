@@ -13,6 +13,7 @@ from tbps_train.config import RunConfig, apply_overrides
 from tbps_train.data.readers import read_split
 from tbps_train.evaluate import evaluate
 from tbps_train.train import train
+from retrieval_chance import chance_average_precision
 
 
 def test_tiny_run_beats_chance(learned_checkpoint, easy_root):
@@ -20,9 +21,17 @@ def test_tiny_run_beats_chance(learned_checkpoint, easy_root):
     model, config = model_from_checkpoint(payload)
     records = read_split("cuhk-pedes", easy_root, "test")
     metrics = evaluate(model, load_tokenizer(payload["tokenizer_json"], config.model.max_text_length), records)
-    chance = 100 * 3 / len(records)  # 3 images per identity in a gallery of 72
-    assert metrics["r1"] > 2.5 * chance, metrics
-    assert metrics["r10"] > metrics["r5"] > metrics["r1"], metrics
+    # mAP, not R@1: 72 queries make R@1 move in steps of 1.4 points, and seeds of this tiny run
+    # range 7-17 R@1 but 15-20 mAP. Chance is 9.38 (3 of 72 right), its standard error over 72 queries ~1.
+    assert metrics["map"] > 1.5 * chance_average_precision(len(records), 3), metrics
+    assert metrics["r10"] > metrics["r1"], metrics
+
+
+def test_chance_average_precision_by_hand():
+    assert chance_average_precision(5, 1) == pytest.approx(100 * (1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5) / 5)
+    # 2 right of 3: ranks (1,2) AP 1, (1,3) AP (1 + 2/3)/2, (2,3) AP (1/2 + 2/3)/2
+    assert chance_average_precision(3, 2) == pytest.approx(100 * (1 + 5 / 6 + 7 / 12) / 3)
+    assert chance_average_precision(4, 4) == pytest.approx(100.0)
 
 
 def test_checkpoint_is_self_contained_plain_containers(tiny_checkpoint, tiny_config):

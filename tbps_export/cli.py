@@ -55,8 +55,9 @@ def rate_option(default: float | None = DEFAULT_FALSE_MATCH_RATE, help: str = ""
 
 
 # ---- tbps export ---------------------------------------------------------------------------
+# short_help= on these commands: one line of `tbps --help` at 80 columns (61 characters).
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Export a checkpoint to a bundle (ONNX, tokenizer, manifest).")
 @click.option("--ckpt", "checkpoint", required=True, type=click.Path(path_type=Path),
               help="Training checkpoint (m.pt) made by tbps train.")
 @output_option("Bundle directory to write [default: the checkpoint's name with .bundle].", required=False)
@@ -166,7 +167,7 @@ def _calibrate(bundles: list[Path], dataset: str, root: Path, split: str, false_
 
 # ---- tbps calibrate ------------------------------------------------------------------------
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Record the Eq. 14 score above which a hit is trusted.")
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="Bundle directory to calibrate; with --gallery, the store's bundle [default: the one it records].")
 @click.option("--dataset", type=click.Choice(DATASETS), help="The dataset's format (with --bundle and --root).")
@@ -230,7 +231,7 @@ def _calibrate_gallery(gallery: Path, bundle: Path | None, dataset: str | None, 
 
 # ---- tbps triton ---------------------------------------------------------------------------
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Write a Triton model repository of a bundle's towers.")
 @click.option("--bundle", required=True, type=click.Path(path_type=Path), help="Bundle directory (tbps export).")
 @output_option("Triton model repository directory to write.", file_okay=False)
 @click.option("--max-batch", "max_batch_size", type=click.IntRange(1), default=32, show_default=True,
@@ -256,7 +257,7 @@ def triton_command(bundle: Path, output: str, max_batch_size: int, queue_delay_u
 
 # ---- tbps quickstart -----------------------------------------------------------------------
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Train, export and index the demo model on synthetic data.")
 @output_option("Where the dataset, checkpoint and results go.", required=False, file_okay=False,
                default="tbps-quickstart", aliases=("--workdir",))
 @click.option("--preset", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]))
@@ -305,7 +306,7 @@ def _threshold_line(record: dict) -> str:
 
 # ---- tbps trt-selfcheck --------------------------------------------------------------------
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Check TensorRT engines of a bundle against onnxruntime.")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16"]), multiple=True,
               help="Engine precision(s) to check [default: both].")

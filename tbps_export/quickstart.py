@@ -10,17 +10,25 @@ Each step reuses what an earlier run finished: the dataset is generated once,
 training resumes from its checkpoint, a finished run is not retrained, and the
 evaluation, bundle, gallery and results are redone only when older than what
 they were made from.
+
+When it trains, the first training steps are timed and the time the rest will
+take on this machine is estimated from them (:class:`Eta`); every later step
+says how long is left.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from tbps_runtime.atomic import read_json
+from tqdm import tqdm
+
+from tbps_runtime.atomic import read_json, write_json_atomic
 from tbps_runtime.errors import ConfigError
 from tbps_runtime.synth import DEFAULT_IDS
 
@@ -33,6 +41,20 @@ EXAMPLES = 4  # test captions on the results page
 QUICKSTART_ROW = "baseline-sum-warmup"
 RESULTS_K = 5  # crops per caption
 _METRICS = ("r1", "r5", "r10", "map", "minp")  # what eval.json must hold to be reused
+
+# The time estimate prices every step in training samples (one caption-image pair's share of a training
+# step: forward, backward, Adam), so the measured step time prices them all. Ratios from the reference
+# run (runs/qs.log, demo preset, 2-core CPU): PyTorch embeds an image or a caption in about half a sample's
+# time, onnxruntime an image in a quarter and a caption in 0.6; the export (trace, fuse, parity, explain
+# graphs) took about 100 training steps, but never less than about 45 s (its fixed cost: the tiny preset's
+# takes as long), ranking and drawing the results about 100 samples.
+EVAL_ITEM_SAMPLES = 0.5
+ONNX_IMAGE_SAMPLES, ONNX_CAPTION_SAMPLES = 0.25, 0.6
+EXPORT_STEPS, EXPORT_MIN_SECONDS = 100, 45.0
+RESULTS_SAMPLES = 100
+CALIBRATION_STEPS = 5  # steps timed after the first (which warms up) before the estimate is given
+STEP_NAMES = {"training": "training", "evaluation": "evaluation", "export": "export and calibration",
+              "index": "indexing", "results": "results"}
 
 
 @dataclass(frozen=True)
@@ -70,12 +92,17 @@ def run_quickstart(work: str | Path, *, preset: str = "demo", row: str = QUICKST
     started = time.perf_counter()
     config = _row_config(preset, row, seed)  # an unknown row fails before any work
     _dataset(data, ids, seed, quiet)
-    _train(checkpoint, data, config, f"{preset} preset as the {row} row", quiet, threads)
+    eta = Eta(Workload.of(config, data, examples))
+    _train(checkpoint, data, config, f"{preset} preset as the {row} row", quiet, threads, eta.on_step)
     evaluation = work / "eval.json"
-    metrics = _evaluation(checkpoint, data, evaluation)
+    eta.announce("evaluation")
+    metrics = _evaluation(checkpoint, data, evaluation, quiet)
+    eta.announce("export")
     bundle = _export(checkpoint, work / "m.bundle", quiet)
     threshold = _calibrate(bundle, data, quiet, threads)
+    eta.announce("index")
     gallery, records = _index(bundle, data, work / "g.npy", quiet)
+    eta.announce("results")
     pictures = _results(bundle, gallery, records, work, examples)
     return Quickstart(data, checkpoint, evaluation, metrics, bundle, threshold, gallery, pictures,
                       time.perf_counter() - started)
@@ -102,17 +129,121 @@ def _row_config(preset: str, row: str, seed: int):
     return row_config(load_preset(preset), chosen, seed)
 
 
-def _train(checkpoint: Path, data: Path, config, what: str, quiet: bool, threads: int | None) -> None:
+def _train(checkpoint: Path, data: Path, config, what: str, quiet: bool, threads: int | None,
+           on_step: Callable[[int, int], None] | None = None) -> None:
     from tbps_train.train import train
 
     if _trained(checkpoint, config):
         logger.info("[2/6] training: reusing the finished run %s", checkpoint)
         return
     logger.info("[2/6] training the %s -> %s", what, checkpoint)
-    train(config, "cuhk-pedes", data, checkpoint, resume=checkpoint.exists(), progress=not quiet, threads=threads)
+    train(config, "cuhk-pedes", data, checkpoint, resume=checkpoint.exists(), progress=not quiet, threads=threads,
+          on_step=on_step)
 
 
-def _evaluation(checkpoint: Path, data: Path, evaluation: Path) -> dict[str, float]:
+@dataclass(frozen=True)
+class Workload:
+    """What the steps after the dataset process: the counts the time estimate prices."""
+
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    eval_every: int
+    val_images: int
+    val_captions: int
+    test_images: int
+    test_captions: int
+    examples: int
+
+    @classmethod
+    def of(cls, config, data: Path, examples: int) -> "Workload":
+        """The counts of ``config``'s run on the dataset at ``data`` (annotations only: no image is read)."""
+        from tbps_train.data.readers import has_split, read_split
+        from tbps_train.train import steps_per_epoch
+
+        def split(name: str) -> tuple[int, int]:  # (images, captions); an unreadable split prices nothing
+            try:
+                records = read_split("cuhk-pedes", data, name, check_images=False) if has_split(
+                    "cuhk-pedes", data, name) else []
+            except (OSError, ValueError):  # the steps that read it will say why
+                records = []
+            return len(records), sum(len(r.captions) for r in records)
+
+        (_, train_captions), val, test = split("train"), split("val"), split("test")
+        train = config.train
+        return cls(train.batch_size, steps_per_epoch(train_captions, train.batch_size), train.epochs,
+                   train.eval_every, *val, *test, min(examples, test[0]))
+
+    def samples(self, steps_left: int) -> dict[str, float]:
+        """Each step's work in training samples, with ``steps_left`` training steps to run."""
+        epochs_left = math.ceil(steps_left / max(self.steps_per_epoch, 1))
+        validations = sum(1 for epoch in range(self.epochs - epochs_left + 1, self.epochs + 1)
+                          if self.eval_every and (epoch % self.eval_every == 0 or epoch == self.epochs))
+        val_eval = (self.val_images + self.val_captions) * EVAL_ITEM_SAMPLES
+        return {
+            "training": steps_left * self.batch_size + validations * val_eval,
+            "evaluation": (self.test_images + self.test_captions) * EVAL_ITEM_SAMPLES,
+            "export": self.val_images * ONNX_IMAGE_SAMPLES + self.val_captions * ONNX_CAPTION_SAMPLES,  # + export
+            "index": self.test_images * ONNX_IMAGE_SAMPLES,
+            "results": RESULTS_SAMPLES + self.examples * ONNX_CAPTION_SAMPLES,
+        }
+
+
+@dataclass
+class Eta:
+    """How long the quickstart has left, from the measured time of its first training steps.
+
+    Pass :meth:`on_step` to training: after the first step (a warm-up) and
+    :data:`CALIBRATION_STEPS` more it logs the estimate of every step still
+    to run; :meth:`announce` logs, as each later step starts, how long is
+    left in all. Without training (a finished run reused) nothing is measured
+    and nothing is estimated. ``clock``: seconds (injected by tests).
+    """
+
+    work: Workload
+    clock: Callable[[], float] = time.perf_counter
+    stamps: list[float] = field(default_factory=list)  # clock after each timed step
+    step_seconds: float | None = None  # one training step on this machine, measured
+    plan: dict[str, float] = field(default_factory=dict)  # estimated seconds of each step still to run
+
+    def on_step(self, done: int, total: int) -> None:
+        """Training's hook (after each optimiser step): time the first steps, then estimate once."""
+        if self.step_seconds is not None:
+            return
+        self.stamps.append(self.clock())
+        if done < min(total, CALIBRATION_STEPS + 1) or len(self.stamps) < 2:
+            return
+        self.step_seconds = (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+        unit = self.step_seconds / self.work.batch_size  # seconds per training sample
+        self.plan = {name: unit * samples for name, samples in self.work.samples(total - done).items()}
+        self.plan["export"] += max(EXPORT_STEPS * self.step_seconds, EXPORT_MIN_SECONDS)
+        parts = ", ".join(f"{STEP_NAMES[name]} {_duration(seconds)}" for name, seconds in self.plan.items())
+        with tqdm.external_write_mode(file=sys.stderr):  # a line of its own, not inside the epoch's bar
+            logger.info("      estimate on this machine: about %s to go (%s), from %.2f s per training step",
+                        _duration(sum(self.plan.values())), parts, self.step_seconds)
+
+    def left(self, step: str) -> float | None:
+        """Estimated seconds from the start of ``step`` to the end; None when nothing was measured."""
+        if not self.plan:
+            return None
+        names = list(self.plan)
+        return sum(self.plan[name] for name in names[names.index(step):])
+
+    def announce(self, step: str) -> None:
+        left = self.left(step)
+        if left is not None:
+            logger.info("      ETA: about %s left in all", _duration(left))
+
+
+def _duration(seconds: float) -> str:
+    """Rounded as an estimate deserves: "40 s", "3 min", "1 h 10 min"."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _evaluation(checkpoint: Path, data: Path, evaluation: Path, quiet: bool = True) -> dict[str, float]:
     if _fresh(evaluation, checkpoint):
         try:
             metrics = read_json(evaluation)
@@ -122,8 +253,10 @@ def _evaluation(checkpoint: Path, data: Path, evaluation: Path) -> dict[str, flo
         except ValueError:  # not JSON (edited, truncated): evaluate again
             pass
     logger.info("[3/6] evaluating on the test split")
-    metrics = _evaluate(checkpoint, data)
-    evaluation.write_text(json.dumps(metrics, indent=2) + "\n")
+    started = time.perf_counter()
+    metrics = _evaluate(checkpoint, data, progress=not quiet)
+    write_json_atomic(evaluation, metrics)  # an interrupted write never leaves a truncated eval.json
+    logger.info("      evaluation took %.1f s", time.perf_counter() - started)
     return metrics
 
 
@@ -241,7 +374,7 @@ def _results(bundle: Path, gallery: Path, records: list, work: Path, examples: i
     return png, page, explained
 
 
-def _evaluate(checkpoint: Path, data: Path) -> dict[str, float]:
+def _evaluate(checkpoint: Path, data: Path, progress: bool = False) -> dict[str, float]:
     from tbps_runtime.model.tokenizer import load_tokenizer
     from tbps_train.checkpoint import load_checkpoint, model_from_checkpoint
     from tbps_train.data.readers import read_split
@@ -250,4 +383,4 @@ def _evaluate(checkpoint: Path, data: Path) -> dict[str, float]:
     payload = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(payload)
     tokenizer = load_tokenizer(payload["tokenizer_json"], config.model.max_text_length)
-    return evaluate(model, tokenizer, read_split("cuhk-pedes", data, "test"))
+    return evaluate(model, tokenizer, read_split("cuhk-pedes", data, "test"), progress=progress)

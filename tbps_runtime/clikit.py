@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import io
 import logging
 import os
@@ -179,10 +180,62 @@ class TbpsCommand(click.Command):
         return _main_with_one_line_errors(super().main, args, prog_name, complete_var, standalone_mode, **extra)
 
 
+# A period after these does not end the summary's sentence ("Eq. 14 score", "e.g. Market").
+_ABBREVIATIONS = frozenset({"e.g.", "i.e.", "eq.", "eqs.", "fig.", "cf.", "vs.", "no.", "approx."})
+
+
+def command_summary(command: click.Command) -> str:
+    """The line a group lists for ``command``: its ``short_help``, else the first sentence of its help.
+
+    click's own short help cuts at the first period before a non-lowercase word, so "Record the
+    Eq. 14 score ..." became "Record the Eq."; here a sentence ends only at a period that closes the
+    paragraph or comes before a capitalised word, and never after an abbreviation."""
+    if command.short_help:
+        return " ".join(inspect.cleandoc(command.short_help).split())
+    words = (command.help or "").partition("\n\n")[0].split()
+    if words and words[0] == "\b":  # click's no-rewrap marker
+        words = words[1:]
+    for i, word in enumerate(words):
+        following = words[i + 1].lstrip("(\"'`") if i + 1 < len(words) else ""
+        if word.endswith(".") and word.lower() not in _ABBREVIATIONS and (not following or following[0].isupper()):
+            return " ".join(words[: i + 1])
+    return " ".join(words)
+
+
+def one_line(text: str, width: int) -> str:
+    """``text`` if it fits ``width`` characters, else cut at a word boundary and ended with "..."."""
+    if len(text) <= width:
+        return text
+    kept = ""
+    for word in text.split():
+        if len(kept) + len(word) + 4 > width:  # a space, the word and "..."
+            break
+        kept = f"{kept} {word}" if kept else word
+    return kept.rstrip(",;:(- ") + "..."
+
+
 class TbpsGroup(click.Group):
-    """A click group with the same error contract; subcommands come from :meth:`get_command`."""
+    """A click group with the same error contract; subcommands come from :meth:`get_command`.
+    Its command list shows each command's :func:`command_summary` on one line."""
 
     command_class = TbpsCommand
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        # Its own -h/--help: click caches a command's help option on first use, so a subgroup first run on
+        # its own (a script, a test) would otherwise keep --help alone under `tbps` too.
+        kwargs.setdefault("context_settings", dict(CONTEXT_SETTINGS))
+        super().__init__(*args, **kwargs)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = [(name, command) for name in self.list_commands(ctx)
+                    if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if not commands:
+            return
+        # The text column of HelpFormatter.write_dl: the name column (at most 30) and its spacing go first.
+        width = formatter.width - min(max(len(name) for name, _ in commands), 30) - 4
+        rows = [(name, one_line(command_summary(command), width)) for name, command in commands]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:

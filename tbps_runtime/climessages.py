@@ -32,6 +32,13 @@ _TRT_AGAIN = "rebuild the engines on this machine with `tbps export --ckpt m.pt 
 _NOT_OURS = "pick another -o, or pass --force to replace it"
 
 WORDS: dict[str, Wording] = {
+    # -- training (tbps train) ------------------------------------------------------------------------
+    "init_with_resume": "--init starts a new run from another checkpoint, --resume continues the run in -o: "
+                        "give one of them",
+    "init_with_image_weights": "with --init the image backbone's weights are the checkpoint's: drop --image-weights",
+    "init_overwrites_source": "-o {path} is the checkpoint --init starts from: choose another -o",
+    "resume_other_data": "{change}: --resume on the data it was trained on, or --init from it (a new run, -o "
+                         "elsewhere) to fine-tune it on this one",
     # -- stores (tbps ingest, tbps gallery) ----------------------------------------------------------
     "delete_everything_unconfirmed": "this would remove all {rows} rows of {location}: add --yes to do it",
     "delete_without_condition": "say what to delete: --older-than AGE, --camera, --source, --track, --since/--until",

@@ -24,7 +24,8 @@ OPSET = 18
 PARITY_ATOL = 1e-4
 
 BUNDLE_FORMAT, BUNDLE_VERSION = "tbps-bundle", 1
-GALLERY_FORMAT, GALLERY_VERSION = "tbps-gallery", 1
+# Version 2: paths inside the gallery's folder are recorded relative to it (version 1: all absolute).
+GALLERY_FORMAT, GALLERY_VERSION = "tbps-gallery", 2
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 # Held-out captions of the training data (one per line, UTF-8): a store calibrates its threshold on them

@@ -203,4 +203,4 @@ def _check_finite(scores: np.ndarray, start: int) -> None:
     if bad.any():
         row = start + int(np.flatnonzero(bad)[0])
         raise DataError(f"gallery row {row} contains NaN or inf ({int(bad.sum())} bad row(s) in rows "
-                        f"{start}..{start + scores.shape[1] - 1}): re-index the gallery with tbps-index")
+                        f"{start}..{start + scores.shape[1] - 1}): re-index the gallery with tbps index")

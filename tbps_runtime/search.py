@@ -20,6 +20,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
 from tbps_runtime.gallery.shards import ShardedGallery
 from tbps_runtime.indexing.local import embed_into
+from tbps_runtime.ingest.sources import one_line
 from tbps_runtime.model import attention
 from tbps_runtime.model.attention import Explanation
 from tbps_runtime.model.backends import Backend
@@ -164,14 +166,12 @@ class PersonSearch:
             chosen = self.threshold_for(min_score, gallery)
             return self._rank_store(queries, gallery, k, nprobe, rescore, row_filter, per_track,
                                     None if chosen is None else chosen.value)
-        threshold = self.min_score(min_score)
+        threshold = self.gallery_threshold(min_score)
         if (row_filter is not None and not row_filter.empty) or per_track:
             raise ConfigError("camera, time and track filters and per-track results need a store made by tbps "
                               "ingest; this gallery has no such metadata")
         results = self._rank_gallery(queries, gallery, k, exact, nprobe, rescore)
-        if threshold is None:
-            return results
-        return [[m for m in matches if m.score >= threshold] for matches in results]
+        return apply_threshold(results, threshold)[0]  # apply_threshold also says why an answer is empty
 
     def min_score(self, value: float | str | None) -> float | None:
         """``value`` as a score threshold: a number, None (no threshold) or ``"auto"`` (the bundle's
@@ -224,6 +224,17 @@ class PersonSearch:
         if threshold is None:
             return None
         return ScoreThreshold(threshold, "bundle" if auto else "given", calibration)
+
+    def gallery_threshold(self, value: float | str | None) -> ScoreThreshold | None:
+        """``value`` as a plain gallery's threshold, saying where it came from: a number (``given``), None,
+        or ``"auto"`` (``bundle``: the bundle's calibrated one). Raises as :meth:`min_score`."""
+        from tbps_runtime.store.calibration import ScoreThreshold
+
+        threshold = self.min_score(value)
+        if threshold is None:
+            return None
+        auto = isinstance(value, str) and value.strip().lower() == "auto"
+        return ScoreThreshold(threshold, "bundle" if auto else "given")
 
     def _rank_store(self, queries: str | Sequence[str] | np.ndarray, store: Store, k: int, nprobe: int | None,
                     rescore: int, row_filter: RowFilter | None, per_track: bool, threshold: float | None
@@ -348,8 +359,46 @@ class PersonSearch:
         gallery = partial.finish(entries, self.directory, shard)
         if gallery.unreadable:
             logger.warning("%d of %d images could not be read and were skipped (listed under 'unreadable' "
-                           "in %s)", len(gallery.unreadable), len(paths), output.with_suffix(".json"))
+                           "in %s):%s", len(gallery.unreadable), len(paths), output.with_suffix(".json"),
+                           describe_unreadable(gallery.unreadable))
         return gallery
+
+
+def describe_unreadable(unreadable: Sequence[dict[str, str]], first: int = 5) -> str:
+    """The ``first`` unreadable images of a gallery, one indented line each (the image and why), and how
+    many more: what a user needs to find and fix them."""
+    lines = []
+    for record in unreadable[:first]:
+        path, error = printable(record["path"]), printable(record["error"])
+        lines.append(one_line(error if path in error else f"{path}: {error}"))  # most errors name the image
+    more = len(unreadable) - first
+    return "".join(f"\n  {line}" for line in lines) + (f"\n  and {more} more" if more > 0 else "")
+
+
+def apply_threshold(ranked: Sequence[Sequence[Match]], threshold: ScoreThreshold | None
+                    ) -> tuple[list[list[Match]], list[str | None]]:
+    """The matches of each query scoring at least ``threshold`` (all without one), and per query why its
+    answer is empty (the threshold and the best score below it, worded as a store's:
+    :func:`~tbps_runtime.store.calibration.describe_empty`), or None when it is not, or not the threshold's doing.
+
+    Args:
+        ranked: each query's matches without the threshold, best first (:meth:`PersonSearch.rank`).
+    """
+    from tbps_runtime.store.calibration import describe_empty
+
+    if threshold is None:
+        return [list(matches) for matches in ranked], [None] * len(ranked)
+    kept = [[m for m in matches if m.score >= threshold.value] for matches in ranked]
+    empty = [describe_empty(threshold, _as_store_hit(matches[0])) if matches and not passed else None
+             for matches, passed in zip(ranked, kept)]
+    return kept, empty
+
+
+def _as_store_hit(match: Match) -> Any:
+    """A gallery's best row in the fields describe_empty reads of a store's hit: its score, and where
+    it is (the row and its image, in place of a camera; no time)."""
+    where = f"row {match.row}" + (f", {one_line(printable(match.path))}" if match.path else "")
+    return SimpleNamespace(score=match.score, record=SimpleNamespace(camera=where, time=None))
 
 
 def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> str:

@@ -61,11 +61,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputFileNotFoundError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = _torch_load(path)
     except Exception as e:  # torch.load raises many types (KeyError, UnpicklingError...) for a bad file
-        raise CheckpointError(
-            f"{path} is not a tbps checkpoint (torch.load failed: {type(e).__name__}: {_first_line(e)})"
-        ) from e
+        raise CheckpointError(f"{path} is not a tbps checkpoint ({_unreadable(path, e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tbps checkpoint (no '{FORMAT}' format tag)")
     version = payload.get("version")
@@ -108,7 +106,7 @@ def check_checkpoint_output(path: str | Path) -> None:
     if path.is_dir() or not path.exists() and not path.is_symlink():  # a directory: check_writable says so
         return
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        payload = _torch_load(path, mmap=True)
         if isinstance(payload, dict) and payload.get("format") == FORMAT:
             return
     except Exception:  # torch.load raises many types for what is not a checkpoint
@@ -117,8 +115,24 @@ def check_checkpoint_output(path: str | Path) -> None:
                       "another output, or move the file", code="checkpoint_output_foreign", path=str(path))
 
 
+def _torch_load(path: Path, **options: Any) -> Any:
+    """torch.load, weights only, without its "Detected pickle protocol" warning: a plain pickle is not
+    a checkpoint, and the error that follows says so in one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True, **options)
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load refused ``path``, in a few words: its own messages run to paragraphs of
+    advice about weights_only that does not apply (tbps never loads arbitrary pickles)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    return f"torch.load cannot read it: {type(error).__name__}"
+
+
 def _first_line(error: Exception) -> str:
-    """torch.load's messages run to paragraphs; the first line says what failed."""
+    """Library messages run to paragraphs; the first line says what failed."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else ""
 

@@ -4,6 +4,7 @@ speak Python; the flags live here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ _ROOT_HELP = ("Dataset root directory; for csv, the .csv or .jsonl file, or the 
               "or annotations.jsonl (image paths are relative to its folder).")
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Write the synthetic person dataset (--parts: part twins).")
 @output_option("Directory to write (CUHK-PEDES layout).", file_okay=False, aliases=("--out",))
 @click.option("--ids", default=None, type=click.IntRange(min=3),
               help=f"Number of identities [default: {DEFAULT_IDS}, or 3000 with --parts].")
@@ -72,7 +73,7 @@ def synth_command(output: str, ids: int | None, images_per_id: int, seed: int, p
     click.echo(str(path))
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Write synthetic camera footage (H.264) with its true boxes.")
 @output_option("Directory to write (camN.mp4, camN.gt.txt, footage.json).", file_okay=False)
 @click.option("--cameras", default=2, show_default=True, type=int, help="Number of cameras (1-16).")
 @click.option("--seconds", default=8.0, show_default=True, type=float,
@@ -149,11 +150,15 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
     return apply_overrides(config, "model", image_backbone=image_backbone, text_backbone=text_backbone)
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Train the model on a dataset into one checkpoint file.")
 @_training_options
 @output_option("Checkpoint to write (m.pt).", dir_okay=False)
 @click.option("--resume", is_flag=True,
               help="Continue the run saved in --output with its own config; --epochs N extends it to N epochs.")
+@click.option("--init", "init", type=click.Path(dir_okay=False), metavar="CKPT",
+              help="Fine-tune: start a new run from the weights, model settings and tokenizer of CKPT (a tbps "
+                   "checkpoint), with a new identity classifier for this dataset's people. --preset gives the "
+                   "training settings; model options may not change the weights' shapes. Not with --resume.")
 @click.option("--image-weights", help="ImageNet state dict for the image backbone (torchvision names); "
               "'packaged' = MobileNetV2's offline weights, 'none' = random init (default: the preset's).")
 @click.option("--eval-every", type=click.IntRange(min=0),
@@ -181,7 +186,8 @@ def _config_from(preset: str, epochs, batch_size, lr, seed, device, image_backbo
 @click.option("--no-query-bias", is_flag=True, help="Hold the decoder's query bias at zero (Eq. 4 has none).")
 @user_errors_exit_2
 def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, threads, image_backbone,
-                  text_backbone, cache_image_features, quiet, output, resume, image_weights, eval_every, margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
+                  text_backbone, cache_image_features, quiet, output, resume, init, image_weights, eval_every,
+                  margin, no_coarse, no_fine, fine_loss, cmr_on_coarse,
                   separate_decoders, num_coarse, image_size, image_lr_scale, id_classifier, token_init,
                   token_init_std, ranking_reduction, warmup_epochs, ranking_warmup_epochs, no_query_bias) -> None:
     """Train the model on a dataset and write a self-contained checkpoint.
@@ -194,26 +200,34 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
     """
     from tbps_train.checkpoint import check_checkpoint_output
     from tbps_train.text import quiet_transformers
-    from tbps_train.train import train
+    from tbps_train.train import InitSource, train
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     quiet = setup_logging(quiet or not main_process)
     quiet_transformers()
-    config = _config_from(preset, epochs, batch_size, lr, seed, device, image_backbone, text_backbone,
-                          cache_image_features)
+    if init is not None and resume:
+        raise ConfigError("give --resume (continue the run in --output) or --init CKPT (fine-tune CKPT), not both")
+    if init is not None and image_weights is not None:
+        raise ConfigError("--init CKPT gives the image backbone CKPT's weights: drop --image-weights")
+    config = _config_from(preset, epochs, batch_size, lr, seed, device, None, None, cache_image_features)
     config = apply_overrides(config, "train", eval_every=eval_every, image_backbone_lr_scale=image_lr_scale,
                              warmup_epochs=warmup_epochs)
-    config = apply_overrides(config, "model", use_coarse=False if no_coarse else None,
-                             use_fine=False if no_fine else None,
-                             shared_decoder=False if separate_decoders else None, num_coarse=num_coarse,
-                             image_size=image_size, id_classifier=id_classifier, token_init=token_init,
-                             token_init_std=token_init_std, decoder_query_bias=False if no_query_bias else None)
+    # Only the model options given on the command line: with --init the rest is the checkpoint's.
+    model_options = dict(image_backbone=image_backbone, text_backbone=text_backbone,
+                         use_coarse=False if no_coarse else None, use_fine=False if no_fine else None,
+                         shared_decoder=False if separate_decoders else None, num_coarse=num_coarse,
+                         image_size=image_size, id_classifier=id_classifier, token_init=token_init,
+                         token_init_std=token_init_std, decoder_query_bias=False if no_query_bias else None)
+    source = InitSource.load(init) if init is not None else None
+    if source is not None:
+        config = dataclasses.replace(config, model=source.config.model)
+    config = apply_overrides(config, "model", **model_options)
     config = apply_overrides(config, "loss", margin=margin, fine_loss=fine_loss,
                              cmr_on_coarse=True if cmr_on_coarse else None, ranking_reduction=ranking_reduction,
                              ranking_warmup_epochs=ranking_warmup_epochs)
     check_checkpoint_output(output)  # never over a dataset's annotations, an image or anybody's data
     record = train(config, dataset, root, output, resume=resume, image_weights=image_weights, progress=not quiet,
-                   resume_epochs=epochs, threads=threads)
+                   resume_epochs=epochs, threads=threads, init=source)
     if not main_process:
         return
     if "val" in record:
@@ -221,7 +235,7 @@ def train_command(dataset, root, preset, epochs, batch_size, lr, seed, device, t
     click.echo(str(output))
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="R@1/5/10, mAP and mINP of a checkpoint on a dataset split.")
 @click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by tbps train.")
 @click.option("--dataset", required=True, type=DATASET_CHOICE, help=_DATASET_HELP)
 @click.option("--root", required=True, type=click.Path(), help=_ROOT_HELP)
@@ -280,7 +294,7 @@ def _metrics_line(metrics: dict[str, float], label: str) -> str:
             f"mAP {metrics['map']:.2f}  mINP {metrics['minp']:.2f}")
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Train and evaluate the paper's ablation rows (Tables 2-4).")
 @_training_options
 @output_option("Directory for the runs' checkpoints and ablation.json.", required=False, file_okay=False,
                default="runs/ablation", aliases=("--out-dir",))
@@ -378,7 +392,7 @@ def check_command(dataset: str, root: str, as_json: bool, images_sample: int, to
     click.get_current_context().exit(report.status)
 
 
-@data_group.command("convert", cls=TbpsCommand)
+@data_group.command("convert", cls=TbpsCommand, short_help="Convert annotations between dataset layouts.")
 @click.option("--from", "from_format", required=True, type=click.Choice(FORMATS), help="Layout of the input.")
 @click.option("--to", "to_format", required=True, type=click.Choice(FORMATS), help="Layout to write.")
 @click.option("--input", "input_path", required=True, type=click.Path(),

@@ -73,15 +73,17 @@ def mean_pairwise_cosine(rows: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def embed_images(model: TextBasedPersonSearch, store: ImageStore, batch_size: int = 64,
                  device: str = "cpu", progress: bool = False,
-                 similarity: TokenSimilarity | None = None) -> torch.Tensor:
+                 similarity: TokenSimilarity | None = None, bar: tqdm | None = None) -> torch.Tensor:
     """Every crop of ``store`` -> (N, K, d), each slot L2-normalised.
 
     With ``similarity``, adds how alike the D shared tokens' attention maps
-    (B, D, r) and the coarse and fine embeddings of each crop are.
+    (B, D, r) and the coarse and fine embeddings of each crop are. ``bar``:
+    a caller's bar to advance by each crop, instead of a bar of its own.
     """
     out = []
     groups = model.slot_groups()
-    for start in tqdm(range(0, len(store), batch_size), desc="embed images", disable=not progress, leave=False):
+    starts = range(0, len(store), batch_size)
+    for start in starts if bar is not None else tqdm(starts, desc="embed images", disable=not progress, leave=False):
         indices = np.arange(start, min(start + batch_size, len(store)))
         embeddings = model.encode_image(store.batch(indices).to(device))
         if similarity is not None:
@@ -89,21 +91,25 @@ def embed_images(model: TextBasedPersonSearch, store: ImageStore, batch_size: in
             similarity.add("coarse_image_embedding", embeddings.slots[:, groups["coarse"]])
             similarity.add("fine_image_embedding", embeddings.slots[:, groups["fine"]])
         out.append(normalize_slots(embeddings.slots).cpu())
+        if bar is not None:
+            bar.update(len(indices))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def embed_texts(model: TextBasedPersonSearch, tokenizer: Tokenizer, texts: list[str],
                 batch_size: int = 128, device: str = "cpu", progress: bool = False,
-                similarity: TokenSimilarity | None = None) -> torch.Tensor:
+                similarity: TokenSimilarity | None = None, bar: tqdm | None = None) -> torch.Tensor:
     """Captions -> (Q, K, d), each slot L2-normalised.
 
     With ``similarity``, adds how alike the shared tokens' and the P text
-    tokens' attention maps over the words are, and their embeddings.
+    tokens' attention maps over the words are, and their embeddings. ``bar``:
+    a caller's bar to advance by each caption, instead of a bar of its own.
     """
     out = []
     groups, d = model.slot_groups(), model.config.num_coarse
-    for start in tqdm(range(0, len(texts), batch_size), desc="embed captions", disable=not progress, leave=False):
+    starts = range(0, len(texts), batch_size)
+    for start in starts if bar is not None else tqdm(starts, desc="embed captions", disable=not progress, leave=False):
         ids, mask = tokenize(tokenizer, texts[start:start + batch_size])
         embeddings = model.encode_text(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
         if similarity is not None:
@@ -113,6 +119,8 @@ def embed_texts(model: TextBasedPersonSearch, tokenizer: Tokenizer, texts: list[
             similarity.add("coarse_text_embedding", embeddings.slots[:, groups["coarse"]])
             similarity.add("fine_text_embedding", embeddings.slots[:, groups["fine"]])
         out.append(normalize_slots(embeddings.slots).cpu())
+        if bar is not None:
+            bar.update(len(ids))
     return torch.cat(out)
 
 
@@ -161,7 +169,8 @@ def evaluate(model: TextBasedPersonSearch, tokenizer: Tokenizer, records: list[I
     slots), ``token_cosine`` (:class:`TokenSimilarity` means) and
     ``token_query_cosine``. ``query_subsets`` names (T,) caption rows (e.g. the
     twin split) whose own metrics (and per-slot R@1) go under ``subsets``,
-    ranked against the same whole gallery.
+    ranked against the same whole gallery. ``progress``: one bar over the
+    images and captions, drawn only on a terminal.
     """
     was_training = model.training
     model.eval()
@@ -169,9 +178,12 @@ def evaluate(model: TextBasedPersonSearch, tokenizer: Tokenizer, records: list[I
         store = store or ImageStore(records, model.config.image_size, progress=progress)
         captions = CaptionTable.from_records(records)
         similarity = TokenSimilarity() if per_slot else None
-        gallery = embed_images(model, store, device=device, progress=progress, similarity=similarity)  # (N, K, d)
-        queries = embed_texts(model, tokenizer, captions.texts, device=device, progress=progress,
-                              similarity=similarity)  # (Q, K, d)
+        # disable=None: tqdm draws only on a terminal (a log file gets no bar lines).
+        with tqdm(total=len(store) + len(captions.texts), desc="evaluate", unit="item", leave=False,
+                  disable=None if progress else True) as bar:
+            gallery = embed_images(model, store, device=device, similarity=similarity, bar=bar)  # (N, K, d)
+            queries = embed_texts(model, tokenizer, captions.texts, device=device, similarity=similarity,
+                                  bar=bar)  # (Q, K, d)
         scores = (queries.flatten(1) @ gallery.flatten(1).T).numpy()  # Eq. 14 for every (caption, image) pair
         gallery_ids = np.array([r.person_id for r in records])
         metrics: dict = retrieval_metrics(scores, captions.person_ids, gallery_ids)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import logging
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from tbps_runtime.errors import CheckpointError, DataError
+from tbps_runtime.errors import CheckpointError, ConfigError, DataError, OutputError
 from tbps_runtime.machine import cpu_model
 from tbps_runtime.threads import AdaptiveThreads, ThreadChoice, choose_threads
 from tbps_runtime.atomic import sha256_file
@@ -23,11 +27,12 @@ from tbps_train.backbones import load_image_weights, resolve_image_weights
 from tbps_train.checkpoint import (
     check_checkpoint_output, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint,
 )
-from tbps_train.config import RunConfig, apply_overrides, not_in_paper
+from tbps_train.config import ModelConfig, RunConfig, apply_overrides, not_in_paper
 from tbps_train.data.pipeline import (
     CaptionTable, ImageStore, batches, collate_pixels, flip_horizontally, random_flips,
 )
 from tbps_train.data.readers import has_split, read_split
+from tbps_train.data.records import split_fingerprint
 from tbps_train.data.twins import read_twin_queries
 from tbps_train.distributed import Distributed
 from tbps_train.evaluate import evaluate
@@ -35,7 +40,7 @@ from tbps_train.collapse import CollapseMonitor, collapsed_slots, slot_names
 from tbps_train.losses import Gather, compute_losses, ranking_negatives, token_diversity_loss
 from tbps_train.model import TextBasedPersonSearch
 from tbps_train.plots import curves_path, plot_history
-from tbps_train.text import load_text_backbone
+from tbps_train.text import load_text_backbone, text_backbone_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +158,94 @@ class TrainingData:
         return int(self.labels.max()) + 1
 
 
+# The identity classifier's weights: a new run on other people starts them afresh.
+CLASSIFIER_PREFIX = "id_classifiers."
+# Model settings that name where the weights come from: fine-tuning keeps the checkpoint's,
+# even where another value would give tensors of the same shapes.
+_INIT_KEEPS = ("image_backbone", "text_backbone", "decoder_query_bias")
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """A trained checkpoint a new run starts from (``init``, ``tbps train --init``): its weights but for the
+    identity classifier, its model config and its tokenizer."""
+
+    path: Path
+    payload: dict[str, Any]
+    model: TextBasedPersonSearch  # as trained, its own classifier included
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "InitSource":
+        """Read and check ``path`` (CheckpointError, InputFileNotFoundError as for any checkpoint)."""
+        payload = load_checkpoint(path)
+        model, _ = model_from_checkpoint(payload)
+        return cls(Path(path), payload, model, sha256_file(path))
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(self.payload["config"])
+
+    def record(self) -> dict[str, Any]:
+        """What the new checkpoint says it started from (plain containers)."""
+        state = self.payload.get("train_state")
+        return {"name": self.path.name, "path": str(self.path.absolute()), "sha256": self.sha256,
+                "dataset": self.payload.get("dataset"), "num_identities": self.payload["num_identities"],
+                "epochs": state["epoch"] if isinstance(state, dict) else None}
+
+
+def init_model(source: InitSource, config: ModelConfig, num_identities: int) -> TextBasedPersonSearch:
+    """A model of ``config`` holding ``source``'s weights, but for a new identity classifier over
+    ``num_identities`` people (initialised from torch's global generator: seed it first).
+
+    Raises:
+        ConfigError: ``config`` differs from the checkpoint's model where its weights depend on it
+            (another backbone, or tensors of other shapes), naming the settings.
+    """
+    trained = source.config.model
+    differ = [f.name for f in dataclasses.fields(ModelConfig) if getattr(config, f.name) != getattr(trained, f.name)]
+    refused = [n for n in differ
+               if n in _INIT_KEEPS or _reshapes(source, dataclasses.replace(trained, **{n: getattr(config, n)}))]
+    if not refused and differ and _reshapes(source, config):  # only together (image_size with last_stride)
+        refused = differ
+    if refused:
+        settings = ", ".join(f"{n} {getattr(config, n)!r} (the checkpoint's: {getattr(trained, n)!r})" for n in refused)
+        raise ConfigError(f"fine-tuning {source.path} keeps its model, but the run config changes it: {settings}; "
+                          "leave these settings to the checkpoint", checkpoint=str(source.path),
+                          settings=refused)
+    model = TextBasedPersonSearch(config, text_backbone_from_config(source.payload["text_backbone_config"]),
+                                  num_identities)
+    weights = {k: v for k, v in source.model.state_dict().items() if not k.startswith(CLASSIFIER_PREFIX)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.startswith(CLASSIFIER_PREFIX) for k in missing), (missing, unexpected)
+    return model
+
+
+def _reshapes(source: InitSource, config: ModelConfig) -> bool:
+    """Whether a model of ``config`` has weights (the classifier's aside) of other names or shapes than
+    ``source``'s: built on PyTorch's meta device, so nothing is allocated."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():  # a shape probe: its init warnings are noise
+            warnings.simplefilter("ignore")
+            skeleton = TextBasedPersonSearch(config, text_backbone_from_config(source.payload["text_backbone_config"]),
+                                             1)
+    except ConfigError:  # not buildable (e.g. stripes that do not divide the map): not the checkpoint's model
+        return True
+    return _shapes(skeleton) != _shapes(source.model)
+
+
+def _shapes(model: TextBasedPersonSearch) -> dict[str, tuple[int, ...]]:
+    """Every weight's shape but the identity classifier's, by name."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(CLASSIFIER_PREFIX)}
+
+
+def steps_per_epoch(count: int, batch_size: int, world_size: int = 1) -> int:
+    """The optimiser steps of an epoch over ``count`` captions (as :func:`batches` cuts them; a batch smaller
+    than the job, or of one, is skipped)."""
+    full, last = divmod(count, batch_size)
+    return full * (batch_size >= world_size) + (last >= max(2, world_size))
+
+
 def build_optimizer(model: TextBasedPersonSearch, config: RunConfig) -> tuple[torch.optim.Optimizer, Any]:
     """Adam with the image backbone at lr x image_backbone_lr_scale; the text backbone is not optimised."""
     train_cfg = config.train
@@ -246,37 +339,46 @@ def wrap_for_data_parallel(model: TextBasedPersonSearch, config: RunConfig,
     )
 
 
+# Called after every optimiser step with (steps done, steps this run takes): the quickstart's time estimate.
+StepHook = Callable[[int, int], None]
+
+
 class Trainer:
     """Runs epochs, evaluates on the validation split, writes the checkpoint after every epoch."""
 
     def __init__(self, config: RunConfig, dataset: str, root: str | Path, output: str | Path,
                  resume: bool = False, image_weights: str | Path | None = None, progress: bool = True,
-                 resume_epochs: int | None = None, threads: int | None = None):
+                 resume_epochs: int | None = None, threads: int | None = None,
+                 init: str | Path | InitSource | None = None, on_step: StepHook | None = None):
         self.output, self.dataset, self.root = Path(output), dataset, Path(root)
         check_writable(self.output, "the checkpoint")  # before training, not after the first epoch
         check_checkpoint_output(self.output)  # only ever a checkpoint is replaced
-        self.start_epoch, self.history = 0, []
+        self.start_epoch, self.history, self.on_step = 0, [], on_step
+        self.init = self._init_source(init, resume, image_weights)
+        # The dataset the resumed run recorded, and the checkpoint the run started from (carried forward).
+        self.recorded_data, self.lineage = None, self.init.record() if self.init else None
         state = None
         self.image_weights: dict[str, Any] = {"source": None}
         if resume and self.output.exists():
             state = self._load_resume_state(resume_epochs)  # the saved model and config
         else:
-            if image_weights is not None:
-                config = apply_overrides(config, "train", image_weights=str(image_weights))
-            config.validate()
-            self.config = config
+            self.config = self._run_config(config, image_weights)
         # Under torchrun: this process's rank and device; otherwise one process on the configured device.
         self.distributed = Distributed.from_environment(self.config.train.device)
         self.progress = progress and self.distributed.is_main
         self.threads, self.adaptive_threads = training_threads(threads)
         self.data = TrainingData.load(dataset, self.root, self.config.model.image_size, self.progress)
+        # Image paths are relative to the root folder, or to a csv file's folder.
+        self.fingerprint = split_fingerprint(self.data.records, self.root if self.root.is_dir() else self.root.parent)
         if state is None:
-            self.model = self._new_model()
-        elif self.model.id_classifiers[0].out_features != self.data.num_identities:
-            raise CheckpointError(
-                f"{self.output} was trained on {self.model.id_classifiers[0].out_features} identities, "
-                f"the train split of {root} has {self.data.num_identities}: resume on the same data"
-            )
+            self.model = self._new_model() if self.init is None else self._model_from_init()
+        else:
+            self._check_same_data()
+            if self.model.id_classifiers[0].out_features != self.data.num_identities:
+                raise CheckpointError(
+                    f"{self.output} was trained on {self.model.id_classifiers[0].out_features} identities, "
+                    f"the train split of {root} has {self.data.num_identities}: resume on the same data"
+                )
         device = self.distributed.device
         self.model.to(device)
         if self.config.train.cache_image_features:
@@ -337,6 +439,65 @@ class Trainer:
                                                    progress=self.progress)
         return _IMAGE_CACHES[key]
 
+    def _init_source(self, init: str | Path | InitSource | None, resume: bool,
+                     image_weights: str | Path | None) -> InitSource | None:
+        """The checkpoint a new run starts from, read; None without ``init``."""
+        if init is None:
+            return None
+        if resume:
+            raise ConfigError("resume continues the run saved in the output, init starts a new run from another "
+                              "checkpoint: give one of them", code="init_with_resume")
+        if image_weights is not None:
+            raise ConfigError("with init the image backbone's weights are the checkpoint's: drop image_weights",
+                              code="init_with_image_weights")
+        path = init.path if isinstance(init, InitSource) else Path(init)
+        if path.exists() and self.output.exists() and os.path.samefile(path, self.output):
+            raise ConfigError(f"the run would write over {path}, the checkpoint it starts from: choose another "
+                              "output", code="init_overwrites_source", path=str(path))
+        return init if isinstance(init, InitSource) else InitSource.load(path)
+
+    def _run_config(self, config: RunConfig, image_weights: str | Path | None) -> RunConfig:
+        """``config`` as this new run trains it, validated."""
+        if image_weights is not None:
+            config = apply_overrides(config, "train", image_weights=str(image_weights))
+        if self.init is not None:  # the image backbone's weights come from the checkpoint, not ImageNet's
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, image_weights=None))
+        config.validate()
+        return config
+
+    def _model_from_init(self) -> TextBasedPersonSearch:
+        """The checkpoint's model and tokenizer, with a new identity classifier for this train split."""
+        torch.manual_seed(self.config.train.seed)  # the new classifier's draw
+        model = init_model(self.init, self.config.model, self.data.num_identities)
+        self.tokenizer_json = self.init.payload["tokenizer_json"]
+        self.image_weights = {"source": "init", "path": str(self.init.path.absolute()), "sha256": self.init.sha256}
+        logger.info("starting from %s (trained on %d identities; a new classifier for %d)", self.init.path,
+                    self.init.payload["num_identities"], self.data.num_identities)
+        return model
+
+    def _check_same_data(self) -> None:
+        """Refuse to resume on another train split than the one the checkpoint was trained on (the same
+        identity count is no proof); a checkpoint that predates the fingerprint resumes with a warning."""
+        recorded = self.recorded_data if isinstance(self.recorded_data, dict) else {}
+        theirs, here = recorded.get("train_fingerprint"), f"the train split of {self.dataset} {self.root}"
+        if not isinstance(theirs, str):
+            logger.warning("%s records no fingerprint of its training data (an older tbps wrote it): resuming "
+                           "without checking that %s is the data it was trained on", self.output, here)
+            return
+        if theirs == self.fingerprint:
+            return
+        there = f"the train split of {recorded.get('name')} {recorded.get('root')}"
+        same_place = (recorded.get("name") == self.dataset
+                      and os.path.abspath(str(recorded.get("root"))) == os.path.abspath(self.root))
+        change = (f"{there} has changed since {self.output} was trained on it (fingerprint {theirs[:12]}, now "
+                  f"{self.fingerprint[:12]})" if same_place else
+                  f"{self.output} was trained on {there} (fingerprint {theirs[:12]}), not on {here} "
+                  f"({self.fingerprint[:12]})")
+        raise CheckpointError(f"{change}: resume on the data it was trained on, or start a new run from it (init) "
+                              "to fine-tune it on this one", code="resume_other_data", change=change,
+                              checkpoint=str(self.output),
+                              trained_on=recorded, dataset={"name": self.dataset, "root": str(self.root)})
+
     def _new_model(self) -> TextBasedPersonSearch:
         torch.manual_seed(self.config.train.seed)
         text_backbone, self.tokenizer_json = load_text_backbone(self.config.model.text_backbone,
@@ -360,6 +521,7 @@ class Trainer:
             self.config = apply_overrides(self.config, "train", epochs=epochs)
         self.tokenizer_json = payload["tokenizer_json"]
         self.image_weights = payload.get("image_weights", {"source": None})
+        self.recorded_data, self.lineage = payload.get("dataset"), payload.get("init")
         self.start_epoch, self.history = state["epoch"], list(payload.get("history", []))
         logger.info("resuming %s after epoch %d", self.output, self.start_epoch)
         return state
@@ -371,6 +533,8 @@ class Trainer:
             logger.info("%s already finished %d epochs", self.output, epochs)
             return self.history[-1] if self.history else {}
         main = self.distributed.is_main
+        per_epoch = steps_per_epoch(len(self.data.labels), self.config.train.batch_size, self.distributed.world_size)
+        self.steps_done, self.steps_total = 0, (epochs - self.start_epoch) * per_epoch
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
             losses = self._epoch(epoch)
@@ -448,6 +612,9 @@ class Trainer:
             # DDP averages gradients over processes; the global loss is the sum of the shares.
             (loss * distributed.world_size if distributed.enabled else loss).backward()
             self.optimizer.step()
+            self.steps_done += 1
+            if self.on_step is not None:
+                self.on_step(self.steps_done, self.steps_total)
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().item()
             if self.adaptive_threads is not None:
@@ -492,7 +659,9 @@ class Trainer:
             self.model, self.config, self.tokenizer_json, self.data.num_identities,
             metrics={"val": last_val} if last_val else {},
             history=self.history,
-            dataset={"name": self.dataset, "root": str(self.root)},
+            # The fingerprint lets --resume refuse other data that happens to have as many identities.
+            dataset={"name": self.dataset, "root": str(self.root), "train_fingerprint": self.fingerprint},
+            **({"init": self.lineage} if self.lineage else {}),
             not_in_paper=not_in_paper(self.config),
             image_weights=self.image_weights,
             # Training is deterministic per machine; another CPU's kernels round differently.
@@ -500,7 +669,40 @@ class Trainer:
             train_state={"epoch": epochs_done, "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict()},
         )
-        save_checkpoint(self.output, payload)
+        try:
+            save_checkpoint(self.output, payload)  # atomic: a failed write leaves the previous checkpoint
+        except (OSError, RuntimeError) as e:
+            reason, disk_full = write_failure(e)
+            if reason is None:
+                raise
+            kept = "the previous checkpoint there is unchanged" if self.output.exists() else "nothing was written"
+            advice = "free some space, then run again (resuming)" if disk_full else "fix that, then run again"
+            raise OutputError(f"cannot write the checkpoint {self.output} after epoch {epochs_done}: {reason}; {kept}; "
+                              f"{advice}", path=str(self.output)) from e
+
+
+def write_failure(error: BaseException) -> tuple[str | None, bool]:
+    """Why writing a checkpoint failed, and whether the disk is full; (None, False) for an error that is
+    not about writing (a bug: it keeps its traceback).
+
+    An OSError anywhere in the exception's chain says why (ENOSPC, EDQUOT: a full disk). torch's zip
+    writer reports a stream's failed write as ``RuntimeError("[enforce fail at inline_container.cc] ...
+    unexpected pos ...")`` with the OSError as its context, and without one (torch writing a path itself)
+    as that RuntimeError alone: a short write, which a full disk causes.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError):
+            full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = cause.strerror or (os.strerror(cause.errno) if cause.errno else str(cause))
+            return (f"the disk is full ({reason})" if full else reason), full
+        cause = cause.__cause__ or cause.__context__
+    lines = str(error).strip().splitlines()
+    if isinstance(error, RuntimeError) and lines and "inline_container" in lines[0]:
+        return f"the write stopped short, as on a full disk ({lines[0]})", True
+    return None, False
 
 
 def twin_subsets(dataset: str, root: Path, split: str, records: list | None) -> dict[str, np.ndarray]:
@@ -534,15 +736,26 @@ def training_threads(threads: int | None, every: int = ADAPT_EVERY) -> tuple[Thr
 
 def train(config: RunConfig, dataset: str, root: str | Path, output: str | Path, resume: bool = False,
           image_weights: str | Path | None = None, progress: bool = True,
-          resume_epochs: int | None = None, threads: int | None = None) -> dict[str, Any]:
+          resume_epochs: int | None = None, threads: int | None = None,
+          init: str | Path | InitSource | None = None, on_step: StepHook | None = None) -> dict[str, Any]:
     """Train a model and write ``output``; returns the last epoch's record.
 
     With ``resume`` and an existing ``output``, training continues from the
     saved epoch with the saved config (``config`` is ignored), run to
-    ``resume_epochs`` when given. ``threads`` pins PyTorch's thread count (bit-identical
+    ``resume_epochs`` when given; it is refused when the train split is not
+    the one the checkpoint records. With ``init`` (a checkpoint; not with
+    ``resume``), a new run starts from its weights and tokenizer with a new
+    identity classifier (fine-tuning on other people): ``config.model`` must
+    be the checkpoint's model, or differ from it only where the weights do
+    not depend on it (:func:`init_model`). ``threads`` pins PyTorch's thread count (bit-identical
     reruns); None (default) follows the load, see tbps_runtime.threads.
+    ``on_step(done, total)`` is called after every optimiser step.
+
+    Raises:
+        OutputError: the disk filled up while writing ``output`` (the previous checkpoint is kept).
     """
-    trainer = Trainer(config, dataset, root, output, resume, image_weights, progress, resume_epochs, threads)
+    trainer = Trainer(config, dataset, root, output, resume, image_weights, progress, resume_epochs, threads,
+                      init, on_step)
     try:
         return trainer.run()
     finally:

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny model; a tiny trained checkpoint, its exported bundle and that bundle's
-int8 version, each built once per session; the hand-built fake bundle of tests/runtime_fakes.py.
+int8 version, each built once per session (once for all xdist workers: see ``built_once``); the
+hand-built fake bundle of tests/runtime_fakes.py.
 
 The session bundles are shared by every module that reads them: a test that writes into a
 bundle directory copies it to its own ``tmp_path`` first (``shutil.copytree``)."""
@@ -13,9 +14,31 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` run once for the whole test session, its returned path shared by every
+    xdist worker: the first worker to ask builds under a lock, the others wait and reuse it.
+
+    Each worker building its own copy doubled the suite's heaviest fixtures (training, export,
+    quantization) on a 2-core machine. The folder lies in the session's base directory, so no
+    build outlives its session."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / "built-once"
+    shared.mkdir(exist_ok=True)
+    done = shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            done.write_text(str(build(folder)))  # after the build: a failed build is retried, not reused
+    return Path(done.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +76,8 @@ def synth_root(tmp_path_factory):
     """A small synthetic dataset: 40 identities x 3 images (train 24 / val 6 / test 10 ids)."""
     from tbps_runtime.synth.dataset import generate
 
-    return generate(tmp_path_factory.mktemp("synth") / "data", ids=40, images_per_id=3, seed=0, progress=False)
+    return built_once(tmp_path_factory, "synth",
+                      lambda folder: generate(folder / "data", ids=40, images_per_id=3, seed=0, progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +88,9 @@ def easy_root(tmp_path_factory):
     from tbps_runtime.synth.people import SynthConfig
 
     easy = SynthConfig(clutter=0.0, pose_jitter=0.3, light_jitter=0.3, noise=0.0, parts_per_caption=(5, 8))
-    return generate(tmp_path_factory.mktemp("easy") / "data", ids=60, images_per_id=3, seed=0,
-                    splits=(0.5, 0.1, 0.4), config=easy, progress=False)
+    return built_once(tmp_path_factory, "easy",
+                      lambda folder: generate(folder / "data", ids=60, images_per_id=3, seed=0,
+                                              splits=(0.5, 0.1, 0.4), config=easy, progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +105,10 @@ def tiny_checkpoint(tmp_path_factory, synth_root, tiny_config):
     """A tiny model trained on ``synth_root``: the input of the export and runtime tests."""
     from tbps_train.train import train
 
-    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
-    train(tiny_config, "cuhk-pedes", synth_root, path, progress=False, threads=1)  # pinned: same weights under any load
-    return path
+    def build(folder: Path) -> Path:
+        train(tiny_config, "cuhk-pedes", synth_root, folder / "m.pt", progress=False, threads=1)  # pinned: any load
+        return folder / "m.pt"
+    return built_once(tmp_path_factory, "ckpt", build)
 
 
 @pytest.fixture(scope="session")
@@ -93,9 +119,10 @@ def learned_checkpoint(tmp_path_factory, easy_root, tiny_config):
     from tbps_train.train import train
 
     config = apply_overrides(apply_overrides(tiny_config, "model", text_backbone="minilm"), "train", epochs=30)
-    path = tmp_path_factory.mktemp("learned") / "m.pt"
-    train(config, "cuhk-pedes", easy_root, path, progress=False, threads=1)  # pinned: same weights under any load
-    return path
+    def build(folder: Path) -> Path:
+        train(config, "cuhk-pedes", easy_root, folder / "m.pt", progress=False, threads=1)  # pinned: any load
+        return folder / "m.pt"
+    return built_once(tmp_path_factory, "learned", build)
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +131,8 @@ def exported_bundle(tmp_path_factory, tiny_checkpoint):
     Read-only: copy it before writing into it."""
     from tbps_export import export_bundle
 
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("export") / "m.bundle", explain=True)
+    return built_once(tmp_path_factory, "export",
+                      lambda folder: export_bundle(tiny_checkpoint, folder / "m.bundle", explain=True))
 
 
 @pytest.fixture(scope="session")
@@ -116,11 +144,11 @@ def calibration_crops(synth_root):
 
 
 @pytest.fixture(scope="session")
-def int8_bundle(exported_bundle, calibration_crops):
+def int8_bundle(tmp_path_factory, exported_bundle, calibration_crops):
     """``exported_bundle`` quantized (int8 text and image towers), beside it as ``m.int8.bundle``. Read-only."""
     from tbps_export.quantize import quantize_bundle
 
-    return quantize_bundle(exported_bundle, calibration=calibration_crops)
+    return built_once(tmp_path_factory, "int8", lambda _: quantize_bundle(exported_bundle, calibration=calibration_crops))
 
 
 @pytest.fixture(scope="module")

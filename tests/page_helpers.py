@@ -182,6 +182,49 @@ def browsing(browser: Any, timezone: str = "UTC") -> Iterator[Any]:
         context.close()
 
 
+@contextlib.contextmanager
+def offline(browser: Any) -> Iterator[tuple[Any, list[str]]]:
+    """A tab whose network reaches 127.0.0.1 only, as on an air-gapped site; yields it and the list of
+    every other address it tried (each one refused)."""
+    from urllib.parse import urlsplit
+
+    tried: list[str] = []
+
+    def only_this_machine(route: Any) -> None:
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            tried.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context = browser.new_context(viewport=VIEWPORT, locale="en-GB", service_workers="block")
+    context.route("**/*", only_this_machine)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page, tried
+    finally:
+        context.close()
+
+
+@contextlib.contextmanager
+def serving_folder(folder: Path) -> Iterator[str]:
+    """``folder``'s files over HTTP on 127.0.0.1 (a free port) until the block ends. Yields the base URL."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="tbps-folder-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture()
 def page(browser):
     with browsing(browser) as opened:

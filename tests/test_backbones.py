@@ -319,7 +319,9 @@ def _export_and_compare(model: torch.nn.Module, size: tuple[int, int], path: Pat
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny", "mobilenet_v2"])
+# mobilenet_v2's export with a dynamic batch is checked, at batch 1 and 3, by its bundle's parity
+# (tests/test_mobilenet_export.py): a second dynamo export of it here cost ~30 s of the suite.
+@pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny"])
 def test_onnx_export_dynamic_batch(tmp_path: Path, name: str) -> None:
     _export_and_compare(build_image_backbone(name, (64, 32)), (64, 32), tmp_path / f"{name}.onnx")
 

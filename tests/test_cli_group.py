@@ -77,12 +77,14 @@ def test_a_directory_for_queries_is_a_usage_error(tmp_path):
     assert_user_error(invoke(["rank", "--gallery", "g.npy", "--queries", tmp_path]), "--queries")
 
 
-def test_edge_install_lists_only_the_runtime(monkeypatch):
-    """Without the [train]/[export] extras (no torch), only what the runtime can run is listed."""
+def test_edge_install_runs_only_the_runtime(monkeypatch):
+    """Without the [train]/[export]/[footage] extras (no torch, no PyAV), only what the runtime can run is
+    available; the rest is listed with its pip command, and running it says which extra it needs."""
     real = group._installed
-    monkeypatch.setattr(group, "_installed", lambda name: name not in ("torch", "onnx") and real(name))
-    assert list(group.available_commands()) == ["gallery", "index", "ingest", "rank", "serve"]
-    assert invoke(["train", "--help"]).exit_code == 2  # not a command there
+    monkeypatch.setattr(group, "_installed", lambda name: name not in ("torch", "onnx", "av") and real(name))
+    assert list(group.available_commands()) == ["gallery", "index", "rank", "serve"]
+    assert set(group.unavailable_commands()) == set(SUBCOMMANDS) - {"gallery", "index", "rank", "serve"}
+    assert_user_error(invoke(["train", "--help"]), "pip install 'tbps[train]'")
 
 
 def test_help_imports_no_heavy_library():

@@ -67,3 +67,22 @@ def test_every_benchmark_json_has_a_generated_page(site, source):
     machine = json.loads(source.read_text(encoding="utf-8"))["machine"]
     assert "Machine" in html and machine["cpu"] in html, "the page does not state the machine"
     assert "<table>" in html, "the page has no table"
+
+
+def test_the_docs_site_works_with_the_network_cut_to_this_machine(site):
+    """The built site on an air-gapped machine: no font, script or style from another host, and the
+    search (a web worker over the local index) finds a page."""
+    from page_helpers import chromium, missing_browser, offline, serving_folder
+
+    if (reason := missing_browser()) is not None:
+        pytest.skip(reason)
+    with chromium() as browser, serving_folder(site) as base, offline(browser) as (page, tried):
+        page.goto(base + "/guides/footage/")
+        heading = page.text_content("article h1")
+        fonts = page.evaluate("getComputedStyle(document.querySelector('article')).fontFamily")
+        page.goto(base + "/?q=calibrate")  # the search reads ?q= and opens with its results
+        page.wait_for_selector(".md-search-result__item", timeout=20_000)
+        found = page.eval_on_selector_all(".md-search-result__item a", "nodes => nodes.map(n => n.href)")
+    assert tried == []  # nothing asked of any other host
+    assert heading and "Roboto" not in fonts  # the theme's web font is off: the system's fonts
+    assert found and all(url.startswith(base) for url in found)

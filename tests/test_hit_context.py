@@ -284,7 +284,7 @@ def test_audit_retention_and_the_command(store_dir):
 def test_docs_load_swagger_ui_from_this_service_only(store_dir):
     import re
 
-    pytest.importorskip("swagger_ui_bundle", reason="the offline API browser needs swagger-ui-bundle")
+    pytest.importorskip("swagger_ui", reason="the offline API browser needs swagger-ui-py")
     with serving(store_dir, api_key=KEY) as client:
         page = client.get("/docs")
         files = {name: client.get(f"/docs/{name}") for name in ("swagger-ui-bundle.js", "swagger-ui.css")}

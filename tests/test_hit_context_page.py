@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from page_helpers import (KEY, TIMEOUT_MS, browser, browsing, footage, keyed_service, open_page,  # noqa: F401
-                             open_service, page, search, store)
+from page_helpers import (KEY, TIMEOUT_MS, browser, browsing, footage, keyed_service, offline,  # noqa: F401
+                          open_page, open_service, page, search, store)
 
 
 def open_first_hit(page, base, query="a person in red"):
@@ -137,3 +137,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_the_api_browser_works_with_the_network_cut_to_this_machine(browser, open_service):  # noqa: F811
+    """/docs on an air-gapped site: Swagger UI comes from the service itself and lists the operations."""
+    with offline(browser) as (page, tried):
+        page.goto(open_service + "/docs")
+        page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=TIMEOUT_MS)
+        paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
+        title = page.text_content(".swagger-ui .info .title")
+    assert tried == []  # nothing asked of any other host
+    assert "/search" in {p.replace("\u200b", "") for p in paths} and "tbps" in title.lower()

@@ -40,7 +40,7 @@ def test_round_trip_is_memory_mapped(gallery_path, tmp_path):
     assert gallery.fingerprint == "f" * 64 and gallery.bundle == str((tmp_path / "b").resolve())
     assert gallery.unreadable == [{"path": "/img/bad.jpg", "error": "cannot read"}]
     meta = json.loads(sidecar_path(gallery_path).read_text())
-    assert meta["format"] == "tbps-gallery" and meta["version"] == 1
+    assert meta["format"] == "tbps-gallery" and meta["version"] == 2
     assert meta["entries"][0] == {"path": "/img/0.jpg"} and meta["entries"][1] == {"path": "/img/1.jpg", "identity": 1}
     assert not load_gallery(gallery_path, mmap=False).embeddings.__class__ is np.memmap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "g.npy"]  # no temp files left

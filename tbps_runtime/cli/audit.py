@@ -10,7 +10,7 @@ from tbps_runtime.clikit import TbpsCommand, json_option, user_errors_exit_2
 from tbps_runtime.paths import printable
 
 
-@click.command(cls=TbpsCommand, name="audit")
+@click.command(cls=TbpsCommand, name="audit", short_help="Who searched what, and which crops, frames and clips.")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--since", metavar="TIME", help="Only requests at or after this time. ISO-8601; no zone means UTC.")
 @click.option("--until", metavar="TIME", help="Only requests before this time. ISO-8601; no zone means UTC.")

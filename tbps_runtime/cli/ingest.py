@@ -46,7 +46,7 @@ def row_filter(cameras: tuple[str, ...], sources: tuple[str, ...], tracks: tuple
                      None if until is None else parse_time(until, "--until"))
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Cut person crops from videos and streams into a store.")
 @click.argument("sources", nargs=-1)
 @click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False),
               help="The store directory to append to (created when new).")
@@ -239,14 +239,31 @@ class _SourcesFailed(TbpsError):
 def _log_report(report: Any) -> None:
     if report.skipped:
         return
+    from tbps_runtime.ingest.sources import is_stream
+
     rate = report.frames / report.seconds if report.seconds else 0.0
     resumed = f", resumed after frame {report.resumed_after}" if report.resumed_after is not None else ""
-    logger.info("%s (camera %s): %d frames, %d detections, %d tracks, %d crops in %.1f s (%.1f frames/s)%s",
+    pace = "" if is_stream(report.source) else _real_time(report.video_seconds, report.seconds)  # live: warned
+    logger.info("%s (camera %s): %d frames, %d detections, %d tracks, %d crops in %.1f s (%.1f frames/s%s)%s",
                 _one_line(report.source), _one_line(report.camera), report.frames, report.detections, report.tracks,
-                report.crops, report.seconds, rate, resumed)
+                report.crops, report.seconds, rate, pace, resumed)
 
 
-@click.group(cls=TbpsGroup, name="gallery")
+def _real_time(video_seconds: float, seconds: float) -> str:
+    """How a file's processing compared to real time, for its summary: faster, or how a live camera at the
+    same settings would fall behind."""
+    if not video_seconds or not seconds:
+        return ""
+    speed = video_seconds / seconds
+    said = f"; {video_seconds:.1f} s of video at {speed:.2g}x real time" if speed < 10 else \
+        f"; {video_seconds:.1f} s of video at {speed:.0f}x real time"
+    if speed < 1.0:
+        said += (": slower than it plays, a live camera at these settings would fall behind (lower --fps, use a "
+                 "lighter detector or give more --threads)")
+    return said
+
+
+@click.group(cls=TbpsGroup, name="gallery", short_help="Look after a store: info, prune, delete, reindex, audit.")
 def gallery_group() -> None:
     """Look after a store made by tbps ingest: info, prune, delete, reindex, audit."""
 
@@ -304,7 +321,7 @@ def _deletion(directory: str, row_filter: Any, older_than: float | None, yes: bo
                                      f"{removal.bytes / 2**20:.1f} MiB"))
 
 
-@gallery_group.command("prune")
+@gallery_group.command("prune", short_help="Retention: remove rows older than AGE.")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--older-than", "older_than", required=True, metavar="AGE",
               help="Remove rows seen longer ago than this: 30d, 12h, 90m (rows without a time: added).")
@@ -321,7 +338,7 @@ def prune_command(directory: str, older_than: str, cameras: tuple[str, ...], yes
     _deletion(directory, RowFilter(cameras=tuple(cameras)), parse_age(older_than), yes, dry_run, as_json)
 
 
-@gallery_group.command("delete")
+@gallery_group.command("delete", short_help="Remove rows by camera, source, track or time range.")
 @click.argument("directory", type=click.Path(file_okay=False))
 @filter_options
 @click.option("--yes", is_flag=True, help="Allow removing every row of the store.")
@@ -334,7 +351,7 @@ def delete_command(directory: str, cameras: tuple[str, ...], sources: tuple[str,
     _deletion(directory, row_filter(cameras, sources, tracks, since, until), None, yes, dry_run, as_json)
 
 
-@gallery_group.command("reindex")
+@gallery_group.command("reindex", short_help="Embed a store's crops again with another bundle.")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--bundle", required=True, type=click.Path(file_okay=False), help="The newer bundle.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),

@@ -150,7 +150,7 @@ def _files_in(directory: str | Path) -> list[Path]:
     return [p for p in directory.iterdir() if p.is_file()] if directory.is_dir() else []
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Rank a gallery or store for text queries, best first.")
 @click.option("--gallery", "gallery_path", required=True, type=click.Path(),
               help="g.npy made by tbps index, or a directory of shards (tbps index --shard), ranked as one.")
 @click.option("--query", "queries", multiple=True, help="What the person looks like (repeatable).")
@@ -202,9 +202,10 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     --until, --track, --source) applied before the top k.
     """
     from tbps_runtime.gallery.open import load_gallery
+    from tbps_runtime.ingest.sources import one_line
     from tbps_runtime.store.open import is_store_directory
     from tbps_runtime.outputs import check_writable
-    from tbps_runtime.search import PersonSearch, describe_search
+    from tbps_runtime.search import PersonSearch, apply_threshold, describe_search
     from tbps_runtime.text import check_queries
 
     quiet = setup_logging(quiet)
@@ -229,31 +230,41 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     if not selection.empty or per_track:
         raise ConfigError(f"--camera/--source/--track/--since/--until and --per-track need a store made by tbps "
                           f"ingest; {gallery_path} is a plain gallery without camera or time")
+    _refuse_image_folder(gallery_path, bundle)
     gallery = load_gallery(gallery_path)
     search = PersonSearch.from_bundle(_bundle_of(gallery, bundle), backend=backend, threads=threads)
-    results = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore, min_score=min_score)
+    threshold = search.gallery_threshold(min_score)
+    ranked = search.rank(texts, gallery, k=k, exact=exact, nprobe=nprobe, rescore=rescore)
+    results, empty = apply_threshold(ranked, threshold)
+    single = len(queries) == 1 and queries_file is None
+    for text, why in zip(texts, empty):
+        if why:
+            logger.warning("%s%s", "" if single else f"{one_line(printable(text))}: ", why)
     inputs = {"the gallery being ranked (--gallery)": _gallery_files(gallery),
               "a file of the bundle (--bundle)": _files_in(search.directory),
               "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
               "a crop in the results": [m.path for matches in results for m in matches if m.path]}
-    _write_pictures(search, texts, results, show_path, html_path, explain, inputs)
+    _write_pictures(search, texts, results, show_path, html_path, explain, inputs, notes=empty)
     logger.info("search: %s%s", describe_search(gallery, exact),
                 f", best {max(k, rescore)} rescored exactly" if rescore and not exact else "")  # after the work: an error stays the only line
-    single = len(queries) == 1 and queries_file is None
     if as_json:
         documents = [[m.to_json() for m in matches] for matches in results]
+        if threshold is not None:  # stdout keeps its list shape; the answer's metadata is one line on stderr
+            click.echo(json.dumps({"threshold": threshold.to_json(), "empty": empty}), err=True)
         click.echo(json.dumps(documents[0] if single else documents))
         return
     for text, matches in zip(texts, results):
         if not single:
-            click.echo(f"query: {text}")
+            click.echo(f"query: {one_line(printable(text))}")
         _print_matches(matches)
 
 
 def _write_pictures(search: PersonSearch, texts: list[str], results: list[list[Match]], show_path: str | None,
-                    html_path: str | None, explain: bool, inputs: dict[str, list]) -> None:
+                    html_path: str | None, explain: bool, inputs: dict[str, list],
+                    notes: list[str | None] | None = None, missing_videos: list[str] | None = None) -> None:
     """--show / --html / --explain: draw the results (and their attention) for people to look at;
-    never over one of the command's ``inputs``."""
+    never over one of the command's ``inputs``. ``notes``: per query, why its answer is empty. One warning
+    names the crops that could not be drawn and the ``missing_videos`` of the hits' links."""
     if explain and not (show_path or html_path):
         raise ConfigError("--explain draws into the pictures: add --show results.png and/or --html results.html")
     if not (show_path or html_path):
@@ -265,10 +276,12 @@ def _write_pictures(search: PersonSearch, texts: list[str], results: list[list[M
 
     explanations = ([search.explain(text, [m.path for m in matches]) for text, matches in zip(texts, results)]
                     if explain else None)
+    missing: list[str] = []  # both pictures draw the same crops: one warning for the two
     for path, write in ((show_path, draw.draw_results), (html_path, draw.write_html)):
         if path:
-            write(texts, results, path, explanations=explanations)
+            write(texts, results, path, explanations=explanations, notes=notes, missing=missing)
             logger.info("wrote %s", path)
+    draw.warn_missing(missing, missing_videos or ())
 
 
 def _read_queries(path: str) -> list[str]:
@@ -306,8 +319,28 @@ def _bundle_of(gallery: Gallery | ShardedGallery, bundle: str | None) -> str:
 
 
 def _print_matches(matches: list[Match]) -> None:
-    for match in matches:
-        click.echo(f"{match.rank:>4}  {match.score:8.4f}  {printable(str(match.path))}")
+    from tbps_runtime.ingest.sources import one_line
+
+    for match in matches:  # one line per hit, whatever the file name holds
+        click.echo(f"{match.rank:>4}  {match.score:8.4f}  {one_line(printable(str(match.path)))}")
+
+
+def _refuse_image_folder(gallery_path: str, bundle: str | None) -> None:
+    """Refuse --gallery naming a folder of images (no gallery in it), giving the command that embeds it."""
+    import shlex
+
+    from tbps_runtime.model.images import IMAGE_EXTENSIONS
+
+    folder = Path(gallery_path)
+    if not folder.is_dir() or any(p for p in folder.glob("*.npy") if not p.name.startswith(".")):
+        return
+    if not any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*")):
+        return
+    output = folder.parent / "g.npy"  # beside the folder: the gallery records its crops relative to itself
+    raise ConfigError(f"--gallery {gallery_path} is a folder of images, not a gallery: embed it first with "
+                      f"`tbps index --bundle {shlex.quote(bundle) if bundle else 'BUNDLE'} --images "
+                      f"{shlex.quote(gallery_path)} -o {shlex.quote(str(output))}`, then `tbps rank --gallery "
+                      f"{shlex.quote(str(output))}`")
 
 
 @dataclass(frozen=True)
@@ -341,13 +374,15 @@ def _rank_store(directory: str, texts: list[str], bundle: str | None, k: int, as
         results = search.rank(embedded, store, k=k, row_filter=selection, per_track=per_track, min_score=min_score)
         answers = _say_threshold(store, embedded, results, selection, threshold, texts, single)
         if show_path or html_path:
-            shown = [[_shown(store, search, embedded[q:q + 1], hit, per_track, selection) for hit in hits]
+            videos: list[str] = []
+            shown = [[_shown(store, search, embedded[q:q + 1], hit, per_track, selection, videos) for hit in hits]
                      for q, hits in enumerate(results)]
             inputs = {"a file of the bundle (--bundle)": _files_in(search.directory),
                       "the query file (--queries)": [queries_file] if queries_file not in (None, "-") else [],
                       "a crop in the results": [s.path for hits in shown for s in hits],
                       "the store's catalog": [Path(directory) / "store.sqlite"]}
-            _write_pictures(search, texts, shown, show_path, html_path, explain, inputs)
+            _write_pictures(search, texts, shown, show_path, html_path, explain, inputs,
+                            notes=[answer["empty"] for answer in answers], missing_videos=videos)
         logger.info("search: exact Eq. 14 over %d row(s) of the store %s, %s%s", len(store), directory,
                     selection.describe(), ", per track" if per_track else "")
         if as_json:
@@ -412,21 +447,24 @@ def _rank_like(directory: str, row: int, texts: list[str], bundle: str | None, k
 
 def _print_store_hits(store: Store, texts: list[str], results: list[list[StoreHit]], single: bool) -> None:
     """One line per hit: rank, score, camera, time, track, crop file."""
+    from tbps_runtime.ingest.sources import one_line
     from tbps_runtime.store.rows import format_time
 
     for text, hits in zip(texts, results):
         if not single:
-            click.echo(f"query: {text}")
+            click.echo(f"query: {one_line(printable(text))}")
         for hit in hits:
             record = hit.record
             when = "-" if record.time is None else format_time(record.time)
             track = "-" if record.track is None else str(record.track)
             extra = f" ({hit.track_rows} crops)" if hit.track_rows is not None else ""
+            crop = one_line(printable(str(store.crop_path(record.crop)))) if record.crop else "-"
             click.echo(f"{hit.rank:>4}  {hit.score:8.4f}  {printable(record.camera)}  {when}  track {track}{extra}  "
-                       f"{printable(str(store.crop_path(record.crop))) if record.crop else '-'}")
+                       f"{crop}")
 
 
-def _shown(store: Store, search: PersonSearch, query: Any, hit: Any, per_track: bool, selection: Any) -> _ShownHit:
+def _shown(store: Store, search: PersonSearch, query: Any, hit: Any, per_track: bool, selection: Any,
+           missing_videos: list[str]) -> _ShownHit:
     from tbps_runtime.ingest.sources import is_stream
     from tbps_runtime.store.rows import RowFilter, format_time
 
@@ -436,8 +474,11 @@ def _shown(store: Store, search: PersonSearch, query: Any, hit: Any, per_track: 
     when = "no time" if record.time is None else format_time(record.time)[11:19] + "Z"
     detail = f"{record.camera}\n{when}" + ("" if record.track is None else f" · t{record.track}")
     link = None
-    if record.offset is not None and not is_stream(record.source) and Path(record.source).is_file():
-        link = f"{Path(record.source).resolve().as_uri()}#t={record.offset:.1f}"
+    if record.offset is not None and not is_stream(record.source):
+        if Path(record.source).is_file():
+            link = f"{Path(record.source).resolve().as_uri()}#t={record.offset:.1f}"
+        else:  # said once for the report (_write_pictures), not dropped in silence
+            missing_videos.append(record.source)
     extra: tuple[str, ...] = ()
     if per_track and record.track is not None:  # the track's other best crops for this query
         inside = RowFilter(selection.cameras, selection.sources, (record.track,), selection.since, selection.until)

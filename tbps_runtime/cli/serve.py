@@ -15,7 +15,7 @@ from tbps_runtime.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-@click.command(cls=TbpsCommand)
+@click.command(cls=TbpsCommand, short_help="Serve search over HTTP: the API, the page and /metrics.")
 @click.option("--gallery", required=True, type=click.Path(),
               help="What to search: g.npy (tbps index), a directory of shards, or a store (tbps ingest).")
 @click.option("--bundle", type=click.Path(file_okay=False), help="Default: the bundle the gallery records.")

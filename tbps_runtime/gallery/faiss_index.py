@@ -343,7 +343,7 @@ def _check_rows(block: np.ndarray, rows: np.ndarray) -> None:
     bad = ~np.isfinite(block).all(axis=1)
     if bad.any():
         raise DataError(f"gallery row {int(rows[np.flatnonzero(bad)[0]])} contains NaN or inf "
-                        f"({int(bad.sum())} bad row(s) in this chunk): re-index the gallery with tbps-index")
+                        f"({int(bad.sum())} bad row(s) in this chunk): re-index the gallery with tbps index")
 
 
 def _ivf_or_none(faiss: Any, index: Any) -> Any:

@@ -3,7 +3,11 @@
 ``g.json`` records the format and version, the fingerprint of the bundle
 whose image tower made the rows (a gallery is refused with any other bundle),
 that bundle's directory (``tbps rank``'s default), one entry per row (image
-path, optional identity) and the images that could not be read.
+path, optional identity) and the images that could not be read. Paths inside
+the gallery's folder tree are recorded relative to that folder, so a folder
+holding the bundle, the crops and the gallery can be moved as one (a shard's
+paths are relative to the folder holding its directory of shards); others are
+absolute (as every path of a gallery written before was), and both are read.
 
 Indexing is resumable: rows go into a memory-mapped ``.g.npy.partial.npy``
 and progress into ``.g.npy.partial.json`` after every batch (:class:`PartialIndex`);
@@ -32,7 +36,8 @@ import numpy as np
 
 from tbps_runtime.atomic import atomic_path, atomic_write, has_format, read_json, write_json_atomic
 from tbps_runtime.contract import GALLERY_FORMAT, GALLERY_VERSION
-from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, OutputError
+from tbps_runtime.errors import BundleError, ConfigError, DataError, InputFileNotFoundError, OutputError, \
+    UnsafePathError
 from tbps_runtime.gallery.records import FaissRecord, GalleryEntry, ShardInfo
 from tbps_runtime.paths import resolve_inside
 from tbps_runtime.outputs import ensure_space, output_lock, reserve, unallocated_bytes
@@ -88,7 +93,7 @@ class Gallery:
             if bad.any():
                 row = start + int(np.flatnonzero(bad)[0])
                 raise BundleError(f"gallery {self.path} row {row} ({self.entries[row].path}) contains NaN or inf: "
-                                  "re-index the gallery with tbps-index")
+                                  "re-index the gallery with tbps index")
 
 
 def check_same_bundle(what: str, built_with: str, fingerprint: str, bundle: str | Path | None) -> None:
@@ -151,7 +156,13 @@ def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
     meta = _read_sidecar(path)
     embeddings = _read_array(path, mmap)
     _check_consistent(path, embeddings, meta)
-    entries = [GalleryEntry(e["path"], e.get("identity")) for e in meta["entries"]]
+    prefix, where = _folder(path, meta.get("shard") is not None), sidecar_path(path)
+    entries = [GalleryEntry(_resolve(prefix, e["path"], where, "entry", i), e.get("identity"))
+               for i, e in enumerate(meta["entries"])]
+    unreadable = [{**u, "path": _resolve(prefix, u["path"], where, "unreadable image", i)}
+                  for i, u in enumerate(meta.get("unreadable", []))]
+    bundle = None if meta.get("bundle") is None else \
+        str(Path(_resolve(prefix, meta["bundle"], where, "'bundle'")).resolve())
     shard = faiss = None
     if meta.get("shard") is not None:
         shard = ShardInfo.from_json(meta["shard"])
@@ -164,8 +175,46 @@ def load_gallery_file(path: str | Path, mmap: bool = True) -> Gallery:
             raise BundleError(f"{sidecar_path(path)} has a malformed faiss record; build its FAISS index again",
                               code="gallery_record_malformed", sidecar=str(sidecar_path(path)), record="faiss")
         resolve_inside(path.parent, faiss.file, f"{sidecar_path(path)}: faiss 'file'")
-    return Gallery(embeddings, entries, meta["fingerprint"], meta.get("bundle"),
-                   list(meta.get("unreadable", [])), path, shard, faiss)
+    return Gallery(embeddings, entries, meta["fingerprint"], bundle, unreadable, path, shard, faiss)
+
+
+def _recorded(prefix: str, path: str | Path) -> str:
+    """How ``g.json`` records ``path`` (relative to the working directory when not absolute): relative to the
+    gallery's folder (``prefix``: its absolute path and a separator) when it lies inside that folder's tree,
+    so the folder can move; else absolute."""
+    text = os.fspath(path)
+    if not text.startswith(prefix) or os.sep + "." in text or os.sep * 2 in text:  # normalise the unusual
+        text = os.path.abspath(text)
+    if not text.startswith(prefix):
+        return text
+    relative = text[len(prefix):]
+    if _unusual(relative):
+        try:
+            resolve_inside(prefix, relative, "a gallery path")  # what the reader accepts
+        except UnsafePathError:
+            return text
+    return relative.replace(os.sep, "/")
+
+
+def _resolve(prefix: str, recorded: str, sidecar: Path, field: str, row: int | None = None) -> str:
+    """A path as ``g.json`` records it, made usable: relative ones are inside the gallery's folder (``prefix``:
+    its absolute path and a separator); ``field`` and ``row`` say where it was read, for the error."""
+    if os.path.isabs(recorded):  # outside the gallery's folder, or a gallery written before relative paths
+        return recorded
+    if _unusual(recorded):
+        return str(resolve_inside(prefix, recorded, f"{sidecar}: {field}" + ("" if row is None else f" {row}")))
+    return prefix + recorded  # a million entries: plain strings, no Path objects
+
+
+def _unusual(name: str) -> bool:
+    """Whether a relative name needs :func:`resolve_inside`'s full check (most names do not: it is slow)."""
+    return ".." in name or ":" in name or name.startswith("\\") or not name
+
+
+def _folder(path: Path, shard: bool) -> str:
+    """The gallery's folder as the prefix its relative paths go after: absolute, ending in a separator.
+    A shard is one file of a directory of shards, which is the gallery: its folder is the directory's."""
+    return os.path.join(os.path.abspath(path.parent.parent if shard else path.parent), "")
 
 
 def write_gallery(path: str | Path, embeddings: np.ndarray, entries: Sequence[GalleryEntry], *,
@@ -199,29 +248,36 @@ def _write_sidecar(path: Path, shape: tuple[int, ...], entries: Sequence[Gallery
                    bundle: str | Path | None, unreadable: Sequence[dict[str, str]],
                    shard: ShardInfo | None = None) -> None:
     # A rewritten gallery drops any FAISS record: the index described the old rows.
+    prefix = _folder(path, shard is not None)
     write_json_atomic(sidecar_path(path), {
         "format": GALLERY_FORMAT, "version": GALLERY_VERSION,
         "fingerprint": fingerprint,
-        "bundle": None if bundle is None else str(Path(bundle).resolve()),
+        "bundle": None if bundle is None else _recorded_bundle(prefix, bundle),
         "count": int(shape[0]), "num_slots": int(shape[1]), "embed_dim": int(shape[2]),
-        "entries": [e.to_json() for e in entries],
-        "unreadable": list(unreadable),
+        "entries": [GalleryEntry(_recorded(prefix, e.path), e.identity).to_json() for e in entries],
+        "unreadable": [{**u, "path": _recorded(prefix, u["path"])} for u in unreadable],
         **({} if shard is None else {"shard": shard.to_json()}),
     })
+
+
+def _recorded_bundle(prefix: str, bundle: str | Path) -> str:
+    """The bundle as ``g.json`` records it: relative inside the gallery's folder tree, else resolved."""
+    recorded = _recorded(prefix, bundle)
+    return recorded if not os.path.isabs(recorded) else str(Path(bundle).resolve())
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
     meta_path = sidecar_path(path)
     if not meta_path.is_file():
-        raise BundleError(f"gallery {path} has no {meta_path.name} beside it (tbps-index writes the two "
-                          "together): move it back or re-index with tbps-index")
+        raise BundleError(f"gallery {path} has no {meta_path.name} beside it (tbps index writes the two "
+                          "together): move it back or re-index with tbps index")
     try:
         meta = read_json(meta_path)
     except ValueError as e:
-        raise BundleError(f"{meta_path} is not valid JSON: {e}; re-index with tbps-index") from e
+        raise BundleError(f"{meta_path} is not valid JSON: {e}; re-index with tbps index") from e
     if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
         raise BundleError(f"{meta_path} is not a tbps gallery description (no '{GALLERY_FORMAT}' format tag): "
-                          "re-index with tbps-index")
+                          "re-index with tbps index")
     if not isinstance(meta.get("version"), int) or meta["version"] > GALLERY_VERSION:
         raise BundleError(f"{meta_path} has gallery version {meta.get('version')}; this tbps reads up to "
                           f"{GALLERY_VERSION}: upgrade tbps")
@@ -235,7 +291,7 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         wrong += ["unreadable"] * (not all(isinstance(u, dict) and _is_path(u.get("path"))
                                            and isinstance(u.get("error"), str) for u in meta.get("unreadable", [])))
     if wrong:
-        raise BundleError(f"{meta_path} lacks or mistypes {', '.join(wrong)}; re-index with tbps-index")
+        raise BundleError(f"{meta_path} lacks or mistypes {', '.join(wrong)}; re-index with tbps index")
     return meta
 
 
@@ -253,11 +309,11 @@ def _read_array(path: Path, mmap: bool) -> np.ndarray:
     except ValueError as e:
         if mmap and "empty" in str(e):  # a 0-row array cannot be memory-mapped
             return _read_array(path, mmap=False)
-        raise BundleError(f"{path} is not a .npy array file ({e}); re-index with tbps-index") from e
+        raise BundleError(f"{path} is not a .npy array file ({e}); re-index with tbps index") from e
     except (OSError, EOFError) as e:
-        raise BundleError(f"{path} is not a readable .npy file ({e}); re-index with tbps-index") from e
+        raise BundleError(f"{path} is not a readable .npy file ({e}); re-index with tbps index") from e
     if not isinstance(array, np.ndarray):
-        raise BundleError(f"{path} is not a single .npy array; re-index with tbps-index")
+        raise BundleError(f"{path} is not a single .npy array; re-index with tbps index")
     return array
 
 
@@ -265,12 +321,12 @@ def _check_consistent(path: Path, embeddings: np.ndarray, meta: dict[str, Any]) 
     expected = (meta["num_slots"], meta["embed_dim"])
     if embeddings.ndim != 3 or embeddings.shape[1:] != expected:
         raise BundleError(f"{path} has shape {embeddings.shape}; its {sidecar_path(path).name} describes "
-                          f"(N, {expected[0]}, {expected[1]}) rows: re-index with tbps-index")
+                          f"(N, {expected[0]}, {expected[1]}) rows: re-index with tbps index")
     if embeddings.dtype != np.float32:
-        raise BundleError(f"{path} holds {embeddings.dtype}; a gallery is float32: re-index with tbps-index")
+        raise BundleError(f"{path} holds {embeddings.dtype}; a gallery is float32: re-index with tbps index")
     if not len(embeddings) == meta["count"] == len(meta["entries"]):
         raise BundleError(f"{path} has {len(embeddings)} rows but {sidecar_path(path).name} lists "
-                          f"{len(meta['entries'])}: the two files are out of step; re-index with tbps-index")
+                          f"{len(meta['entries'])}: the two files are out of step; re-index with tbps index")
 
 
 class PartialIndex:

@@ -80,8 +80,9 @@ def image_list_hash(paths: Sequence[str], identities: Sequence[int | str | None]
 
 def select_shard(paths: Sequence[str | Path], identities: Sequence[int | str | None] | None, index: int,
                  count: int) -> tuple[list[str], list[int | str | None] | None, ShardInfo]:
-    """The images (absolute paths, as the indexer stores them) and identities of shard ``index`` of
-    ``count``, and the :class:`ShardInfo` its sidecar records. ``paths`` must be in the order the
+    """The images (absolute paths, as the indexer takes them; the shard's sidecar records those inside its
+    folder relative to it) and identities of shard ``index`` of ``count``, and the :class:`ShardInfo` its
+    sidecar records. ``paths`` must be in the order the
     unsharded index would use (what :func:`tbps_runtime.model.images.collect_images` returns)."""
     absolute = [os.path.abspath(p) for p in paths]
     start, stop = shard_bounds(len(absolute), index, count)

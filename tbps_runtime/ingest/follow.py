@@ -182,8 +182,13 @@ def _connection(camera: Camera, shared: _Shared, embedder: ImageEmbedder, detect
 
 def _retention(cameras: list[Camera], shared: _Shared) -> None:
     """Remove each camera's rows older than its retention, as ``tbps gallery prune --camera`` does."""
+    try:
+        with_rows = set(shared.store.cameras())  # a camera without rows yet has nothing to prune (delete refuses it)
+    except TbpsError as e:
+        logger.warning("retention failed (%s); trying again later", e)
+        return
     for camera in cameras:
-        if camera.retention is None:
+        if camera.retention is None or camera.name not in with_rows:
             continue
         try:
             removal = shared.store.delete(RowFilter(cameras=(camera.name,)), older_than=camera.retention,

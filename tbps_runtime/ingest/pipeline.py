@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 MAX_FPS = 240.0
 _JPEG_QUALITY = 90
+PACE_WINDOW = 10.0  # wall seconds over which a live source's processing rate is measured
+_BEHIND = 0.9  # processed below this share of the source's own rate: falling behind (jitter stays above)
 
 
 class ImageEmbedder(Protocol):
@@ -92,6 +94,7 @@ class SourceReport:
     tracks: int = 0
     crops: int = 0  # rows appended in this run
     seconds: float = 0.0
+    video_seconds: float = 0.0  # source time the sampled frames of this run span
     resumed_after: int | None = None  # the frame the run continued after
     skipped: bool = False  # ingested to its end before
     error: str | None = None
@@ -120,6 +123,7 @@ class Following:
     on_frame: Callable[[Frame], None] | None = None
     tracks: Callable[[], int] | None = None  # numbers new tracks store-wide (several cameras in one store)
     snapshot: tuple[int, Any] | None = None  # (last frame appended, the tracker's state after it)
+    behind: bool = False  # the camera was said to fall behind real time: once per camera, not per connection
 
 
 def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: Detector,
@@ -174,7 +178,10 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
         keeper.restore(following.snapshot[1])  # the same tracks as before the connection failed
     window_end = None  # the end of the window under way: after the first frame's (a resumed run's too)
     last_frame = after
-    bar = _progress_bar(progress, source, opened.frame_count)
+    bar = _progress_bar(progress, source, _sampled(count, frame_rate, settings.fps),
+                        _sampled(after + 1, frame_rate, settings.fps) or 0)  # sampled frames, as the summary
+    pace = _Pace(camera, settings.fps, 1.0 / min(r for r in (settings.fps, frame_rate, rate) if r), following,
+                 watch=following is not None or is_stream(opened_as))
     reading = (opened.frames(settings.fps, after) if following is None else
                opened.frames(settings.fps, after, stall=following.stall, cancel=following.stop))
     try:
@@ -183,12 +190,13 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
                 keeper.update(frame.index, frame.offset, frame.image, detector.detect(frame.image, frame.index))
                 report.frames += 1
                 last_frame = frame.index
+                pace.frame(frame.offset)
                 if window_end is None:
                     window_end = (frame.offset // settings.window + 1) * settings.window
                 if following is not None and following.on_frame is not None:
                     following.on_frame(frame)
                 if bar is not None:
-                    bar.update(frame.index + 1 - bar.n)
+                    bar.update(1)
                 if frame.offset >= window_end:
                     report.crops += _append(store, embedder, keeper.take(), source, camera, report.start_time,
                                             settings, identity, last_frame, finished=False)
@@ -197,6 +205,9 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
                         following.snapshot = (last_frame, keeper.snapshot())
         if following is not None and not live and opened.stream_input and report.frames:
             report.error = _ended_early(count, frame_rate, frame.offset, settings.fps, source)
+        if bar is not None and report.error is None and not (following is not None and following.stop.is_set()):
+            bar.total = bar.n  # the source's end is 100 %, whatever its header estimated
+            bar.refresh()
     except SourceError as e:
         report.error = str(e)
     except KeyboardInterrupt:
@@ -206,7 +217,7 @@ def ingest_source(source: str, store: Store, embedder: ImageEmbedder, detector: 
     finally:
         if bar is not None:
             bar.close()
-    report.detections, report.tracks = keeper.detections, len(keeper.tracks_seen)
+    report.detections, report.tracks, report.video_seconds = keeper.detections, len(keeper.tracks_seen), pace.span
     report.seconds = time.perf_counter() - started
     if following is not None:
         report.stopped = following.stop.is_set()
@@ -367,9 +378,61 @@ def _differences(before: Any, now: dict[str, Any]) -> str:
                      if before.get(key) != value)
 
 
-def _progress_bar(enabled: bool, source: str, total: int | None) -> Any:
+def _progress_bar(enabled: bool, source: str, total: int | None, initial: int = 0) -> Any:
+    """A bar of sampled frames (the unit of the summary), ``initial`` of them done before a resumed run."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=camera_name(source), unit="frame", leave=False)
+    return tqdm(total=total, initial=initial, desc=camera_name(source), unit="frame", leave=False)
+
+
+def _sampled(count: int | None, rate: float | None, fps: float | None) -> int | None:
+    """How many of a source's first ``count`` frames at ``rate`` frames/s sampling at ``fps`` keeps (one per
+    1/fps s slot: :func:`~tbps_runtime.ingest.sources.sample_bucket`); None when ``count`` is unknown."""
+    if count is None or count <= 0 or fps is None or not rate:
+        return count
+    return min(count, int((count - 1) * fps / rate + 1e-6) + 1)
+
+
+class _Pace:
+    """The source time a run's sampled frames span (:attr:`span`), and whether a live source (a stream, or
+    any followed camera: ``watch``) is processed as fast as it plays: sampled frames processed per wall
+    second against those it gives per second of its own time, over windows of :data:`PACE_WINDOW` wall
+    seconds. Falling behind, it says so once per camera: a live camera's frames queue up, then are lost."""
+
+    def __init__(self, camera: str, fps: float | None, slot: float, following: Following | None, watch: bool):
+        self.camera, self.fps, self.slot, self.following, self.watch = camera, fps, slot, following, watch
+        self.said = following.behind if following is not None else False
+        self.first: float | None = None  # the run's first offset
+        self.span = 0.0
+        self.start: tuple[float, float] | None = None  # (wall time, source offset) where the window began
+        self.frames = 0
+
+    def frame(self, offset: float) -> None:
+        """Count a sampled frame at ``offset`` seconds of source time, processed now."""
+        self.first = offset if self.first is None else self.first
+        self.span = offset - self.first + self.slot  # a sampled frame stands for its 1/fps s slot
+        if not self.watch or self.said:
+            return
+        now = time.monotonic()
+        if self.start is None:
+            self.start = (now, offset)
+            return
+        self.frames += 1
+        elapsed, played = now - self.start[0], offset - self.start[1]
+        if elapsed < PACE_WINDOW:
+            return
+        achieved, needed = self.frames / elapsed, self.frames / played if played > 0 else 0.0
+        if achieved < needed * _BEHIND:
+            self._say(achieved, needed)
+        self.start, self.frames = (now, offset), 0
+
+    def _say(self, achieved: float, needed: float) -> None:
+        self.said = True
+        if self.following is not None:
+            self.following.behind = True
+        logger.warning("camera %s falls behind real time: %.1f sampled frames/s processed, %.1f needed (%s): "
+                       "lower its fps (--fps, or fps in the camera file), use a lighter detector, or give it more "
+                       "threads (--threads)", self.camera, achieved, needed,
+                       "every frame" if self.fps is None else f"{self.fps:g} per second of video")

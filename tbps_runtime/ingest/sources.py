@@ -14,6 +14,7 @@ the only form of it any message, log line or record shows.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -323,7 +324,8 @@ class VideoSource:
                     yield Frame(index, offset, frame.to_ndarray(format="rgb24"))
         except (av.FFmpegError, OSError) as e:
             where = f"after frame {index}" if index >= 0 else "before its first frame"
-            raise SourceError(f"{self.source} failed {where}: {_reason(e, self._raw, self.source)}") from None
+            trouble = _reason(e, self._raw, self.source, started=index >= 0, container=self._container.format.name)
+            raise SourceError(f"{self.source} failed {where}: {trouble}") from None
         finally:
             if corrupt:
                 logger.warning("%s: %d corrupt packet(s) skipped", self.source, corrupt)
@@ -450,14 +452,137 @@ def _import_av() -> Any:
     return av
 
 
-def _reason(error: BaseException, raw: str | None = None, name: str | None = None) -> str:
+def _reason(error: BaseException, raw: str | None = None, name: str | None = None, *, started: bool = False,
+            container: str | None = None) -> str:
+    """What went wrong with a source and what to try, from a PyAV/FFmpeg (or operating-system) error raised
+    opening it, or part-way when ``started`` (a frame was decoded). ``container``: the demuxer's name, once
+    opened. FFmpeg's own words (:func:`_ffmpeg_words`, credentials removed) go to the debug log; they stand
+    in only for an error this does not know."""
+    said = _ffmpeg_words(error, raw, name)
+    logger.debug("%s: FFmpeg said: %s", name or "a source", said)
+    return _explain(error, raw or "", started, container) or said
+
+
+_VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba", b"\x30\x26\xb2\x75",
+                b"GIF8", b"nut/")  # Matroska/WebM, AVI, FLV, Ogg, MPEG-PS, ASF, GIF, NUT
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+_FASTSTART = "ffmpeg -i IN -c copy -movflags +faststart OUT"
+
+
+def _explain(error: BaseException, raw: str, started: bool, container: str | None) -> str | None:
+    """:func:`_reason`'s words for the errors a user can act on, or None."""
+    av = _import_av()
+    number = getattr(error, "errno", None)
+    stream = is_stream(raw)
+    if isinstance(error, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
+        code = "401 Unauthorized" if isinstance(error, av.error.HTTPUnauthorizedError) else "403 Forbidden"
+        return (f"authentication failed (the server answered {code}): check the user name and password in the "
+                "URL, and that this user may view the stream")
+    if isinstance(error, av.error.HTTPNotFoundError):
+        return "the server has no such path (404 Not Found): check the URL's path"
+    if number == errno.ECONNREFUSED:
+        return (f"connection refused: nothing accepts connections at {_address(raw)}: check that the camera or "
+                "server is running and the port is right")
+    if number in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"host unreachable ({_address(raw)}): check the address and that this machine's network reaches it"
+    if number == errno.ETIMEDOUT or isinstance(error, (TimeoutError, av.error.ExitError)):
+        limit = _READ_TIMEOUT_S if started else _OPEN_TIMEOUT_S
+        return (f"timed out: {_address(raw)} gave no answer within {limit:g} s: check the address, a firewall "
+                "between, and that the camera is not overloaded")
+    if number == errno.ECONNRESET:
+        return "the server closed the connection: check its log, and how many clients it allows"
+    if stream:
+        return _stream_trouble(error, raw, started, container, number)
+    if isinstance(error, av.error.InvalidDataError) or (number == errno.EIO and not started):
+        return _file_trouble(raw)
+    if number == errno.EIO:
+        return ("reading the file failed (input/output error): a failing disk, a network share that went away, or "
+                "a file changed while read; copy it to a local disk and ingest it again")
+    return None
+
+
+def _stream_trouble(error: BaseException, raw: str, started: bool, container: str | None,
+                    number: int | None) -> str | None:
+    """:func:`_explain` for a stream's input/output and invalid-data errors."""
+    mp4 = container is not None and "mp4" in container  # opened (an open's I/O error is the connection's)
+    if raw.lower().startswith(("http://", "https://")) and mp4 and not started and number == errno.EIO:
+        return ("an MP4 served over HTTP without range requests cannot be read when its index (moov atom) is at "
+                "its end, as recorders write it: serve it from a server that allows range requests, or move the "
+                f"index to the front ({_FASTSTART})")
+    if number == errno.EIO and container is None:
+        return (f"could not connect to {_address(raw)} (input/output error): check the host name, the network "
+                "and the server")
+    if number == errno.EIO:
+        return ("the connection was cut (input/output error): check the network and the server; tbps ingest "
+                "--cameras FILE --follow reconnects by itself")
+    if isinstance(error, _import_av().error.InvalidDataError):
+        return ("the stream's data is not video FFmpeg can read: check that the URL names a video stream (not a "
+                "web page or a playlist of another kind)")
+    return None
+
+
+def _file_trouble(path: str) -> str:
+    """Why FFmpeg found no video it can read in the file at ``path``: empty, cut short, or not a video."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return "the file cannot be read as a video"
+    if size == 0:
+        return "the file is empty: a copy or recording that did not finish"
+    if head[4:8] in _MP4_BOXES:
+        return _mp4_trouble(path, size) or "the MP4 is damaged: play it elsewhere to check it, or copy it again"
+    if head.startswith(_VIDEO_MAGIC) or head[:1] == b"\x47":  # \x47: an MPEG-TS packet's sync byte
+        return ("the video file is damaged or truncated (cut short): copy it again, or ingest the complete "
+                "recording")
+    return ("not a video, or in a container FFmpeg cannot read: check it is the file you meant (ffprobe FILE says "
+            "what it holds), or convert it to MP4")
+
+
+def _mp4_trouble(path: str, size: int) -> str | None:
+    """An MP4's (ISO base media file's) top-level boxes, read for a cut: truncated inside a box, or without
+    the index (moov atom) a finished recording has; None when neither."""
+    seen, at = set(), 0
+    with open(path, "rb") as file:
+        while at + 8 <= size:
+            file.seek(at)
+            header = file.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:
+                length = int.from_bytes(header[8:16], "big")  # a 64-bit size follows the type
+            elif length == 0:
+                length = size - at  # the last box runs to the end
+            if length < 8:
+                return "the MP4 is damaged (a box of an impossible size): copy it again"
+            if at + length > size:
+                return (f"the file is truncated: it ends at byte {size} inside its "
+                        f"{kind.decode('latin-1')!r} box, {at + length - size} byte(s) short (a copy or download "
+                        "that did not finish, or a recording still being written): copy it again once complete")
+            seen.add(kind)
+            at += length
+    if b"moov" not in seen:
+        return ("the MP4 has no index (moov atom): a recording stopped before it was finished; ingest a finished "
+                "recording, or repair this one (e.g. with untrunc)")
+    return None
+
+
+def _address(raw: str) -> str:
+    """A stream's host (and port) without credentials, for a message."""
+    rest = redact_url(raw).split("://", 1)[-1]
+    return one_line(printable(re.split(r"[/?;#]", rest, maxsplit=1)[0])) or "the stream's address"
+
+
+def _ffmpeg_words(error: BaseException, raw: str | None = None, name: str | None = None) -> str:
     """The first line of an FFmpeg error, with the source as recorded: FFmpeg quotes the URL it was given,
     credentials and all (Python shows it escaped, as ``repr`` does), so the URL becomes ``name``, and any
     credential (:func:`url_secrets`), or run of 4 letters or digits of one, quoted on its own becomes ``***``."""
     text = str(error).strip() or type(error).__name__
     if raw and name:
-        for form in (raw, repr(raw)[1:-1]):
-            text = text.replace(form, name)
+        # one pass: a relative path is part of the absolute name put in its place, and must not be replaced
+        # again inside it ('/tmp/x//tmp/x/a.mp4')
+        forms = sorted({raw, repr(raw)[1:-1]}, key=len, reverse=True)
+        text = re.sub("|".join(re.escape(form) for form in forms), lambda _: name, text)
         secrets = url_secrets(raw)
         pieces = {piece for secret in secrets for piece in re.findall(r"[^\W_]{4,}", secret)
                   if piece.lower() not in _SECRET_PARAMETERS}  # a value's words, not the parameter's name

@@ -99,7 +99,7 @@ def load_manifest(directory: str | Path) -> Manifest:
         raise InputFileNotFoundError(f"bundle directory not found: {directory}")
     path = directory / MANIFEST_FILE
     if not path.is_file():
-        raise BundleError(f"{directory} is not a tbps bundle: it has no {MANIFEST_FILE} (made by tbps-export)")
+        raise BundleError(f"{directory} is not a tbps bundle: it has no {MANIFEST_FILE} (made by tbps export)")
     try:
         data = read_json(path)
     except ValueError as e:

@@ -13,6 +13,10 @@ query's tokens are shaded by the text tower's decoder attention (Fig. 4b).
 
 The HTML page is one self-contained file: crops are embedded as base64 PNG data
 URIs, and every string it prints goes through :func:`html.escape`.
+
+A crop that cannot be read (moved, deleted) is drawn as a grey box, and the
+report says so in one warning (:func:`warn_missing`). A query whose answer is
+empty can carry a note saying why (the threshold and the best score below it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -29,15 +34,19 @@ from PIL import Image, ImageDraw, ImageFont
 from tbps_runtime.atomic import atomic_write
 from tbps_runtime.errors import DataError, InputFileNotFoundError
 from tbps_runtime.model.images import read_image, resize_rgb
+from tbps_runtime.ingest.sources import one_line
 from tbps_runtime.paths import printable
 
 if TYPE_CHECKING:
     from tbps_runtime.model.attention import Explanation
     from tbps_runtime.search import Match
 
+logger = logging.getLogger(__name__)
+
 HIT, MISS, UNKNOWN = (40, 170, 60), (215, 40, 40), (150, 150, 150)
 CROP_SIZE = (240, 96)  # (H, W) of a drawn crop: small crops are upscaled (bilinear)
 TEXT_WIDTH = 300  # the query column, px
+NOTE_WIDTH = 420  # at least this much room, px, for the line saying why an answer is empty
 _SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
 
 
@@ -72,18 +81,34 @@ def _heat_colours(values: np.ndarray) -> np.ndarray:
 
 
 def crop_image(path: str | Path | None, size: tuple[int, int] = CROP_SIZE, heatmap: np.ndarray | None = None,
-               alpha: float = 0.5) -> Image.Image:
+               alpha: float = 0.5, missing: list[str] | None = None) -> Image.Image:
     """A gallery crop at ``size`` (H, W), with ``heatmap`` (h, w) blended over it when given.
-    An unreadable image gives a grey placeholder."""
+    An unreadable image gives a grey placeholder, and its path is appended to ``missing`` when given."""
     try:
         pixels = resize_rgb(read_image(path), size).astype(np.float32)  # (H, W, 3)
     except (DataError, InputFileNotFoundError, TypeError, OSError):
         pixels = np.full((*size, 3), 200, np.float32)
+        if missing is not None:
+            missing.append(str(path))
     if heatmap is not None and heatmap.size:
         scaled = heatmap / max(float(heatmap.max()), 1e-12)  # to [0, 1] by the image's maximum, as Eq. 5
         up = Image.fromarray((scaled * 255).astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.BILINEAR)
         pixels = (1 - alpha) * pixels + alpha * _heat_colours(np.asarray(up, np.float32) / 255)
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def warn_missing(crops: Sequence[str], videos: Sequence[str] = ()) -> None:
+    """One warning for a report's unreadable ``crops`` (drawn grey) and missing source ``videos`` (hits
+    without a link to play): how many, and the first; nothing when all were there."""
+    said = []
+    for paths, what in ((crops, "crop(s) could not be read and are drawn as grey boxes"),
+                        (videos, "source video(s) are missing and their hits have no link")):
+        unique = list(dict.fromkeys(paths))  # a crop shown for several queries counts once
+        if unique:
+            said.append(f"{len(unique)} {what} (first: {one_line(printable(unique[0]))})")
+    if said:
+        logger.warning("the report is incomplete: %s; were the files moved or deleted after indexing?",
+                       "; ".join(said))
 
 
 def frame_colour(match: Match, query_identity: Any) -> tuple[int, int, int]:
@@ -125,12 +150,20 @@ def _draw_tokens(draw: ImageDraw.ImageDraw, tokens: list[tuple[str, float]], fon
 
 def draw_results(queries: Sequence[str], results: Sequence[Sequence[Match]], output: str | Path, *,
                  query_identities: Sequence[Any] | None = None,
-                 explanations: Sequence[Explanation] | None = None, crop_size: tuple[int, int] = CROP_SIZE) -> Path:
-    """Write the results grid PNG: one row per query (its text, then its crops). Returns ``output``."""
+                 explanations: Sequence[Explanation] | None = None, crop_size: tuple[int, int] = CROP_SIZE,
+                 notes: Sequence[str | None] | None = None, missing: list[str] | None = None) -> Path:
+    """Write the results grid PNG: one row per query (its text, then its crops). Returns ``output``.
+
+    ``notes``: per query, a line drawn where its crops go (why its answer is empty), or None.
+    ``missing``: collects the unreadable crops for the caller to warn about once (:func:`warn_missing`);
+    without it, this picture warns itself."""
+    unread: list[str] = [] if missing is None else missing
     k = max((len(r) for r in results), default=0)
     pad, frame, label = 12, 5, 40
     cell_w, row_h = crop_size[1] + 2 * frame + pad, crop_size[0] + 2 * frame + label + pad
     width = pad + TEXT_WIDTH + pad + max(k, 1) * cell_w
+    if notes and any(notes):
+        width = max(width, pad + TEXT_WIDTH + pad + NOTE_WIDTH + pad)
     canvas = Image.new("RGB", (width, pad + len(queries) * row_h), "white")
     draw = ImageDraw.Draw(canvas)
     big, small = _font(17), _font(14)
@@ -147,11 +180,15 @@ def draw_results(queries: Sequence[str], results: Sequence[Sequence[Match]], out
         identity = query_identities[row] if query_identities else None
         _draw_query(draw, query, identity, explanation, pad, y, big, small)
         heatmaps = explanation.heatmaps if explanation is not None else None
+        note = notes[row] if notes else None
+        if note:  # an empty answer says why where its crops would be
+            for line, text in enumerate(_wrap(draw, printable(note), small, width - 3 * pad - TEXT_WIDTH)[:12]):
+                draw.text((pad + TEXT_WIDTH + pad, y + 20 + 18 * line), text, fill=(110, 110, 110), font=small)
         for i, match in enumerate(matches):
             x = pad + TEXT_WIDTH + pad + i * cell_w
             draw.rectangle([x, y, x + crop_size[1] + 2 * frame - 1, y + crop_size[0] + 2 * frame - 1],
                            fill=frame_colour(match, identity))
-            canvas.paste(crop_image(match.path, crop_size, None if heatmaps is None else heatmaps[i]),
+            canvas.paste(crop_image(match.path, crop_size, None if heatmaps is None else heatmaps[i], missing=unread),
                          (x + frame, y + frame))
             ty = y + crop_size[0] + 2 * frame + 3
             draw.text((x, ty), f"#{match.rank}", fill=(0, 0, 0), font=big)
@@ -162,6 +199,8 @@ def draw_results(queries: Sequence[str], results: Sequence[Sequence[Match]], out
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     atomic_write(output, lambda stream: stream.write(buffer.getvalue()))
+    if missing is None:
+        warn_missing(unread)
     return output
 
 
@@ -217,8 +256,12 @@ def _attention_table(explanation: Explanation, num_coarse: int) -> str:
 
 def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], output: str | Path, *,
                query_identities: Sequence[Any] | None = None, explanations: Sequence[Explanation] | None = None,
-               title: str = "tbps results", crop_size: tuple[int, int] = CROP_SIZE) -> Path:
-    """Write a self-contained HTML page of the results (crops as base64 data URIs). Returns ``output``."""
+               title: str = "tbps results", crop_size: tuple[int, int] = CROP_SIZE,
+               notes: Sequence[str | None] | None = None, missing: list[str] | None = None) -> Path:
+    """Write a self-contained HTML page of the results (crops as base64 data URIs). Returns ``output``.
+
+    ``notes`` and ``missing``: as :func:`draw_results`."""
+    unread: list[str] = [] if missing is None else missing
     body = []
     for row, (query, matches) in enumerate(zip(queries, results)):
         identity = query_identities[row] if query_identities else None
@@ -233,7 +276,7 @@ def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], outpu
             colour = frame_colour(match, identity)
             css = "hit" if colour == HIT else "miss" if colour == MISS else "unknown"
             heat = None if explanation is None else explanation.heatmaps[i]
-            src = _data_uri(crop_image(match.path, crop_size, heat))
+            src = _data_uri(crop_image(match.path, crop_size, heat, missing=unread))
             caption = f"#{match.rank} · {match.score:.3f}"
             detail = getattr(match, "detail", None)
             if detail:  # camera · time · track of a store's row
@@ -243,11 +286,15 @@ def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], outpu
             link = getattr(match, "link", None)
             if link:  # the source video at that moment
                 image = f'<a href="{html.escape(link)}" title="play the source at this moment">{image}</a>'
-            extra = "".join(f'<img class="more" src="{_data_uri(crop_image(path, (crop_size[0] // 3, crop_size[1] // 3)))}" '
+            small = (crop_size[0] // 3, crop_size[1] // 3)
+            extra = "".join(f'<img class="more" src="{_data_uri(crop_image(path, small, missing=unread))}" '
                             f'alt="another crop of the track">' for path in getattr(match, "extra_paths", ()) or ())
             caption_html = "<br>".join(html.escape(line) for line in caption.split("\n"))
             figures.append(f'<figure class="{css}">{image}<figcaption>{caption_html}</figcaption>'
                            + (f'<div class="track">{extra}</div>' if extra else "") + "</figure>")
+        note = notes[row] if notes else None
+        if note:  # an empty answer says why
+            figures.append(f'<p class="meta empty">{html.escape(note)}</p>')
         table = ("" if explanation is None else '<details class="att"><summary class="meta">text attention per '
                  f"decoder token</summary>{_attention_table(explanation, explanation.maps.shape[1])}</details>")
         body.append(f'<section><div class="row"><div class="query"><div class="meta">{html.escape(meta)}</div>'
@@ -257,4 +304,6 @@ def write_html(queries: Sequence[str], results: Sequence[Sequence[Match]], outpu
             + "\n</body></html>\n")
     output = Path(output)
     atomic_write(output, lambda stream: stream.write(printable(page).encode("utf-8")))
+    if missing is None:
+        warn_missing(unread)
     return output

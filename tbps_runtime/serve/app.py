@@ -64,7 +64,7 @@ def create_app(settings: ServeSettings, service: Service | None = None, *, page_
     check_limits(settings.limits)
     service = service or Service.load(settings)
     app = FastAPI(title="tbps serve", version=_version(), lifespan=_lifespan, redoc_url=None,
-                  docs_url=None,  # /docs from the installed swagger-ui-bundle (routes/docs.py), never a CDN
+                  docs_url=None,  # /docs from the installed swagger-ui-py (routes/docs.py), never a CDN
                   exception_handlers=EXCEPTION_HANDLERS,
                   description="Text-based person search over one gallery. Data endpoints want the API key when the "
                               "service has one; /healthz, /readyz, /metrics, the page and this description do not.")

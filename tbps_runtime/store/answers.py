@@ -1,6 +1,7 @@
 """What a store's answer says about itself: the threshold it used and where it came from, each hit's match
-strength, why an answer is empty, and a camera the store does not know. Shared by ``tbps rank`` and the
-service, so both say the same facts.
+strength, why an answer is empty, and a camera the store does not know. Shared by ``tbps rank``, the
+service and :meth:`Store.delete <tbps_runtime.store.base.Store.delete>` (so ``tbps gallery delete/prune``
+and the service's ``DELETE /gallery/rows``), so all say the same facts.
 """
 
 from __future__ import annotations

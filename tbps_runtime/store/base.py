@@ -43,6 +43,7 @@ from tbps_runtime.errors import BundleError, ConfigError, DataError, OutputError
 from tbps_runtime.gallery.npy import check_same_bundle
 from tbps_runtime.outputs import output_lock
 from tbps_runtime.paths import resolve_inside
+from tbps_runtime.store.answers import check_cameras
 from tbps_runtime.store.rows import CropRecord, Removal, RowFilter, StoreHit, check_record, format_time
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,10 @@ class Store(Protocol):
         ``dry_run``: count what would go, remove nothing; every row may be counted without ``everything``.
 
         Raises:
-            ConfigError: no condition at all (code ``delete_without_condition``), or every row without
-                ``everything`` (code ``delete_everything_unconfirmed``, facts ``rows`` and ``location``).
+            ConfigError: no condition at all (code ``delete_without_condition``); a camera or source the store
+                has no rows of (code ``parameter_invalid``, listing those it has:
+                :func:`~tbps_runtime.store.answers.check_cameras`); or every row without ``everything`` (code
+                ``delete_everything_unconfirmed``, facts ``rows`` and ``location``).
         """
 
     def search(self, queries: np.ndarray, k: int = 10, *, row_filter: RowFilter | None = None,
@@ -343,6 +346,7 @@ class StoreBase:
         if row_filter.empty and older_than is None:
             raise ConfigError("say what to delete: a row filter (cameras, sources, tracks, since, until) or "
                               "older_than", code="delete_without_condition")
+        check_cameras(self, row_filter)  # a misspelt name would otherwise remove 0 rows and pass as done
         cutoff = None if older_than is None else time.time() - older_than
         return self._delete(row_filter, cutoff, everything, dry_run)
 

@@ -528,6 +528,8 @@ def _require_pymilvus() -> Any:
 def _connect(uri: str) -> Any:
     """A MilvusClient for ``uri`` (an http(s) address, or a milvus-lite ``.db`` path)."""
     pymilvus = _require_pymilvus()
+    if not uri.startswith(("http://", "https://")):
+        _quiet_unimplemented_rpcs()
     try:
         return pymilvus.MilvusClient(uri=uri, timeout=_TIMEOUT_S)
     except pymilvus.MilvusException as e:
@@ -535,6 +537,23 @@ def _connect(uri: str) -> Any:
             raise StoreError(f"cannot reach Milvus at {uri} ({_message(e)})") from e
         raise BundleError(f"cannot open the milvus-lite database {uri} ({_message(e)}): check the path "
                           "(its folder must exist, and it must be a milvus-lite data directory)") from e
+
+
+class _UnimplementedRpc(logging.Filter):
+    """Drops gRPC's log of an RPC the in-process milvus-lite server lacks (its generated servicer raises
+    ``NotImplementedError('Method not implemented!')``, grpc logs it with a traceback): pymilvus probes
+    some (``AllocTimestamp``) and does without them. Any other exception in the server is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NotImplementedError) and str(error) == "Method not implemented!")
+
+
+def _quiet_unimplemented_rpcs() -> None:
+    """Install :class:`_UnimplementedRpc` on grpc's server logger, once (milvus-lite serves in this process)."""
+    server_log = logging.getLogger("grpc._server")
+    if not any(isinstance(f, _UnimplementedRpc) for f in server_log.filters):
+        server_log.addFilter(_UnimplementedRpc())
 
 
 @contextmanager

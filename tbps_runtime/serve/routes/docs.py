@@ -1,10 +1,12 @@
-"""``/docs``: Swagger UI over ``/openapi.json``, served from the installed ``swagger-ui-bundle`` package, never
-from a CDN (sites are often air-gapped). Its three files are listed once and served by name under
+"""``/docs``: Swagger UI over ``/openapi.json``, served from the installed ``swagger-ui-py`` package (Swagger UI 5,
+which reads the OpenAPI 3.1 FastAPI writes; swagger-ui-bundle's 4.15 cannot), never from a CDN (sites are often
+air-gapped). Its three files are listed once and served by name under
 ``/docs/``; public, like the description they show. Without the package, ``/docs`` answers 404 saying which
 package to install (the API and ``/openapi.json`` work without it)."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -15,18 +17,18 @@ from tbps_runtime.serve.galleries import NotFound
 
 DOCS_FILES = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
               "favicon-32x32.png": "image/png"}
-SWAGGER_MISSING = "the offline API browser needs swagger-ui-bundle: pip install 'tbps[serve]' (/openapi.json works)"
+SWAGGER_MISSING = "the offline API browser needs swagger-ui-py: pip install 'tbps[serve]' (/openapi.json works)"
 
 router = APIRouter(include_in_schema=False)
 
 
 def swagger_files() -> dict[str, Path]:
-    """Swagger UI's files by name, from the installed ``swagger-ui-bundle`` (none when it is missing)."""
-    try:
-        import swagger_ui_bundle
-    except ImportError:
+    """Swagger UI's files by name, from the installed ``swagger-ui-py`` (none when it is missing). Its package is
+    found, not imported: only its static files are used."""
+    spec = find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
         return {}
-    folder = Path(swagger_ui_bundle.swagger_ui_path)
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
     return {name: folder / name for name in DOCS_FILES if (folder / name).is_file()}
 
 

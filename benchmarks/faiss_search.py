@@ -78,7 +78,7 @@ FULL_SPECS = ["Flat", "IVF{nlist},Flat", "IVF{nlist},SQ8", "IVF{nlist},PQ64", "H
 QUICK_SPECS = ["Flat", "IVF{nlist},Flat", "IVF{nlist},SQ8", "IVF{nlist},PQ8x4", "HNSW16"]
 NPROBE = [1, 4, 16, 64]
 EF_SEARCH = [16, 64, 256]
-RESCORE = 100  # candidates a compressed (PQ) index hands to exact rescoring (tbps-rank --rescore)
+RESCORE = 100  # candidates a compressed (PQ) index hands to exact rescoring (tbps rank --rescore)
 IMAGES_PER_ID = 4
 CHUNK_ROWS = 20_000
 
@@ -99,7 +99,7 @@ def load_real(gallery_path: Path, bundle: Path) -> tuple[np.ndarray, np.ndarray]
     gallery.check_bundle(load_manifest(bundle).fingerprint, bundle)
     ids = [e.identity for e in gallery.entries]
     if any(i is None for i in ids):
-        raise SystemExit(f"{gallery_path}: the rows need identities (tbps-index --identities, as the quickstart "
+        raise SystemExit(f"{gallery_path}: the rows need identities (tbps index --identities, as the quickstart "
                          "indexes its test split)")
     _, ids = np.unique(np.asarray([str(i) for i in ids]), return_inverse=True)
     return np.array(gallery.embeddings, np.float32), ids.astype(np.int64)
@@ -260,7 +260,7 @@ def sweep(spec: str, nprobe: list[int], ef: list[int]) -> list[dict[str, int]]:
 
 
 def search(index: Any, parts: list[np.ndarray], queries: np.ndarray, setting: dict[str, int]):
-    """``tbps-rank``'s FAISS search for one setting: (scores, rows) of the top TOP."""
+    """``tbps rank``'s FAISS search for one setting: (scores, rows) of the top TOP."""
     rescore = setting.get("rescore", 0)
     knobs = {k: v for k, v in setting.items() if k != "rescore"}
     scores, rows = search_faiss(index, queries, max(TOP, rescore), **knobs)
@@ -376,7 +376,7 @@ def to_markdown(results: dict[str, Any], info: dict[str, Any]) -> str:
                              table) + "\n")
     parts.append(
         f"`rescore={RESCORE}`: FAISS's best {RESCORE} candidates scored again exactly (Eq. 14) from the memory-mapped "
-        f"gallery rows, the best {TOP} kept (`tbps-rank --rescore {RESCORE}`); its latency includes those row reads. "
+        f"gallery rows, the best {TOP} kept (`tbps rank --rescore {RESCORE}`); its latency includes those row reads. "
         "Latency: each spec's settings are timed interleaved with the exact `top_k` on the same queries "
         f"({', '.join(str(s['reps']) for s in results['sizes'])} reps after a warm-up; median / p90 ms); "
         "the speed-up is the exact median over the setting's median in that same run. Build: `build_faiss_index` (seeded training sample of "

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--ckpt", default=DEMO["ckpt"])
     parser.add_argument("--bundle", default=DEMO["bundle"], help="the float32 bundle of --ckpt")
-    parser.add_argument("--int8-bundle", default=DEMO["int8"], help="its int8 bundle (tbps-export --int8); skipped if missing")
+    parser.add_argument("--int8-bundle", default=DEMO["int8"], help="its int8 bundle (tbps export --int8); skipped if missing")
     parser.add_argument("--root", default=DEMO["root"])
     parser.add_argument("--split", default="test")
     args = parser.parse_args(argv)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (images8, queries8), seconds = timed(runtime_embeddings, args.int8_bundle, paths, texts)
         rows.append(variant("ONNX int8 (onnxruntime)", images8, queries8, reference, ids, seconds))
     else:
-        notes.append(f"int8: no int8 bundle at {args.int8_bundle} (tbps-export --int8): not measured.")
+        notes.append(f"int8: no int8 bundle at {args.int8_bundle} (tbps export --int8): not measured.")
     notes.append(_tensorrt_row(args.bundle, paths, texts, reference, ids, rows))
     results = {"machine": info, "quick": args.quick, "checkpoint": str(args.ckpt), "bundle": str(args.bundle),
                "split": {"root": str(args.root), "name": args.split, "images": len(paths), "captions": len(texts),
@@ -136,7 +136,7 @@ def _tensorrt_row(bundle: str, paths: list[str], texts: list[str], reference, id
 
     engines = load_manifest(bundle).tensorrt
     if not engines:
-        return "TensorRT: not measured here (no GPU, and the bundle has no engines: tbps-export --trt --fp16)."
+        return "TensorRT: not measured here (no GPU, and the bundle has no engines: tbps export --trt --fp16)."
     precision = next(iter(engines.values())).get("precision", "?")
     try:
         (images, queries), seconds = timed(runtime_embeddings, bundle, paths, texts, "tensorrt")

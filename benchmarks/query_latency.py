@@ -4,7 +4,7 @@
     python -m benchmarks.query_latency [--quick] [--out DIR] [--bundle m.bundle] [--rows N]
 
 The gallery is random per-slot-normalised rows of the bundle's K×d, written
-with ``write_gallery`` (so it carries the bundle's fingerprint, as ``tbps-index``
+with ``write_gallery`` (so it carries the bundle's fingerprint, as ``tbps index``
 would) into a temp dir, and loaded memory-mapped. Cold runs are timed from
 process start to exit, the gallery's pages already in the page cache (the
 warm-up run reads them).

@@ -4,7 +4,7 @@ against the memory-bandwidth floor measured in the same run.
     python -m benchmarks.ranking [--quick] [--out DIR] [--scratch DIR]
 
 Galleries of random per-slot-normalised rows are written in chunks as ``.npy``
-memory maps under ``--scratch`` and ranked memory-mapped (as ``tbps-rank``
+memory maps under ``--scratch`` and ranked memory-mapped (as ``tbps rank``
 does). Sizes (full run): 10k and 100k rows at the paper model's K·d = 9×512,
 and 1M rows at the demo model's K·d = 9×128 (1M × 9×512 is 18.4 GB: more than
 this machine's free RAM, so neither the page cache nor FAISS could hold it).

@@ -9,7 +9,7 @@ in the order a, b, b, a (a load drift hits all alike; one backend's spinning
 threads never slow another's call): median and p90 latency, items/s. The ONNX
 graphs are exported from the model into a temp dir with the exporter's tower
 export (the bundle's own graphs with ``--bundle``; TensorRT engines only come
-from a bundle built with ``tbps-export --trt``).
+from a bundle built with ``tbps export --trt``).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def trt_runners(bundle: Path | None) -> tuple[dict[str, Callable] | None, str]:
 
     manifest = load_manifest(bundle)
     if not manifest.tensorrt:
-        return None, f"{bundle} has no TensorRT engines (tbps-export --trt)"
+        return None, f"{bundle} has no TensorRT engines (tbps export --trt)"
     try:
         from tbps_runtime.model.tensorrt import TensorRTBackend
 

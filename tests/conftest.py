@@ -191,3 +191,37 @@ def small_disk(tmp_path):
         yield fill
     finally:
         subprocess.run(["umount", "-l", mount], check=False)
+
+
+# Session fixtures that take tens of seconds to build, by the chain each starts (see built_once).
+_TINY_CHAIN = frozenset({"tiny_checkpoint", "exported_bundle", "int8_bundle"})
+_LEARNED = frozenset({"learned_checkpoint"})
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Order whole modules so that two xdist workers build the two slow fixture chains at once, each
+    while the other one runs its own tests, instead of one waiting on the other's lock.
+
+    xdist's work-stealing scheduler gives each worker one contiguous half of the list to start with:
+    the modules that need the tiny model's chain (training, export, int8) go first, those that need
+    the learned model at the start of the second half, and the modules that need neither fill both
+    halves. A module's tests stay together (its module fixtures are built once); the order within a
+    module is pytest's."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def needs(module_items: list, names: frozenset) -> bool:
+        return any(names & set(getattr(item, "fixturenames", ())) for item in module_items)
+
+    learned = [m for m in modules.values() if needs(m, _LEARNED)]
+    chain = [m for m in modules.values() if not needs(m, _LEARNED) and needs(m, _TINY_CHAIN)]
+    free = [m for m in modules.values() if not needs(m, _LEARNED | _TINY_CHAIN)]
+    first_half, count = [], 0
+    for module in chain + free:  # the first worker's share: about half of all tests
+        if count >= len(items) // 2 and module in free:
+            break
+        first_half.append(module)
+        count += len(module)
+    rest = [m for m in chain + free if m not in first_half]
+    items[:] = [item for module in first_half + learned + rest for item in module]

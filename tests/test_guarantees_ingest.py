@@ -244,7 +244,7 @@ def test_a_stream_played_for_real_leaves_its_credentials_nowhere(data, fake_bund
     remux(footage / "cam1.mp4", folder / "cam1.nut")
     gallery = folder / "s"
     with http_server(folder) as address:
-        url, words, _ = data.draw(stream_urls(scheme="http", host=address, path="/cam1.nut"), label="case")
+        url, words, keeps = data.draw(stream_urls(scheme="http", host=address, path="/cam1.nut"), label="case")
         done = tbps("ingest", url, "--gallery", gallery, "--bundle", fake_bundle, "--detections",
                     footage / "cam1.gt.txt", "--fps", 5, "--window", 0.5, "--json")
     assert done.exit_code in (0, 2) and "Traceback" not in done.output, done.output
@@ -253,7 +253,8 @@ def test_a_stream_played_for_real_leaves_its_credentials_nowhere(data, fake_bund
         outputs.append(files_text(gallery).decode("utf-8", "replace"))
         outputs.append(run(gallery_group, ["info", gallery, "--json"]).output)
         outputs.append(run(rank_command, ["--gallery", gallery, "--query", "red", "-k", 50, "--json"]).output)
-        assert all(r.source == source_name(url) and address in r.source for r in records(gallery))
+        # The address is kept unless an @ after it makes the URL ambiguous (redact_url drops it then).
+        assert all(r.source == source_name(url) and all(k in r.source for k in keeps) for r in records(gallery))
     for word in words:
         assert all(word not in text for text in outputs), (url, word)
 

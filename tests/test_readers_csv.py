@@ -478,6 +478,8 @@ def test_fuzzed_csv_text_gives_records_or_data_error(tmp_path, text, split, chec
 
 def test_fuzzed_csv_text_often_gives_records(tmp_path):
     """The generator above reaches the reader's good paths, not only its errors."""
+    from random import Random
+
     from hypothesis import Phase, find
 
     path = _fuzz_root(tmp_path) / "a.csv"
@@ -488,7 +490,9 @@ def test_fuzzed_csv_text_often_gives_records(tmp_path):
             return _records_or_data_error(path, "train", False) == source
         return condition
     for source in ("made", "column"):
-        find(_csv_text(), reads(source), settings=settings(max_examples=500, database=None, phases=[Phase.generate]))
+        # Seeded: an unseeded search missed now and then (NoSuchExample in 1 of ~20 runs).
+        find(_csv_text(), reads(source), settings=settings(max_examples=500, database=None, phases=[Phase.generate]),
+             random=Random(0))
 
 
 _json_value = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _cell

@@ -112,7 +112,7 @@ class Service:
 
     @property
     def explain_available(self) -> bool:
-        """Whether the bundle has the explain graphs (``tbps-export --explain``)."""
+        """Whether the bundle has the explain graphs (``tbps export --explain``)."""
         manifest = self.search.manifest
         return all(spec.name in manifest.towers and spec.onnx_file in manifest.files
                    for spec in (IMAGE_EXPLAIN_TOWER, TEXT_EXPLAIN_TOWER))

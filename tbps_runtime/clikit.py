@@ -202,7 +202,7 @@ def command_summary(command: click.Command) -> str:
     return " ".join(words)
 
 
-def one_line(text: str, width: int) -> str:
+def fit_line(text: str, width: int) -> str:
     """``text`` if it fits ``width`` characters, else cut at a word boundary and ended with "..."."""
     if len(text) <= width:
         return text
@@ -233,7 +233,7 @@ class TbpsGroup(click.Group):
             return
         # The text column of HelpFormatter.write_dl: the name column (at most 30) and its spacing go first.
         width = formatter.width - min(max(len(name) for name, _ in commands), 30) - 4
-        rows = [(name, one_line(command_summary(command), width)) for name, command in commands]
+        rows = [(name, fit_line(command_summary(command), width)) for name, command in commands]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

@@ -11,6 +11,7 @@ image directory to another disk).
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -37,6 +38,18 @@ def resolve_inside(root: str | Path, name: Any, what: str) -> Path:
         raise UnsafePathError(f"{what} is {short(name, 80)}, expected a path relative to {root}/ that stays "
                               "inside it (no absolute path, no '..'): refusing to read outside it")
     return Path(root) / name
+
+
+CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")  # what a name may not hold (tbps_runtime.store.rows.check_name)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters and line separators written as escapes (``\\n``,
+    ``\\x1b``, ``\\u2028``): fit for a name, a log line or a table row, never two lines."""
+    if not any(unicodedata.category(c) in CONTROL_CATEGORIES for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in CONTROL_CATEGORIES
+                   else c for c in text)
 
 
 def printable(text: str) -> str:

@@ -31,7 +31,7 @@ from tbps_runtime.gallery.open import load_gallery
 from tbps_runtime.gallery.records import GalleryEntry, ShardInfo
 from tbps_runtime.gallery.shards import ShardedGallery
 from tbps_runtime.indexing.local import embed_into
-from tbps_runtime.ingest.sources import one_line
+from tbps_runtime.paths import one_line
 from tbps_runtime.model import attention
 from tbps_runtime.model.attention import Explanation
 from tbps_runtime.model.backends import Backend

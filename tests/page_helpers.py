@@ -208,21 +208,25 @@ def offline(browser: Any) -> Iterator[tuple[Any, list[str]]]:
 
 
 @contextlib.contextmanager
-def serving_folder(folder: Path) -> Iterator[str]:
-    """``folder``'s files over HTTP on 127.0.0.1 (a free port) until the block ends. Yields the base URL."""
+def http_server(directory: Path) -> Iterator[str]:
+    """``directory``'s files over HTTP (Python's server: no range requests) on 127.0.0.1 until the block
+    ends. Yields its ``127.0.0.1:PORT``."""
     import functools
     import http.server
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
     thread = threading.Thread(target=server.serve_forever, name="tbps-folder-server", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join()
 
 
 @pytest.fixture()

@@ -72,11 +72,12 @@ def test_every_benchmark_json_has_a_generated_page(site, source):
 def test_the_docs_site_works_with_the_network_cut_to_this_machine(site):
     """The built site on an air-gapped machine: no font, script or style from another host, and the
     search (a web worker over the local index) finds a page."""
-    from page_helpers import chromium, missing_browser, offline, serving_folder
+    from page_helpers import chromium, http_server, missing_browser, offline
 
     if (reason := missing_browser()) is not None:
         pytest.skip(reason)
-    with chromium() as browser, serving_folder(site) as base, offline(browser) as (page, tried):
+    with chromium() as browser, http_server(site) as address, offline(browser) as (page, tried):
+        base = f"http://{address}"
         page.goto(base + "/guides/footage/")
         heading = page.text_content("article h1")
         fonts = page.evaluate("getComputedStyle(document.querySelector('article')).fontFamily")

@@ -20,8 +20,6 @@ local HTTP server plays a stream.
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
 import json
 import os
 import shutil
@@ -29,7 +27,6 @@ import sqlite3
 import string
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +36,7 @@ pytest.importorskip("av", reason="PyAV is needed for footage: pip install 'tbps[
 pytest.importorskip("trackers", reason="the trackers package is needed: pip install 'tbps[footage]'")
 
 from cli_assertions import assert_user_error, run  # noqa: E402
+from page_helpers import http_server  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -101,23 +99,6 @@ def tbps(*args, prelude=""):
 def files_text(directory: Path) -> bytes:
     """Every byte of every file under ``directory`` (catalog, its WAL, crops): where a secret could hide."""
     return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
-
-
-@contextlib.contextmanager
-def http_server(directory: Path):
-    """A local HTTP server of ``directory``'s files (a stream for FFmpeg): yields its ``127.0.0.1:PORT``."""
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 def remux(video: Path, output: Path, creation_time: str | None = None) -> Path:

@@ -6,7 +6,6 @@ bar counts sampled frames and ends at 100 %."""
 
 from __future__ import annotations
 
-import functools
 import http.server
 import importlib.util
 import json
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ pytest.importorskip("av", reason="PyAV is needed for footage: pip install 'tbps[
 pytest.importorskip("trackers", reason="the trackers package is needed: pip install 'tbps[footage]'")
 
 from cli_assertions import assert_user_error, run  # noqa: E402
+from page_helpers import http_server  # noqa: E402
 from runtime_fakes import make_fake_bundle  # noqa: E402
 
 from tbps_runtime.cli.ingest import gallery_group, ingest_command  # noqa: E402
@@ -183,23 +182,6 @@ def test_a_truncated_video_is_said_to_be_truncated(tmp_path):
     said = failure(str(tmp_path / "half.mp4"))
     assert "the file is truncated" in said and f"ends at byte {len(whole) // 2}" in said, said
     assert "copy it again" in said and "Errno" not in said
-
-
-@contextmanager
-def http_server(directory: Path):
-    """A local HTTP server of ``directory``'s files, without range requests (Python's): ``127.0.0.1:PORT``."""
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 def test_a_closed_port_is_a_refused_connection_without_credentials():

@@ -20,7 +20,7 @@ from tbps_runtime.paths import printable
 def audit_command(directory: str, since: str | None, until: str | None, as_json: bool) -> None:
     """The store's audit log: every search, crop, frame and clip request tbps serve answered from it, with
     its time, key id (a hash of the API key, never the key), client address, query and filters."""
-    from tbps_runtime.ingest.sources import one_line
+    from tbps_runtime.paths import one_line
     from tbps_runtime.store.audit import read_audit
     from tbps_runtime.store.rows import parse_time
 

@@ -300,7 +300,7 @@ def info_command(directory: str, as_json: bool) -> None:
 
 def _one_line(text: str) -> str:
     """A name for one line of a table: printable, its control characters and line breaks as escapes."""
-    from tbps_runtime.ingest.sources import one_line
+    from tbps_runtime.paths import one_line
 
     return one_line(printable(text))
 

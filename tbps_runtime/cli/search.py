@@ -202,7 +202,7 @@ def rank_command(gallery_path: str, queries: tuple[str, ...], queries_file: str 
     --until, --track, --source) applied before the top k.
     """
     from tbps_runtime.gallery.open import load_gallery
-    from tbps_runtime.ingest.sources import one_line
+    from tbps_runtime.paths import one_line
     from tbps_runtime.store.open import is_store_directory
     from tbps_runtime.outputs import check_writable
     from tbps_runtime.search import PersonSearch, apply_threshold, describe_search
@@ -319,7 +319,7 @@ def _bundle_of(gallery: Gallery | ShardedGallery, bundle: str | None) -> str:
 
 
 def _print_matches(matches: list[Match]) -> None:
-    from tbps_runtime.ingest.sources import one_line
+    from tbps_runtime.paths import one_line
 
     for match in matches:  # one line per hit, whatever the file name holds
         click.echo(f"{match.rank:>4}  {match.score:8.4f}  {one_line(printable(str(match.path)))}")
@@ -447,7 +447,7 @@ def _rank_like(directory: str, row: int, texts: list[str], bundle: str | None, k
 
 def _print_store_hits(store: Store, texts: list[str], results: list[list[StoreHit]], single: bool) -> None:
     """One line per hit: rank, score, camera, time, track, crop file."""
-    from tbps_runtime.ingest.sources import one_line
+    from tbps_runtime.paths import one_line
     from tbps_runtime.store.rows import format_time
 
     for text, hits in zip(texts, results):

@@ -31,7 +31,8 @@ from tbps_runtime.errors import OutputError, StoreError, TbpsError
 from tbps_runtime.ingest.cameras import Camera, CameraState
 from tbps_runtime.ingest.detectors import Detector
 from tbps_runtime.ingest.pipeline import Following, ImageEmbedder, IngestSettings, ingest_source
-from tbps_runtime.ingest.sources import STALLED, Frame, SourceError, one_line, redact_url
+from tbps_runtime.ingest.sources import STALLED, Frame, SourceError, redact_url
+from tbps_runtime.paths import one_line
 from tbps_runtime.store.base import Store
 from tbps_runtime.store.rows import RowFilter
 

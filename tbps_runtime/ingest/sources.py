@@ -31,7 +31,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from tbps_runtime.errors import ConfigError, DataError, InputFileNotFoundError
-from tbps_runtime.paths import printable
+from tbps_runtime.paths import CONTROL_CATEGORIES, one_line, printable
 
 logger = logging.getLogger(__name__)
 
@@ -214,20 +214,10 @@ def camera_name(source: str) -> str:
     else:
         path = Path(source)
         name = printable((path.stem if path.suffix else path.name) or Path(source).resolve().name) or "camera"
-    name = "".join("_" if unicodedata.category(c) in _CONTROL else c for c in name)
+    name = "".join("_" if unicodedata.category(c) in CONTROL_CATEGORIES else c for c in name)
     return name[:MAX_TEXT]
 
 
-_CONTROL = ("Cc", "Zl", "Zp")  # what a name may not hold (tbps_runtime.store.rows.check_name)
-
-
-def one_line(text: str) -> str:
-    """``text`` with its control characters and line separators written as escapes (``\\n``,
-    ``\\x1b``, ``\\u2028``): fit for a name, a log line or a table row, never two lines."""
-    if not any(unicodedata.category(c) in _CONTROL for c in text):
-        return text
-    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _CONTROL else c
-                   for c in text)
 
 
 def sample_bucket(offset: float, fps: float | None) -> int:

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tbps_runtime.atomic import atomic_write
 from tbps_runtime.errors import DataError, InputFileNotFoundError
 from tbps_runtime.model.images import read_image, resize_rgb
-from tbps_runtime.ingest.sources import one_line
+from tbps_runtime.paths import one_line
 from tbps_runtime.paths import printable
 
 if TYPE_CHECKING:

@@ -77,7 +77,8 @@ class PersonSearch:
 
     @classmethod
     def from_bundle(cls, directory: str | Path, backend: str = "onnxruntime", threads: int | None = None,
-                    providers: Sequence[str] | None = None, device: int = 0) -> PersonSearch:
+                    providers: Sequence[str] | None = None, device: int = 0,
+                    spinning: bool | None = False) -> PersonSearch:
         """Load a bundle once, after checking the SHA-256 of every file the backend will read.
 
         Args:
@@ -86,8 +87,13 @@ class PersonSearch:
             threads: onnxruntime intra-op threads (default: the cores other processes leave idle).
             providers: onnxruntime execution providers, e.g. ``["CUDAExecutionProvider"]``.
             device: the CUDA device of the TensorRT backend.
+            spinning: whether onnxruntime's idle threads spin-wait after a call. Off by default: a search
+                ranks with numpy right after the text tower, and threads spinning on the same cores slowed
+                a warm ``rank`` of 100,000 rows from 11 to 16-20 ms (docs/benchmarks/query_latency.md);
+                None leaves it to the thread policy, as :meth:`Encoder.from_bundle` does.
         """
-        return cls(Encoder.from_bundle(directory, backend, threads=threads, providers=providers, device=device))
+        return cls(Encoder.from_bundle(directory, backend, threads=threads, providers=providers, device=device,
+                                       spinning=spinning))
 
     @property
     def directory(self) -> Path:

@@ -55,6 +55,17 @@ def test_spin_waiting_can_be_turned_off_for_processes_with_other_busy_threads(fa
         pinned.options.get_session_config_entry(entry)
 
 
+def test_a_person_search_does_not_spin_wait_unless_asked(fake_bundle):
+    """PersonSearch ranks with numpy right after the text tower: spinning threads would take its cores
+    (docs/benchmarks/query_latency.md). None hands the choice back to the thread policy."""
+    from tbps_runtime.search import PersonSearch
+
+    entry = "session.intra_op.allow_spinning"
+    assert PersonSearch.from_bundle(fake_bundle, threads=2).backend.options.get_session_config_entry(entry) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # pinned threads, policy: spin
+        PersonSearch.from_bundle(fake_bundle, threads=2, spinning=None).backend.options.get_session_config_entry(entry)
+
+
 def test_unavailable_provider_is_refused(fake_bundle):
     with pytest.raises(ConfigError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
         OnnxRuntimeBackend(fake_bundle, load_manifest(fake_bundle), providers=["CUDAExecutionProvider", CPU_PROVIDER])

@@ -233,13 +233,31 @@ def unallocated_bytes(path: str | Path) -> int:
     return stat.st_size if blocks is None else max(0, stat.st_size - 512 * blocks)
 
 
+def os_error_of(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``: itself, or the first one in its ``__cause__``/``__context__`` chain
+    (a library that wraps a failed write, as torch's zip writer does); None if there is none."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def is_disk_full(error: OSError) -> bool:
+    """Whether ``error`` says the disk (or the quota) is full: ENOSPC, EDQUOT."""
+    return error.errno in _DISK_FULL
+
+
 @contextlib.contextmanager
 def disk_errors(output: str | Path, resumable: bool = False) -> Iterator[None]:
     """Turn a full disk (ENOSPC, EDQUOT) met while writing ``output`` into an :class:`OutputError`."""
     try:
         yield
     except OSError as e:
-        if e.errno not in _DISK_FULL:
+        if not is_disk_full(e):
             raise
         again = ("run the same command again to resume" if resumable else "run it again")
         raise OutputError(f"the disk of {output} is full ({e.strerror}): free some space, then {again}") from e

@@ -20,7 +20,6 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -395,16 +394,14 @@ def apply_threshold(ranked: Sequence[Sequence[Match]], threshold: ScoreThreshold
     if threshold is None:
         return [list(matches) for matches in ranked], [None] * len(ranked)
     kept = [[m for m in matches if m.score >= threshold.value] for matches in ranked]
-    empty = [describe_empty(threshold, _as_store_hit(matches[0])) if matches and not passed else None
+    empty = [describe_empty(threshold, matches[0].score, _where(matches[0])) if matches and not passed else None
              for matches, passed in zip(ranked, kept)]
     return kept, empty
 
 
-def _as_store_hit(match: Match) -> Any:
-    """A gallery's best row in the fields describe_empty reads of a store's hit: its score, and where
-    it is (the row and its image, in place of a camera; no time)."""
-    where = f"row {match.row}" + (f", {one_line(printable(match.path))}" if match.path else "")
-    return SimpleNamespace(score=match.score, record=SimpleNamespace(camera=where, time=None))
+def _where(match: Match) -> str:
+    """A gallery row as an empty answer names it: its row and image."""
+    return f"row {match.row}" + (f", {one_line(printable(match.path))}" if match.path else "")
 
 
 def describe_search(gallery: Gallery | ShardedGallery, exact: bool = False) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import logging
 import os
@@ -22,7 +21,7 @@ from tbps_runtime.machine import cpu_model
 from tbps_runtime.threads import AdaptiveThreads, ThreadChoice, choose_threads
 from tbps_runtime.atomic import sha256_file
 from tbps_runtime.model.tokenizer import load_tokenizer, tokenize
-from tbps_runtime.outputs import check_writable
+from tbps_runtime.outputs import check_writable, is_disk_full, os_error_of
 from tbps_train.backbones import load_image_weights, resolve_image_weights
 from tbps_train.checkpoint import (
     check_checkpoint_output, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint,
@@ -690,15 +689,11 @@ def write_failure(error: BaseException) -> tuple[str | None, bool]:
     unexpected pos ...")`` with the OSError as its context, and without one (torch writing a path itself)
     as that RuntimeError alone: a short write, which a full disk causes.
     """
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError):
-            full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
-            reason = cause.strerror or (os.strerror(cause.errno) if cause.errno else str(cause))
-            return (f"the disk is full ({reason})" if full else reason), full
-        cause = cause.__cause__ or cause.__context__
+    cause = os_error_of(error)
+    if cause is not None:
+        full = is_disk_full(cause)
+        reason = cause.strerror or (os.strerror(cause.errno) if cause.errno else str(cause))
+        return (f"the disk is full ({reason})" if full else reason), full
     lines = str(error).strip().splitlines()
     if isinstance(error, RuntimeError) and lines and "inline_container" in lines[0]:
         return f"the write stopped short, as on a full disk ({lines[0]})", True

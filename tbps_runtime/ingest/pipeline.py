@@ -17,7 +17,6 @@ past it is refused before anything is written.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import shutil
@@ -34,6 +33,7 @@ from tbps_runtime.ingest.detectors import Detector
 from tbps_runtime.ingest.sources import (Frame, SourceError, camera_name, is_stream, is_url, open_source,
                                          source_name)
 from tbps_runtime.ingest.tracking import Candidate, TrackKeeper
+from tbps_runtime.outputs import is_disk_full
 from tbps_runtime.store.base import Store
 from tbps_runtime.store.rows import TIME_MAX, TIME_RANGE, CropRecord, check_name, check_time, format_time
 
@@ -349,7 +349,7 @@ def _store_failures(store: Store) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        full = is_disk_full(e)
         raise StoreError(f"writing into the store {store.directory} failed ({e.strerror or e}): "
                          + ("free some space" if full else "check the disk and the permissions of the store")
                          + ", then ingest again: it continues after the last appended window",

@@ -12,7 +12,7 @@ import numpy as np
 
 from tbps_runtime.errors import PARAMETER_INVALID, ConfigError
 from tbps_runtime.store.calibration import ScoreThreshold, describe_empty
-from tbps_runtime.store.rows import RowFilter, StoreHit
+from tbps_runtime.store.rows import RowFilter, StoreHit, format_time
 
 
 def check_cameras(store: Any, row_filter: RowFilter | None) -> None:
@@ -75,7 +75,11 @@ def explain_empty(store: Any, query: np.ndarray, row_filter: RowFilter | None,
     if threshold is None:
         return None
     best = store.search(query, 1, row_filter=row_filter)[0]
-    return describe_empty(threshold, best[0] if best else None)
+    if not best:
+        return describe_empty(threshold, None)
+    record = best[0].record
+    where = record.camera + ("" if record.time is None else ", " + format_time(record.time)[11:19])
+    return describe_empty(threshold, best[0].score, where)
 
 
 def annotate(store: Any, embedded: np.ndarray, results: Sequence[Sequence[StoreHit]],

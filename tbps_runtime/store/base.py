@@ -22,7 +22,6 @@ A directory that cannot be written is searched, never written (:meth:`StoreBase.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ import numpy as np
 from tbps_runtime.atomic import atomic_write_text
 from tbps_runtime.errors import BundleError, ConfigError, DataError, OutputError, StoreError, UnsafePathError
 from tbps_runtime.gallery.npy import check_same_bundle
-from tbps_runtime.outputs import output_lock
+from tbps_runtime.outputs import is_disk_full, output_lock
 from tbps_runtime.paths import resolve_inside
 from tbps_runtime.store.answers import check_cameras
 from tbps_runtime.store.rows import CropRecord, Removal, RowFilter, StoreHit, check_record, format_time
@@ -55,7 +54,6 @@ PENDING = ".tbps-pending"  # in a store directory: what its writers created and 
 CAMERA_STATES = "camera_states"  # meta key: the followed cameras' states (JSON), see Store.camera_states
 _PENDING_NAME = re.compile(r"(crops|segments)/[0-9a-f]{32}(\.npy)?")  # what a pending list may name
 _DIGITS = re.compile(r"[0-9]{1,18}")
-_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _sessions: dict[tuple[str, int], int] = {}  # (store directory, thread) -> writer sessions open (see writing)
 _sessions_guard = threading.Lock()
 Pick = tuple[float, int, int | None]  # a ranked row: (Eq. 14 score, row id, rows of its track or None)
@@ -624,7 +622,7 @@ def write_errors(location: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise write_failure(location, e.strerror or str(e), e.errno in _DISK_FULL) from e
+        raise write_failure(location, e.strerror or str(e), is_disk_full(e)) from e
 
 
 def iso_time(seconds: float | None) -> str | None:

@@ -163,22 +163,15 @@ class ScoreThreshold:
         return {"value": self.value, "source": self.source, "stale": self.stale}
 
 
-def describe_empty(threshold: ScoreThreshold, best: Any | None) -> str:
+def describe_empty(threshold: ScoreThreshold, best_score: float | None, where: str = "") -> str:
     """Why an answer is empty: ``0 hits at >= 3.83 (store threshold); best score 1.75 (cam3, 14:00:07)``.
 
-    ``best``: the best :class:`~tbps_runtime.store.rows.StoreHit` without the threshold, or None (no rows
-    passed the filters)."""
-    from tbps_runtime.store.rows import format_time
-
+    ``best_score``: the best score without the threshold, found at ``where`` (a store's camera and time,
+    a gallery's row and image); None when no row passed the filters."""
     words = f"0 hits at >= {threshold.value:.4g} ({threshold.source} threshold)"
-    if best is None:
+    if best_score is None:
         return words + "; no rows pass the filters"
-    where = best.record.camera
-    if best.record.time is not None:
-        where += ", " + format_time(best.record.time)[11:19]
-    return words + f"; best score {best.score:.4g} ({where})"
-
-
+    return words + f"; best score {best_score:.4g}" + (f" ({where})" if where else "")
 
 
 # ---- the captions and the whole calibration -----------------------------------------------------

@@ -211,20 +211,21 @@ def pytest_collection_modifyitems(session, config, items):
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
 
-    def needs(module_items: list, names: frozenset) -> bool:
-        return any(names & set(getattr(item, "fixturenames", ())) for item in module_items)
+    def needs(name: str, fixtures: frozenset) -> bool:
+        return any(fixtures & set(getattr(item, "fixturenames", ())) for item in modules[name])
 
-    learned = [m for m in modules.values() if needs(m, _LEARNED)]
-    chain = [m for m in modules.values() if not needs(m, _LEARNED) and needs(m, _TINY_CHAIN)]
-    free = [m for m in modules.values() if not needs(m, _LEARNED | _TINY_CHAIN)]
+    learned = [name for name in modules if needs(name, _LEARNED)]
+    others = [name for name in modules if name not in learned]
+    # the tiny chain's modules first (sorted is stable), then those that need neither
+    others.sort(key=lambda name: not needs(name, _TINY_CHAIN))
     first_half, count = [], 0
-    for module in chain + free:  # the first worker's share: about half of all tests
-        if count >= len(items) // 2 and module in free:
+    for name in others:  # the first worker's share: about half of all tests
+        if count >= len(items) // 2 and not needs(name, _TINY_CHAIN):
             break
-        first_half.append(module)
-        count += len(module)
-    rest = [m for m in chain + free if m not in first_half]
-    items[:] = [item for module in first_half + learned + rest for item in module]
+        first_half.append(name)
+        count += len(modules[name])
+    order = first_half + learned + others[len(first_half):]
+    items[:] = [item for name in order for item in modules[name]]
 
 
 def pytest_xdist_auto_num_workers(config):
